@@ -1,0 +1,99 @@
+"""Input checks: every bad value becomes one line naming the key, the value and what is allowed."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import numbers
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UsageError
+from .training import OPTIMIZERS
+
+
+def _number(cfg, key: str):
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        raise UsageError(f"{key}={value!r}: must be a number")
+    return value
+
+
+def _positive_int(cfg, key: str, allow_zero: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = "a non-negative integer" if allow_zero else "a positive integer"
+        raise UsageError(f"{key}={value!r}: must be {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    sparsity = _number(cfg, "sparsity")
+    if not 0.0 <= sparsity < 1.0:
+        raise UsageError(f"sparsity={sparsity!r}: must be a number in [0, 1) (the fraction of prunable "
+                         f"weights that are zero at the end)")
+    _positive_int(cfg, "seed", allow_zero=True)
+    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
+        raise UsageError(f"device={cfg.device!r}: must be one of auto, cpu, cuda")
+    for stage in ("train", "finetune"):
+        _positive_int(cfg, f"{stage}.epochs", allow_zero=(stage == "finetune"))
+        _positive_int(cfg, f"{stage}.batch_size")
+        lr = _number(cfg, f"{stage}.lr")
+        if lr <= 0:
+            raise UsageError(f"{stage}.lr={lr!r}: must be a positive number")
+        if cfg[stage].optimizer not in OPTIMIZERS:
+            raise UsageError(f"{stage}.optimizer={cfg[stage].optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
+    every = _number(cfg, "checkpoint.every_s")
+    if every < 0:
+        raise UsageError(f"checkpoint.every_s={every!r}: must be >= 0 (0 saves every epoch)")
+    _positive_int(cfg, "eval_batch_size")
+
+
+def resolve_device(name: str):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device={name}: no CUDA GPU is available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def instantiate(node: DictConfig, group: str):
+    """Build a strategy or schedule from ``_target_`` + parameters; constructor errors become one line."""
+    params = OmegaConf.to_container(node, resolve=True)
+    target = params.pop("_target_", None)
+    if not target:
+        raise UsageError(f"{group}: has no _target_ naming the class to use")
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise UsageError(f"{group}._target_={target}: no such class") from None
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise UsageError(f"{group}: {err}") from None
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def validate_plan(cfg: DictConfig, strategy, schedule) -> None:
+    """Combinations that cannot reach the target, caught before any training."""
+    finetune_epochs = int(cfg.finetune.epochs)
+    if schedule.prunes_while_training and finetune_epochs < 1:
+        raise UsageError(f"finetune.epochs={finetune_epochs}: schedule={schedule.name} prunes during "
+                         f"fine-tuning, so it needs at least 1")
+    rounds = getattr(schedule, "rounds", 1)
+    if rounds > 1 and getattr(schedule, "fixed_epochs", None) is None and finetune_epochs < rounds:
+        raise UsageError(f"schedule.rounds={rounds}: needs finetune.epochs >= rounds (got {finetune_epochs}) "
+                         f"or schedule.epochs_per_round set")
+    if strategy.name == "compress" and float(cfg.sparsity) >= 0.999:
+        raise UsageError(f"sparsity={cfg.sparsity}: too high for strategy=compress to keep a model")
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """What identifies a run for resuming: the whole config except knobs that do not change results."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("progress", "checkpoint", "device", "cache"):
+        plain.pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]

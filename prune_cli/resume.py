@@ -1,0 +1,98 @@
+"""Resumable run state: ``state.pt`` in the run directory.
+
+Saved atomically at every stage boundary and, inside a stage, at an epoch end once ``every_s`` seconds have
+passed since the last save (0 = every epoch), so saving stays cheap when epochs take milliseconds. A re-run
+into the same directory skips finished stages and continues the stage in progress from its last saved epoch.
+Training randomness depends only on (seed, stage, epoch), so the resumed run computes what an uninterrupted
+one would have.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .atomic import atomic_torch_save
+from .checkpoint import safe_load
+from .errors import UsageError
+from .masks import Masks
+
+STATE_FILE = "state.pt"
+
+
+class RunState:
+    def __init__(self, run_dir: Path, fingerprint: str, every_s: float):
+        self.path = Path(run_dir) / STATE_FILE
+        self.fingerprint = fingerprint
+        self.every_s = float(every_s)
+        self.done: list[str] = []
+        self.position: Optional[dict] = None      # {"stage", "epoch", "optimizer"} of a stage in progress
+        self.model_state: Optional[dict] = None
+        self.masks: Optional[dict] = None
+        self.record: dict = {}                    # report fields gathered so far
+        self.extra: dict = {}                     # tensors later stages need (initial weights, width, ...)
+        self.resumed_from: Optional[dict] = None
+        self._last_save = time.monotonic()
+        self.saves = 0
+        self.save_seconds = 0.0
+
+    def load(self) -> "RunState":
+        if not self.path.exists():
+            return self
+        saved = safe_load(self.path)
+        if saved.get("fingerprint") != self.fingerprint:
+            raise UsageError(f"hydra.run.dir={self.path.parent}: holds a run with a different config; "
+                             f"choose another directory (nothing was changed)")
+        self.done = list(saved["done"])
+        self.position = saved.get("position")
+        self.model_state, self.masks = saved.get("model"), saved.get("masks")
+        self.record, self.extra = saved.get("record", {}), saved.get("extra", {})
+        if self.position is not None:
+            self.resumed_from = {"stage": self.position["stage"], "epoch": int(self.position["epoch"])}
+        elif self.done:
+            self.resumed_from = {"stage": self.done[-1], "epoch": None}
+        return self
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.done
+
+    def start_of(self, stage: str) -> tuple[int, Optional[dict]]:
+        """(epoch to start from, optimizer state) for a stage about to run."""
+        if self.position is not None and self.position["stage"] == stage:
+            return int(self.position["epoch"]), self.position.get("optimizer")
+        return 0, None
+
+    def _write(self, model, masks: Optional[Masks]) -> None:
+        start = time.perf_counter()
+        atomic_torch_save({
+            "fingerprint": self.fingerprint, "done": self.done, "position": self.position,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "masks": masks.cpu_state() if masks else None,
+            "record": self.record, "extra": self.extra,
+        }, self.path)
+        self._last_save = time.monotonic()
+        self.saves += 1
+        self.save_seconds += time.perf_counter() - start
+
+    def epoch_end(self, stage: str, epoch: int, model, optimizer, masks: Optional[Masks]) -> None:
+        """Maybe save mid-stage progress (throttled by ``every_s``)."""
+        if time.monotonic() - self._last_save < self.every_s:
+            return
+        self.position = {"stage": stage, "epoch": epoch, "optimizer": optimizer.state_dict()}
+        self._write(model, masks)
+
+    def boundary(self, stage: str, model, masks: Optional[Masks]) -> None:
+        """A stage finished: always saved."""
+        self.done.append(stage)
+        self.position = None
+        self._write(model, masks)
+
+    def restore_into(self, model, device) -> Optional[Masks]:
+        if self.model_state is not None:
+            model.load_state_dict(self.model_state)
+        return Masks.from_state(self.masks, device) if self.masks else None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

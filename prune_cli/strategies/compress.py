@@ -1,0 +1,64 @@
+"""Model compression: train a narrower network of the same architecture from scratch.
+
+The width multiplier is searched so the narrow model's prunable weight count is (1 - sparsity) of the dense
+one: the equal-size dense baseline every pruning result should beat. With ``distill=true`` it learns from the
+dense model's softened logits (Hinton et al. 2015) as well as from the labels.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from .base import Strategy
+
+
+class Compress(Strategy):
+    name = "compress"
+
+    def __init__(self, distill: bool = False, temperature: float = 4.0, alpha: float = 0.5, **kwargs):
+        kwargs.pop("scope", None)
+        super().__init__(**kwargs)
+        if float(temperature) <= 0:
+            raise ValueError(f"strategy.temperature={temperature}: must be > 0")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"strategy.alpha={alpha}: must be in [0, 1]")
+        self.distill, self.temperature, self.alpha = bool(distill), float(temperature), float(alpha)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "granularity": "model", "distill": self.distill,
+                "temperature": self.temperature, "alpha": self.alpha}
+
+    def loss_fn(self, teacher):
+        """Cross-entropy, or with distillation alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+        if not self.distill:
+            return None
+        teacher.eval()
+        temperature, alpha = self.temperature, self.alpha
+
+        def loss(logits, x, y):
+            with torch_no_grad():
+                soft = F.log_softmax(teacher(x) / temperature, dim=1)
+            kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, log_target=True,
+                          reduction="batchmean") * temperature ** 2
+            return alpha * kd + (1 - alpha) * F.cross_entropy(logits, y)
+        return loss
+
+
+def torch_no_grad():
+    import torch
+    return torch.no_grad()
+
+
+def find_width(count_weights, target_fraction: float, tolerance: int = 64) -> float:
+    """Largest width in (0, 1] whose prunable weight count does not exceed target_fraction of the dense one."""
+    dense = count_weights(1.0)
+    goal = target_fraction * dense
+    low, high = 1e-3, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        if count_weights(mid) <= goal:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-4:
+            break
+    return low

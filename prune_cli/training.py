@@ -1,0 +1,167 @@
+"""One fit() for dense training and fine-tuning, and evaluate().
+
+The loop is deliberately plain: batches come from in-memory tensors, masks are re-applied in place after each
+optimizer step (no forward hooks), and nothing waits on the device inside an epoch. Per-step losses are kept in
+a device tensor and checked once per epoch, which finds the first non-finite step without a per-step sync.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import RunFailed
+from .masks import Masks
+
+
+@dataclass
+class StageSettings:
+    """``train.*`` or ``finetune.*`` from the config."""
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_cfg(cls, cfg, epochs: Optional[int] = None) -> "StageSettings":
+        return cls(epochs=int(cfg.epochs if epochs is None else epochs), lr=float(cfg.lr),
+                   batch_size=int(cfg.batch_size), optimizer=str(cfg.optimizer),
+                   momentum=float(cfg.get("momentum", 0.9)), weight_decay=float(cfg.get("weight_decay", 0.0)))
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def make_optimizer(model: nn.Module, settings: StageSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffle order of an epoch depends only on (seed, epoch), so a resumed run replays it exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: int,
+        masks: Optional[Masks] = None,
+        loss_fn: LossFn = cross_entropy,
+        regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None,
+        after_step: Optional[Callable[[int], Optional[Masks]]] = None,
+        start_epoch: int = 0, optimizer_state: Optional[dict] = None,
+        on_epoch_end: Optional[Callable[[int, torch.optim.Optimizer, Optional[Masks]], None]] = None,
+        progress=None) -> Optional[Masks]:
+    """Train ``model`` in place for ``settings.epochs`` epochs; returns the masks in force at the end.
+
+    ``after_step(global_step)`` may return new masks (gradual pruning, hard-threshold projection); they are
+    applied at once and used from then on. ``on_epoch_end`` lets the pipeline save resumable state.
+    """
+    optimizer = make_optimizer(model, settings)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    device = next(model.parameters()).device
+    steps_per_epoch = train.num_batches(settings.batch_size)
+    pairs = _mask_pairs(model, masks)
+    model.train()
+    task = progress.add_task(stage, total=settings.epochs, completed=start_epoch) if progress else None
+    for epoch in range(start_epoch, settings.epochs):
+        losses = torch.zeros(steps_per_epoch, device=device)
+        batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
+        for i, (x, y) in enumerate(batches):
+            loss = loss_fn(model(x), x, y)
+            if regularizer is not None:
+                loss = loss + regularizer(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for param, mask in pairs:
+                    param.mul_(mask)
+                losses[i] = loss.detach()
+            if after_step is not None:
+                new_masks = after_step(epoch * steps_per_epoch + i + 1)
+                if new_masks is not None:
+                    masks = new_masks
+                    pairs = _mask_pairs(model, masks)
+                    with torch.no_grad():
+                        for param, mask in pairs:
+                            param.mul_(mask)
+        _check_finite(losses, stage, epoch, steps_per_epoch)
+        if task is not None:
+            progress.update(task, advance=1, description=f"{stage} loss {float(losses.mean()):.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, optimizer, masks)
+    if task is not None:
+        progress.remove_task(task)
+    return masks
+
+
+def _mask_pairs(model: nn.Module, masks: Optional[Masks]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if not masks:
+        return []
+    params = dict(model.named_parameters())
+    return [(params[name], mask.to(params[name].device)) for name, mask in masks.items()]
+
+
+def _check_finite(losses: torch.Tensor, stage: str, epoch: int, steps_per_epoch: int) -> None:
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        step = epoch * steps_per_epoch + first + 1
+        raise RunFailed(f"non-finite loss in stage {stage!r} at epoch {epoch + 1}, step {step} "
+                        f"(try a smaller lr)")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split, batch_size: int = 1024) -> float:
+    """Top-1 accuracy on ``split``; one host-device sync at the end."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=next(model.parameters()).device)
+    total = 0
+    for x, y in split.batches(batch_size):
+        correct += (model(x).argmax(dim=1) == y).sum()
+        total += len(y)
+    model.train(was_training)
+    return float(correct) / total if total else 0.0
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Wall time of a stage, CUDA-synchronised so queued kernels are counted."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+        return False
