@@ -42,6 +42,13 @@ def run_job(cfg: DictConfig) -> dict | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job = f"job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname or 'defaults'})" if multirun else "run"
     from . import report as reporting
+    if cfg.get("dry_run"):
+        from .plan import print_plan
+        try:
+            print_plan(cfg)
+        except UsageError as err:
+            return _fail(f"prune-run: {err}", 2, multirun, job)
+        return None
     try:
         progress = _progress(cfg, multirun)
         from .pipeline import Experiment
