@@ -19,7 +19,7 @@ def run(overrides=(), run_dir=None):
 
 
 def compare(paths, out_dir=None, **kwargs):
-    from .compare import compare as _compare
+    from .comparison import compare as _compare
     return _compare(paths, out_dir=out_dir, **kwargs)
 
 

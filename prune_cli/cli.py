@@ -91,7 +91,56 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     return run_job(cfg)
 
 
+def _guard_existing_run(argv: list[str]) -> None:
+    """Refuse, before Hydra writes anything, to reuse a run directory that holds another config's run.
+
+    Hydra rewrites ``DIR/.hydra/`` as soon as it starts, so this check has to come first. The same config
+    is fine: a finished run is left as it is, an unfinished one resumes.
+    """
+    if "-m" in argv or "--multirun" in argv or any(a.startswith("-") for a in argv):
+        return
+    run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if not run_dirs:
+        return
+    run_dir = Path(run_dirs[-1])
+    marker = _existing_fingerprint(run_dir)
+    if marker is None:
+        return
+    from .api import compose_config
+    from .checks import fingerprint
+    try:
+        current = fingerprint(compose_config([a for a in argv if not a.startswith("hydra.")]))
+    except Exception:
+        return  # let Hydra report the bad override in its own words
+    if current != marker:
+        print(f"prune-run: hydra.run.dir={run_dir}: holds a completed run with a different config; "
+              f"choose another directory (nothing was changed)" if (run_dir / "report.json").exists() else
+              f"prune-run: hydra.run.dir={run_dir}: holds an unfinished run with a different config; "
+              f"choose another directory (nothing was changed)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _existing_fingerprint(run_dir: Path) -> str | None:
+    import json
+    report = run_dir / "report.json"
+    if report.exists():
+        try:
+            data = json.loads(report.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("status") == "completed":
+            return data.get("fingerprint")
+    if (run_dir / "state.pt").exists():
+        from .checkpoint import safe_load
+        try:
+            return safe_load(run_dir / "state.pt").get("fingerprint")
+        except UsageError:
+            return None
+    return None
+
+
 def main() -> None:
+    _guard_existing_run(sys.argv[1:])
     try:
         _hydra_main()
     except SystemExit as exit_:

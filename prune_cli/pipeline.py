@@ -18,6 +18,7 @@ from . import checks, report as reporting
 from .cache import DenseCache, dense_key
 from .checkpoint import save_checkpoint
 from .data import load_dataset
+from .errors import UsageError
 from .masks import Masks, prunable_names, topk_masks, weight_sparsity
 from .models import build, build_for, make_spec
 from .resume import RunState
@@ -302,6 +303,13 @@ class Experiment:
 
     # --- the whole run ---------------------------------------------------------------------------------------
     def run(self) -> dict:
+        finished = reporting.completed_report(self.run_dir)
+        if finished is not None:
+            if finished.get("fingerprint") != self.state.fingerprint:
+                raise UsageError(f"hydra.run.dir={self.run_dir}: holds a completed run with a different "
+                                 f"config; choose another directory (nothing was changed)")
+            log.info("this run is already complete in %s; nothing to do", self.run_dir)
+            return finished
         started = time.perf_counter()
         if self.state.resumed_from:
             log.info("resuming from %s", self.state.resumed_from)

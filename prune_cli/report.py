@@ -113,6 +113,7 @@ def build_report(exp, state_dict: dict, extras: dict) -> dict:
     classifier_prunable = exp.strategy.prune_classifier
     result = {
         "status": "completed",
+        "fingerprint": exp.state.fingerprint,
         "experiment": {
             "model": cfg.model.get("name", cfg.model._target_), "dataset": cfg.dataset.name,
             "strategy": exp.strategy.name, "schedule": exp.schedule.name, "seed": int(cfg.seed),
@@ -166,6 +167,15 @@ def _plain(value):
 def write(run_dir: Path, result: dict) -> None:
     atomic_write_text(Path(run_dir) / "report.md", markdown(result))
     atomic_write_text(Path(run_dir) / "report.json", json.dumps(result, indent=2) + "\n")
+
+
+def completed_report(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("status") == "completed" else None
 
 
 def write_status(run_dir: Path, status: str, error: str, partial: dict | None = None) -> None:

@@ -1,0 +1,92 @@
+"""prune-run as a user runs it: a subprocess, its exit code, what it prints, what it leaves behind."""
+import json
+
+import pytest
+
+from conftest import TINY, prune_run, read_report
+
+
+def test_run_writes_report_and_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    result = prune_run(["strategy=magnitude", "sparsity=0.9", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {"report.json", "report.md", "pruned.pt"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    report = read_report(run_dir)
+    assert report["status"] == "completed" and report["sparsity"]["target"] == 0.9
+    assert "accuracy fine-tuned" in result.stdout  # the rich summary table
+
+
+def test_outputs_go_under_outputs_by_default(tmp_path):
+    result = prune_run([*TINY, "sparsity=0.5"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reports = list((tmp_path / "outputs" / "runs").glob("*/report.json"))
+    assert len(reports) == 1
+
+
+BAD_INPUTS = [
+    (["sparsity=1.0"], "sparsity=1.0: must be a number in [0, 1)"),
+    (["sparsity=-0.2"], "sparsity=-0.2: must be a number in [0, 1)"),
+    (["sparsity=abc"], "sparsity='abc': must be a number"),
+    (["train.epochs=0"], "train.epochs=0: must be a positive integer"),
+    (["finetune.epochs=-1"], "finetune.epochs=-1: must be a non-negative integer"),
+    (["train.lr=0"], "train.lr=0: must be a positive number"),
+    (["finetune.lr=-1e-3"], "finetune.lr=-0.001: must be a positive number"),
+    (["train.batch_size=0"], "train.batch_size=0: must be a positive integer"),
+    (["train.optimizer=rmsprop"], "train.optimizer='rmsprop': must be one of adam, adamw, sgd"),
+    (["device=tpu"], "device='tpu': must be one of auto, cpu, cuda"),
+    (["schedule=iterative", "schedule.rounds=0"], "schedule.rounds=0: must be a positive integer"),
+    (["schedule=iterative", "schedule.rounds=4", "finetune.epochs=2"], "schedule.rounds=4: needs finetune.epochs"),
+    (["strategy.scope=everywhere"], "strategy.scope=everywhere: must be 'global' or 'layer'"),
+    (["model=lenet5", "dataset=synthetic", "dataset.shape=[1,2,2]"], "model=lenet5 cannot take dataset=synthetic"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    result = prune_run([*overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("prune-run: ") and message in lines[0], result.stderr
+    assert not (run_dir / "pruned.pt").exists()
+    if (run_dir / "report.json").exists():
+        assert read_report(run_dir)["status"] == "failed"
+
+
+def test_cuda_without_gpu_is_bad_input(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = prune_run(["device=cuda", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("prune-run: device=cuda: no CUDA GPU is available here; "
+                                     "use device=cpu or device=auto")
+
+
+@pytest.mark.parametrize("group", ["model", "dataset", "strategy", "schedule"])
+def test_unknown_group_option_lists_the_choices(tmp_path, group):
+    result = prune_run([f"{group}=nonexistent"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"Could not find '{group}/nonexistent'" in result.stderr
+    assert f"Available options in '{group}'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_is_quick_and_lists_groups(tmp_path):
+    result = prune_run(["--help"], cwd=tmp_path, timeout=60)
+    assert result.returncode == 0
+    for group in ("model", "dataset", "strategy", "schedule"):
+        assert f"{group}:" in result.stdout
+
+
+def test_existing_run_dir_with_other_config_is_not_touched(tmp_path):
+    run_dir = tmp_path / "run"
+    first = prune_run([*TINY, "sparsity=0.5", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (run_dir / "report.json").read_bytes(), (run_dir / "pruned.pt").read_bytes()
+    again = prune_run([*TINY, "sparsity=0.6", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert again.returncode == 2
+    assert "holds a completed run with a different config" in again.stderr
+    assert before == ((run_dir / "report.json").read_bytes(), (run_dir / "pruned.pt").read_bytes())

@@ -1,0 +1,126 @@
+"""End-to-end behaviour of one run, checked against what the saved files hold."""
+import pytest
+import torch
+
+import prune_cli
+from prune_cli.checkpoint import safe_load
+from prune_cli.data import load_dataset
+from prune_cli.training import evaluate
+
+from conftest import read_report
+
+
+def saved(run_dir):
+    return safe_load(run_dir / "pruned.pt")
+
+
+def prunable_zero_fraction(state_dict, names):
+    zeros = sum(int((state_dict[n] == 0).sum()) for n in names)
+    return zeros / sum(state_dict[n].numel() for n in names)
+
+
+def test_default_run_prunes_exactly_and_reports_honestly(run_api):
+    report, run_dir = run_api("strategy=magnitude", "sparsity=0.9")
+    assert report == read_report(run_dir)
+    assert report["status"] == "completed" and "error" not in report
+    ckpt = saved(run_dir)
+    names = [layer["name"] for layer in report["layers"]]
+    total = report["sparsity"]["prunable_weights"]
+    # Exact top-k: round(0.9 * n) zeros, counted from the saved weights.
+    zeros = sum(int((ckpt["state_dict"][n] == 0).sum()) for n in names)
+    assert zeros == round(0.9 * total) == report["sparsity"]["zeros"]
+    assert report["sparsity"]["achieved"] == pytest.approx(zeros / total, abs=0)
+    assert report["params"]["nonzero"] == sum(int((v != 0).sum()) for k, v in ckpt["state_dict"].items()
+                                              if not k.startswith("normalize."))
+    for key in ("dense", "pruned", "finetuned"):
+        assert 0.0 <= report["accuracy"][key] <= 1.0
+    assert set(report["timings"]) >= {"train", "score", "prune", "finetune", "total"}
+    assert report["rounds"][0]["target"] == 0.9
+
+
+def test_masked_weights_stay_zero_through_finetuning(run_api):
+    report, run_dir = run_api("sparsity=0.8", "finetune.optimizer=sgd", "finetune.lr=0.05",
+                              "finetune.weight_decay=1e-3")
+    ckpt = saved(run_dir)
+    for name, mask in ckpt["masks"].items():
+        weight = ckpt["state_dict"][name]
+        assert mask.dtype == torch.bool
+        assert bool((weight[~mask] == 0).all()), name
+    # Fine-tuning really moved the surviving weights (the test would pass vacuously otherwise).
+    assert report["accuracy"]["finetuned"] != report["accuracy"]["pruned"]
+
+
+def test_reloaded_checkpoint_reproduces_reported_accuracy(run_api):
+    report, run_dir = run_api("sparsity=0.7", "model=lenet300", "model.hidden=[40,20]")
+    model = prune_cli.load_checkpoint(run_dir / "pruned.pt")
+    assert not model.training
+    ckpt = saved(run_dir)
+    data = load_dataset(prune_cli.api.compose_config(["dataset=digits"]).dataset)
+    assert evaluate(model, data.test) == report["accuracy"]["finetuned"]
+    assert ckpt["model"]["target"] == "prune_cli.models.MLP"
+    assert ckpt["config"]["sparsity"] == 0.7 and ckpt["report"]["status"] == "completed"
+    # Plain containers only: loadable with weights_only=True (safe_load) and self-contained inputs in [0, 1].
+    logits = model(torch.rand(5, 1, 8, 8))
+    assert logits.shape == (5, 10)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet300", "lenet5"])
+@pytest.mark.parametrize("strategy", ["magnitude", "random"])
+def test_models_and_baseline_strategies(run_api, model, strategy):
+    overrides = [f"model={model}", f"strategy={strategy}", "sparsity=0.5", "train.epochs=1", "finetune.epochs=1"]
+    if model != "lenet5":
+        overrides.append("model.hidden=[24,12]")
+    report, run_dir = run_api(*overrides, name=f"{model}-{strategy}", tiny=False)
+    assert report["experiment"]["model"] == model
+    assert report["sparsity"]["zeros"] == round(0.5 * report["sparsity"]["prunable_weights"])
+
+
+def test_layer_scope_prunes_each_layer_to_the_target(run_api):
+    report, _ = run_api("strategy.scope=layer", "sparsity=0.75")
+    for layer in report["layers"]:
+        n = 1
+        for s in layer["shape"]:
+            n *= s
+        assert layer["sparsity"] == round(0.75 * n) / n
+
+
+def test_classifier_can_be_excluded(run_api):
+    report, run_dir = run_api("strategy.prune_classifier=false", "sparsity=0.6")
+    names = [layer["name"] for layer in report["layers"]]
+    assert names == ["layers.1.weight"]
+    assert bool((saved(run_dir)["state_dict"]["layers.3.weight"] != 0).all())
+    assert "classifier excluded" in report["sparsity"]["prunable"]
+
+
+def test_synthetic_dataset_of_any_shape(run_api):
+    report, run_dir = run_api("dataset=synthetic", "dataset.shape=[3,12,10]", "dataset.num_classes=4",
+                              "dataset.train_size=200", "dataset.test_size=80", "model=lenet5", "sparsity=0.5",
+                              "train.epochs=15")
+    ckpt = saved(run_dir)
+    assert ckpt["model"]["kwargs"]["input_shape"] == [3, 12, 10]
+    assert ckpt["model"]["kwargs"]["num_classes"] == 4
+    assert report["accuracy"]["dense"] > 0.5  # learnable: well above the 25% of chance
+
+
+def test_zero_sparsity_keeps_every_weight(run_api):
+    report, _ = run_api("sparsity=0.0")
+    assert report["sparsity"]["zeros"] == 0
+
+
+def test_same_seed_same_result_different_seed_different(run_api):
+    a, dir_a = run_api("seed=3", name="a")
+    b, dir_b = run_api("seed=3", name="b")
+    c, _ = run_api("seed=4", name="c")
+    strip = lambda r: {k: r[k] for k in ("accuracy", "sparsity", "layers", "params")}
+    assert strip(a) == strip(b)
+    sa, sb = saved(dir_a)["state_dict"], saved(dir_b)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert strip(a) != strip(c)
+
+
+def test_report_markdown_matches_json(run_api):
+    report, run_dir = run_api("sparsity=0.9")
+    text = (run_dir / "report.md").read_text()
+    assert f"{100 * report['accuracy']['finetuned']:.2f}%" in text
+    assert f"{100 * report['sparsity']['achieved']:.2f}%" in text
+    assert "| layers.1.weight |" in text
