@@ -121,8 +121,9 @@ class Experiment:
             if self.strategy.structured:
                 from .structure import select_units, unit_masks
                 removed = select_units(scores, target, self.model, self.example, scope=self.strategy.scope,
-                                       existing_masks=self.masks, prunable=self.prunable)
-                masks = Masks(unit_masks(self.model, self.example, removed))
+                                       existing_masks=self.masks, prunable=self.prunable,
+                                       layers=self.unit_layers)
+                masks = Masks(unit_masks(self.model, self.example, removed, layers=self.unit_layers))
             else:
                 masks = topk_masks(scores, target, self.strategy.scope, previous=self.masks)
             masks = masks.to(self.device)
@@ -241,6 +242,10 @@ class Experiment:
         final = float(self.cfg.sparsity)
         prune_at = set(self.schedule.pruning_steps(total_steps))
         rounds = self.record["rounds"]
+        if not self.state.is_done(f"{name}.prepare") and self.state.start_of(f"{name}.finetune")[0] == 0:
+            # Sparsity-constrained training (l1, l0) runs once, before the gradual fine-tuning.
+            self.strategy.prepare(self._context(0, final))
+            self.state.boundary(f"{name}.prepare", self.model, self.masks)
 
         def after_step(step: int):
             if step not in prune_at:

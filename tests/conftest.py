@@ -8,7 +8,7 @@ import pytest
 import torch
 
 # Small and fast: the real numbers live in benchmarks/, not here.
-TINY = ["train.epochs=3", "finetune.epochs=2", "checkpoint.every_s=0"]
+TINY = ["train.epochs=3", "finetune.epochs=2", "checkpoint.every_s=0", "measure.latency_budget_s=0.01"]
 
 
 def pytest_collection_modifyitems(config, items):
