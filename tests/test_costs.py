@@ -1,0 +1,186 @@
+"""Costs (MACs, latency, bytes, parameter counts) and the CSR export, against hand-computed numbers."""
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from prune_cli.costs import (checkpoint_sizes, count_flops, decode_sparse, encode_sparse, file_size,
+                             measure_latency, param_counts)
+from prune_cli.sparse_export import SparseLinear, sparse_export_if_faster, to_sparse
+
+# Hand-computed multiply-adds for one example:
+LINEAR_MACS = 64 * 300                   # Linear(64, 300): one MAC per weight
+CONV_MACS = (6 * 24 * 24) * (1 * 5 * 5)  # Conv2d(1, 6, 5) on 1x28x28: 6x24x24 outputs, 25 MACs each
+
+
+def zero_half_(weight: torch.Tensor) -> torch.Tensor:
+    """Zero the first half of the weight's entries (in place); return the matching mask."""
+    mask = torch.ones_like(weight)
+    mask.view(-1)[: weight.numel() // 2] = 0
+    with torch.no_grad():
+        weight.mul_(mask)
+    return mask
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 5)
+        self.fc = nn.Linear(6 * 24 * 24, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def sparse_weight(rows, cols, sparsity, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, cols, generator=gen)
+    weight[torch.rand(rows, cols, generator=gen) < sparsity] = 0
+    return weight
+
+
+# ------------------------------------------------------------------------------------------------------ MACs
+
+def test_linear_macs_dense_and_half_zeroed():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 300))
+    dense = count_flops(model, (1, 8, 8))
+    assert dense["dense"] == LINEAR_MACS and dense["nonzero"] == LINEAR_MACS
+    assert dense["theoretical_speedup"] == 1.0
+
+    zero_half_(model[1].weight)
+    half = count_flops(model, (1, 8, 8))
+    assert half["dense"] == LINEAR_MACS and half["nonzero"] == LINEAR_MACS // 2
+    assert half["theoretical_speedup"] == 2.0
+
+
+def test_conv_macs_and_per_layer_discount():
+    model = ConvNet()
+    fc_macs = 6 * 24 * 24 * 10
+    assert count_flops(model, (1, 28, 28))["dense"] == CONV_MACS + fc_macs
+
+    # Zeros come from a mask alone (weights untouched): only the conv's MACs halve.
+    conv_mask = torch.ones_like(model.conv.weight)
+    conv_mask.view(-1)[:75] = 0
+    flops = count_flops(model, (1, 28, 28), masks={"conv.weight": conv_mask})
+    assert flops["dense"] == CONV_MACS + fc_macs
+    assert flops["nonzero"] == CONV_MACS // 2 + fc_macs
+    assert {layer["name"]: layer["nonzero"] for layer in flops["layers"]} == {"conv": CONV_MACS // 2,
+                                                                              "fc": fc_macs}
+
+
+def test_count_flops_restores_train_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8)).train()
+    count_flops(model, (1, 8, 8))  # BatchNorm on a batch of one only works in eval mode
+    assert all(module.training for module in model.modules())
+
+
+# --------------------------------------------------------------------------------------------------- latency
+
+def test_latency_positive_finite_for_both_batch_sizes():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 10))
+    latency = measure_latency(model, (1, 8, 8), "cpu", batch_sizes=(1, 256), warmup=2, repeats=5,
+                              max_time_s=0.1)
+    assert set(latency) == {"batch_1_ms", "batch_256_ms"}
+    assert all(math.isfinite(ms) and ms > 0 for ms in latency.values())
+
+
+# ----------------------------------------------------------------------------------------------------- sizes
+
+def test_dense_size_is_torch_save_length_and_file_size(tmp_path):
+    model = ConvNet()
+    masks = {"fc.weight": zero_half_(model.fc.weight)}
+    state = model.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    sizes = checkpoint_sizes(state, masks)
+    assert sizes["dense"] == len(buffer.getvalue())
+    assert sizes["shrunk"] is None
+
+    # torch.save names the zip's top folder after the file ("archive" for a buffer), so a file named
+    # archive.pt has exactly the measured size; other names differ by their length difference.
+    path = tmp_path / "archive.pt"
+    torch.save(state, path)
+    assert file_size(path) == len(path.read_bytes()) == sizes["dense"]
+
+
+def test_sparse_encoding_smaller_and_lossless():
+    weight = sparse_weight(1024, 1024, 0.95)
+    state = {"w.weight": weight, "w.bias": torch.randn(1024)}
+    masks = {"w.weight": (weight != 0).float()}
+    sizes = checkpoint_sizes(state, masks, shrunk_state_dict={"w.weight": weight[:100].clone()})
+    assert sizes["sparse"] < sizes["dense"] / 5  # ~4.2 MB dense vs ~0.4 MB sparse
+    assert sizes["shrunk"] < sizes["dense"]
+
+    buffer = io.BytesIO()
+    torch.save(encode_sparse(state, masks), buffer)
+    buffer.seek(0)
+    decoded = decode_sparse(torch.load(buffer, weights_only=True))
+    assert torch.equal(decoded["w.weight"], weight) and torch.equal(decoded["w.bias"], state["w.bias"])
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.99, 1.0])
+def test_every_encoding_round_trips(sparsity):
+    weight = sparse_weight(37, 11, sparsity)  # odd sizes: the bitmap needs padding
+    mask = (weight != 0).float()
+    decoded = decode_sparse(encode_sparse({"w": weight}, {"w": mask}))["w"]
+    assert torch.equal(decoded, weight)
+
+
+def test_param_counts():
+    model = nn.Linear(10, 4)
+    mask = zero_half_(model.weight)
+    assert param_counts(model, {"weight": mask}) == {"total": 44, "nonzero": 24}
+    assert param_counts(model) == {"total": 44, "nonzero": 24}  # zeros are counted from the weights
+
+
+# ---------------------------------------------------------------------------------------------- CSR export
+
+@torch.no_grad()
+def test_sparse_linear_matches_dense():
+    linear = nn.Linear(512, 256)
+    linear.weight.mul_((torch.rand_like(linear.weight) >= 0.9).float())
+    sparse = SparseLinear.from_dense(linear)
+    x = torch.rand(64, 512)
+    torch.testing.assert_close(sparse(x), linear(x), rtol=1e-5, atol=1e-5)
+    x3 = torch.rand(2, 3, 512)  # extra leading dimensions, as nn.Linear allows
+    torch.testing.assert_close(sparse(x3), linear(x3), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(sparse(x), linear(x), rtol=1e-5, atol=1e-5)
+
+
+def test_to_sparse_converts_only_sparse_linears():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    with torch.no_grad():
+        model[1].weight.mul_((torch.rand_like(model[1].weight) >= 0.9).float())
+    sparse = to_sparse(model, min_sparsity=0.8)
+    assert isinstance(sparse[1], SparseLinear)
+    assert type(sparse[3]) is nn.Linear and torch.equal(sparse[3].weight, model[3].weight)
+    assert type(model[1]) is nn.Linear  # the original is untouched
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), model(x), rtol=1e-5, atol=1e-5)
+        # The exported model copies, and its state dict loads with weights_only (plain buffers, no CSR).
+        buffer = io.BytesIO()
+        torch.save(sparse.state_dict(), buffer)
+        buffer.seek(0)
+        clone = copy.deepcopy(sparse)
+        clone.load_state_dict(torch.load(buffer, weights_only=True))
+        torch.testing.assert_close(clone(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_export_if_faster_reports_both_latencies():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256))
+    with torch.no_grad():
+        model[1].weight.mul_((torch.rand_like(model[1].weight) >= 0.95).float())
+    exported, info = sparse_export_if_faster(model, (1, 8, 8), "cpu", batch_sizes=(1, 32))
+    assert info["sparse_layers"] == ["1"]
+    assert set(info["dense_ms"]) == set(info["sparse_ms"]) == {"batch_1_ms", "batch_32_ms"}
+    assert info["used"] == (exported is not None)
+    assert info["used"] == (info["sparse_ms"]["batch_32_ms"] < info["dense_ms"]["batch_32_ms"])
+
+    dense_only, info = sparse_export_if_faster(nn.Sequential(nn.Flatten(), nn.Linear(64, 8)), (1, 8, 8), "cpu")
+    assert dense_only is None and info == {"used": False, "sparse_layers": [], "dense_ms": None,
+                                           "sparse_ms": None}
