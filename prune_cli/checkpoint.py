@@ -25,14 +25,23 @@ def safe_load(path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
-        if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
+        text = str(err)
+        detail = _unpickler_detail(text)
+        if "Unsupported global" in text or "GLOBAL" in text:
             raise UsageError(f"checkpoint {path}: refused, it carries pickled objects that are not plain "
-                             f"tensors and containers ({reason[:160]})") from None
-        raise UsageError(f"checkpoint {path}: corrupt or truncated ({reason[:160]})") from None
+                             f"tensors and containers ({detail})") from None
+        raise UsageError(f"checkpoint {path}: corrupt or truncated ({detail})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"checkpoint {path}: corrupt or truncated ({reason[:160]})") from None
+
+
+def _unpickler_detail(text: str) -> str:
+    """The useful line of torch's long weights-only message (e.g. 'Unsupported global: GLOBAL posix.system')."""
+    for line in text.splitlines():
+        if "Unsupported" in line or "WeightsUnpickler error:" in line and line.split("error:")[1].strip():
+            return line.strip()[:160]
+    return text.strip().splitlines()[0][:160] if text.strip() else "unreadable"
 
 
 def save_checkpoint(path, *, state_dict, masks, spec, config, report, shrunk=None) -> None:

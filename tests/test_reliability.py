@@ -1,0 +1,163 @@
+"""Reliability: resume after kill -9, atomic writes, Ctrl-C, non-finite losses, safe loading."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import prune_cli
+from prune_cli.atomic import atomic_torch_save, atomic_write_text
+from prune_cli.checkpoint import safe_load
+from prune_cli.errors import UsageError
+
+from conftest import prune_run, read_report
+
+SLOW_FINETUNE = ["model=lenet300", "train.epochs=2", "finetune.epochs=12", "finetune.batch_size=16",
+                 "checkpoint.every_s=0", "sparsity=0.9", "measure.latency_budget_s=0.01"]
+
+
+def start(args, cwd, env):
+    return subprocess.Popen([sys.executable, "-m", "prune_cli.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_finetune_epoch(run_dir: Path, proc, at_least: int = 2, timeout: float = 120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        state = run_dir / "state.pt"
+        if state.exists():
+            try:
+                position = safe_load(state).get("position")
+            except UsageError:
+                position = None  # replaced while we read it
+            if position and position["stage"] == "round1.finetune" and position["epoch"] >= at_least:
+                return position["epoch"]
+        time.sleep(0.05)
+    raise AssertionError("the run never reached fine-tuning")
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    env = dict(os.environ)
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    reference = prune_run([*SLOW_FINETUNE, f"hydra.run.dir={reference_dir}"], cwd=tmp_path, env=env)
+    assert reference.returncode == 0, reference.stderr
+
+    proc = start([*SLOW_FINETUNE, f"hydra.run.dir={killed_dir}"], tmp_path, env)
+    epoch = wait_for_finetune_epoch(killed_dir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "report.json").exists()
+
+    resumed = prune_run([*SLOW_FINETUNE, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = read_report(reference_dir), read_report(killed_dir)
+    assert b["resumed_from"]["stage"] == "round1.finetune" and b["resumed_from"]["epoch"] >= epoch
+    assert "resumed_from" not in a
+    for key in ("accuracy", "sparsity", "layers", "params"):
+        assert a[key] == b[key], key
+    sa, sb = safe_load(reference_dir / "pruned.pt")["state_dict"], safe_load(killed_dir / "pruned.pt")["state_dict"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not (killed_dir / "state.pt").exists()
+
+
+def test_ctrl_c_records_interrupted_and_exits_130(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start([*SLOW_FINETUNE, f"hydra.run.dir={run_dir}"], tmp_path, dict(os.environ))
+    wait_for_finetune_epoch(run_dir, proc, at_least=1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    report = read_report(run_dir)
+    assert report["status"] == "interrupted" and "resume" in report["error"]
+    assert (run_dir / "state.pt").exists() and not (run_dir / "pruned.pt").exists()
+
+
+def test_non_finite_loss_fails_the_run_with_stage_and_step(tmp_path):
+    run_dir = tmp_path / "run"
+    result = prune_run(["train.epochs=2", "finetune.epochs=1", "train.lr=1e12", "train.optimizer=sgd",
+                        f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    report = read_report(run_dir)
+    assert report["status"] == "failed"
+    assert "non-finite loss in stage 'train'" in report["error"] and "step" in report["error"]
+    assert report["error"] in result.stderr
+    assert not (run_dir / "pruned.pt").exists()
+
+
+def test_save_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "pruned.pt"
+    atomic_torch_save({"v": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_torch_save({"v": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pruned.pt"]
+
+
+def test_text_write_that_fails_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "report.json"
+    atomic_write_text(path, '{"status": "completed"}')
+    import prune_cli.atomic as atomic
+
+    def exploding_replace(src, dst):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(atomic.os, "replace", exploding_replace)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(path, '{"status": "failed"}')
+    assert json.loads(path.read_text()) == {"status": "completed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickled_objects_in_a_checkpoint_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "model": Evil()}, path)
+    with pytest.raises(UsageError, match="refused"):
+        prune_cli.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_truncated_or_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "pruned.pt"
+    if content is None:
+        torch.save({"state_dict": {"w": torch.ones(1000)}}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UsageError, match="corrupt or truncated"):
+        prune_cli.load_checkpoint(path)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        prune_cli.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_runs_are_deterministic_on_cpu(run_api):
+    a, dir_a = run_api("schedule=iterative", "schedule.rounds=2", "strategy=gradient", name="a")
+    b, dir_b = run_api("schedule=iterative", "schedule.rounds=2", "strategy=gradient", name="b")
+    for key in ("accuracy", "sparsity", "layers", "rounds", "params"):
+        if key == "rounds":
+            strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} for r in rounds]
+            assert strip(a[key]) == strip(b[key])
+        else:
+            assert a[key] == b[key]
+    sa, sb = safe_load(dir_a / "pruned.pt")["state_dict"], safe_load(dir_b / "pruned.pt")["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
