@@ -8,9 +8,9 @@ Public API (imports are lazy so ``prune-run --help`` does not load torch):
 __version__ = "0.1.0"
 
 
-def load_checkpoint(path, map_location="cpu", shrunk: bool = False):
+def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False):
     from .checkpoint import load_checkpoint as _load
-    return _load(path, map_location=map_location, shrunk=shrunk)
+    return _load(path, map_location=map_location, shrunk=shrunk, sparse=sparse)
 
 
 def run(overrides=(), run_dir=None):

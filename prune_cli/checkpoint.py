@@ -58,8 +58,12 @@ def save_checkpoint(path, *, state_dict, masks, spec, config, report, shrunk=Non
     atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path, map_location="cpu", shrunk: bool = False):
-    """Rebuild the pruned model (eval mode) from ``pruned.pt``; ``shrunk=True`` gives the smaller model."""
+def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False):
+    """Rebuild the pruned model (eval mode) from ``pruned.pt``.
+
+    ``shrunk=True`` gives the physically smaller model of a structured run; ``sparse=True`` converts Linear
+    layers that are at least ``export.min_sparsity`` sparse to CSR (inference only).
+    """
     from . import models
     payload = safe_load(path, map_location)
     for key in ("state_dict", "model"):
@@ -74,4 +78,8 @@ def load_checkpoint(path, map_location="cpu", shrunk: bool = False):
         model.load_state_dict(payload["shrunk"]["state_dict"])
     else:
         model.load_state_dict(payload["state_dict"])
+    if sparse:
+        from .sparse_export import to_sparse
+        min_sparsity = float(payload.get("config", {}).get("export", {}).get("min_sparsity", 0.8))
+        model = to_sparse(model, min_sparsity)
     return model.to(map_location).eval()

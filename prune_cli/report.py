@@ -48,6 +48,14 @@ def measure(exp) -> dict:
         out["flops"]["shrunk"] = costs.count_flops(shrunk_model, example_shape)["dense"]
         shrunk_state = {k: v.detach().cpu() for k, v in shrunk_model.state_dict().items()}
         out["shrunk_payload"] = {"state_dict": shrunk_state, "shapes": shrunk_info["shapes"]}
+    export_cfg = exp.cfg.get("export", {})
+    if export_cfg.get("sparse") and not exp.strategy.structured:
+        from .sparse_export import sparse_export_if_faster
+        _, info = sparse_export_if_faster(model, example_shape, exp.device,
+                                          min_sparsity=float(export_cfg.get("min_sparsity", 0.8)))
+        out["export"] = {"sparse": info}
+        if info["used"]:
+            latency["sparse"] = info["sparse_ms"]
     latency["dense"] = latency_of(_dense_twin(exp))
     out["latency"] = {k: v for k, v in latency.items() if v is not None}
     out["shrunk"] = shrunk_info
@@ -79,10 +87,11 @@ def _speedups(out: dict, compressed: bool = False) -> dict:
     latency = out["latency"]
     result = {"theoretical": out["flops"].get("theoretical_speedup"), "method": "none", "measured": {}}
     base = latency.get("dense")
-    fastest = latency.get("shrunk") or latency.get("masked")
+    fastest = latency.get("shrunk") or latency.get("sparse") or latency.get("masked")
     if base and fastest:
         # A masked model runs dense kernels: its ratio is ~1 and is reported as such, not as a speed-up.
         result["method"] = ("shrunk model" if latency.get("shrunk") else
+                            "sparse kernel (CSR)" if latency.get("sparse") else
                             "smaller model (compress)" if compressed else "none")
         result["measured"] = {k: base[k] / fastest[k] for k in base if fastest.get(k)}
     return result
@@ -136,6 +145,15 @@ def build_report(exp, state_dict: dict, extras: dict) -> dict:
         "speedup": extras["speedup"],
         "shrunk": extras["shrunk"],
     }
+    collapsed = [layer["name"] for layer in layers if layer["sparsity"] == 1.0]
+    if collapsed:
+        # Global ranking can empty a whole layer (layer collapse); the network is then disconnected.
+        result["warnings"] = [f"{name} is 100% pruned: the network is disconnected (try strategy.scope=layer)"
+                              for name in collapsed]
+        for warning in result["warnings"]:
+            log.warning(warning)
+    if extras.get("export"):
+        result["export"] = extras["export"]
     if extras["shrunk"]:
         result["params"]["shrunk"] = extras["shrunk"].get("params")
     if record.get("compress"):

@@ -124,3 +124,17 @@ def test_report_markdown_matches_json(run_api):
     assert f"{100 * report['accuracy']['finetuned']:.2f}%" in text
     assert f"{100 * report['sparsity']['achieved']:.2f}%" in text
     assert "| layers.1.weight |" in text
+
+
+def test_sparse_export_is_timed_and_layer_collapse_is_flagged(run_api):
+    import prune_cli
+    report, run_dir = run_api("sparsity=0.97", "model.hidden=[512]", "export.sparse=true")
+    info = report["export"]["sparse"]
+    assert info["sparse_layers"] and info["dense_ms"]["batch_256_ms"] > 0 and info["sparse_ms"]["batch_1_ms"] > 0
+    assert ("sparse" in report["latency"]) == info["used"]
+    model = prune_cli.load_checkpoint(run_dir / "pruned.pt")
+    sparse = prune_cli.load_checkpoint(run_dir / "pruned.pt", sparse=True)
+    x = torch.rand(32, 1, 8, 8)
+    assert torch.allclose(model(x), sparse(x), atol=1e-5)
+    collapsed = [layer["name"] for layer in report["layers"] if layer["sparsity"] == 1.0]
+    assert [w.split(" ")[0] for w in report.get("warnings", [])] == collapsed
