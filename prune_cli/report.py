@@ -274,10 +274,13 @@ def console_table(r: dict, console) -> None:
         table.add_row("MACs dense / nonzero", f"{r['flops']['dense']:,} / {r['flops']['nonzero']:,}")
     if r.get("shrunk"):
         table.add_row("params after shrinking", f"{r['shrunk'].get('params', 0):,}")
-    measured = (r.get("speedup") or {}).get("measured") or {}
-    if measured:
-        table.add_row(f"speed-up ({r['speedup']['method']})",
-                      ", ".join(f"{k}: {v:.2f}x" for k, v in measured.items()))
+    speedup = r.get("speedup") or {}
+    if speedup.get("method", "none") != "none" and speedup.get("measured"):
+        table.add_row(f"measured speed-up ({speedup['method']})",
+                      ", ".join(f"{k.replace('_ms', '').replace('_', ' ')}: {v:.2f}x"
+                                for k, v in speedup["measured"].items()))
+    elif speedup:
+        table.add_row("measured speed-up", "none (masked weights still run dense kernels)")
     table.add_row("cache (dense)", str(r.get("cache", {}).get("dense", "-")))
     table.add_row("total seconds", f"{r['timings'].get('total', 0):.2f}")
     console.print(table)
