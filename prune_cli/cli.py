@@ -140,6 +140,10 @@ def _existing_fingerprint(run_dir: Path) -> str | None:
 
 
 def main() -> None:
+    global _composed
+    _composed = False
+    from .callbacks import SweepSummary
+    SweepSummary.started = False
     _guard_existing_run(sys.argv[1:])
     try:
         _hydra_main()

@@ -1,5 +1,6 @@
 """prune-run as a user runs it: a subprocess, its exit code, what it prints, what it leaves behind."""
 import json
+import sys
 
 import pytest
 
@@ -42,17 +43,39 @@ BAD_INPUTS = [
 ]
 
 
+def run_in_process(args, capsys, monkeypatch, cwd):
+    """``prune-run`` through its console entry in this process: (exit code, stdout, stderr)."""
+    from prune_cli import cli
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["prune-run", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, overrides, message):
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, overrides, message):
     run_dir = tmp_path / "run"
-    result = prune_run([*overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("prune-run: ") and message in lines[0], result.stderr
+    code, out, err = run_in_process([*overrides, f"hydra.run.dir={run_dir}"], capsys, monkeypatch, tmp_path)
+    assert code == 2, err
+    assert "Traceback" not in err + out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("prune-run: ") and message in lines[0], err
     assert not (run_dir / "pruned.pt").exists()
     if (run_dir / "report.json").exists():
         assert read_report(run_dir)["status"] == "failed"
+
+
+def test_bad_input_from_a_real_process(tmp_path):
+    result = prune_run(["sparsity=1.5", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "prune-run: sparsity=1.5: must be a number in [0, 1) (the fraction of prunable weights that are zero "
+        "at the end)"]
 
 
 def test_cuda_without_gpu_is_bad_input(tmp_path):
@@ -66,12 +89,12 @@ def test_cuda_without_gpu_is_bad_input(tmp_path):
 
 
 @pytest.mark.parametrize("group", ["model", "dataset", "strategy", "schedule"])
-def test_unknown_group_option_lists_the_choices(tmp_path, group):
-    result = prune_run([f"{group}=nonexistent"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert f"Could not find '{group}/nonexistent'" in result.stderr
-    assert f"Available options in '{group}'" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_unknown_group_option_lists_the_choices(tmp_path, capsys, monkeypatch, group):
+    code, out, err = run_in_process([f"{group}=nonexistent"], capsys, monkeypatch, tmp_path)
+    assert code == 2
+    assert f"Could not find '{group}/nonexistent'" in err
+    assert f"Available options in '{group}'" in err
+    assert "Traceback" not in err
 
 
 def test_help_is_quick_and_lists_groups(tmp_path):
