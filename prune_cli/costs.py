@@ -163,6 +163,48 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], device,
     return results
 
 
+@torch.inference_mode()
+def measure_latency_side_by_side(models: Mapping[str, nn.Module], input_shape: Sequence[int], device,
+                                 batch_sizes: Sequence[int] = (1, 256), warmup: int = 3, repeats: int = 30,
+                                 max_time_s: float = 0.5) -> dict[str, dict[str, float]]:
+    """Median ms per forward pass of several models, timed in alternation (A, B, C, A, B, C, ...).
+
+    On a shared machine the load changes from second to second; alternating puts every model under the same
+    conditions, so their ratios (the speed-ups in the report) are fair even when the absolute times drift.
+    ``max_time_s`` bounds each batch size's timing for all models together (at least 3 passes each).
+    """
+    device = torch.device(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    results: dict[str, dict[str, float]] = {name: {} for name in models}
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(_eval_mode(model))
+        for batch_size in batch_sizes:
+            inputs = {name: _example_input(m, input_shape, batch_size, device) for name, m in models.items()}
+            for name, model in models.items():
+                for _ in range(max(1, warmup)):
+                    model(inputs[name])
+            sync()
+            times: dict[str, list[float]] = {name: [] for name in models}
+            deadline = time.perf_counter() + max_time_s
+            for round_index in range(max(3, repeats)):
+                for name, model in models.items():
+                    sync()
+                    start = time.perf_counter()
+                    model(inputs[name])
+                    sync()
+                    times[name].append(time.perf_counter() - start)
+                if round_index >= 2 and time.perf_counter() > deadline:
+                    break
+            for name in models:
+                results[name][f"batch_{batch_size}_ms"] = statistics.median(times[name]) * 1e3
+    return results
+
+
 # ---------------------------------------------------------------------------------------------------- sizes
 
 def _serialized_size(obj) -> int:

@@ -27,14 +27,7 @@ def measure(exp) -> dict:
     masks = dict(exp.masks) if exp.masks else None
     out = {"flops": costs.count_flops(model, example_shape, masks)}
     measure_cfg = exp.cfg.get("measure", {})
-    budget = float(measure_cfg.get("latency_budget_s", 0.5))
-
-    def latency_of(m):
-        if not measure_cfg.get("latency", True):
-            return None
-        return costs.measure_latency(m, example_shape, exp.device, max_time_s=budget)
-
-    latency = {"masked": latency_of(model)}
+    timed = {"masked": model, "dense": _dense_twin(exp)}   # timed side by side: fair ratios on a busy machine
     shrunk_model, shrunk_info = None, None
     if exp.strategy.structured and exp.masks:
         from .shrink import shrink
@@ -44,20 +37,30 @@ def measure(exp) -> dict:
         if not shrunk_info["max_abs_diff"] <= 1e-5:
             log.warning("shrunk model differs from the masked one by %.3g", shrunk_info["max_abs_diff"])
         shrunk_info["matches_masked"] = bool(shrunk_info["max_abs_diff"] <= 1e-5)
-        latency["shrunk"] = latency_of(shrunk_model)
+        timed["shrunk"] = shrunk_model
         out["flops"]["shrunk"] = costs.count_flops(shrunk_model, example_shape)["dense"]
-        shrunk_state = {k: v.detach().cpu() for k, v in shrunk_model.state_dict().items()}
+        shrunk_state = {k: v.detach().cpu().clone() for k, v in shrunk_model.state_dict().items()}
         out["shrunk_payload"] = {"state_dict": shrunk_state, "shapes": shrunk_info["shapes"]}
     export_cfg = exp.cfg.get("export", {})
     if export_cfg.get("sparse") and not exp.strategy.structured:
-        from .sparse_export import sparse_export_if_faster
-        _, info = sparse_export_if_faster(model, example_shape, exp.device,
-                                          min_sparsity=float(export_cfg.get("min_sparsity", 0.8)))
-        out["export"] = {"sparse": info}
-        if info["used"]:
-            latency["sparse"] = info["sparse_ms"]
-    latency["dense"] = latency_of(_dense_twin(exp))
-    out["latency"] = {k: v for k, v in latency.items() if v is not None}
+        from .sparse_export import to_sparse
+        sparse_model = to_sparse(model, float(export_cfg.get("min_sparsity", 0.8)))
+        layers = [n for n, m in sparse_model.named_modules() if type(m).__name__ == "SparseLinear"]
+        out["export"] = {"sparse": {"sparse_layers": layers, "used": False}}
+        if layers:
+            timed["sparse"] = sparse_model
+    latency = {}
+    if measure_cfg.get("latency", True):
+        latency = costs.measure_latency_side_by_side(timed, example_shape, exp.device,
+                                                     max_time_s=float(measure_cfg.get("latency_budget_s", 0.5)))
+    if "sparse" in latency:
+        # Kept only when faster than the dense kernels at the larger batch (what CSR is for).
+        info = out["export"]["sparse"]
+        info.update(dense_ms=latency["masked"], sparse_ms=latency["sparse"])
+        info["used"] = latency["sparse"]["batch_256_ms"] < latency["masked"]["batch_256_ms"]
+        if not info["used"]:
+            latency.pop("sparse")
+    out["latency"] = latency
     out["shrunk"] = shrunk_info
     out["size_bytes"] = costs.checkpoint_sizes(
         model.state_dict(), masks or {}, out.get("shrunk_payload", {}).get("state_dict"))
