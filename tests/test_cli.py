@@ -40,6 +40,9 @@ BAD_INPUTS = [
     (["schedule=iterative", "schedule.rounds=4", "finetune.epochs=2"], "schedule.rounds=4: needs finetune.epochs"),
     (["strategy.scope=everywhere"], "strategy.scope=everywhere: must be 'global' or 'layer'"),
     (["model=lenet5", "dataset=synthetic", "dataset.shape=[1,2,2]"], "model=lenet5 cannot take dataset=synthetic"),
+    (["strategy=activation", "sparsity=0.9999"], "sparsity=0.9999: strategy=activation removes whole units and "
+                                                 "can reach at most 0.9961"),
+    (["schedule=gradual", "finetune.epochs=0"], "finetune.epochs=0: schedule=gradual prunes during fine-tuning"),
 ]
 
 

@@ -138,3 +138,16 @@ def test_sparse_export_is_timed_and_layer_collapse_is_flagged(run_api):
     assert torch.allclose(model(x), sparse(x), atol=1e-5)
     collapsed = [layer["name"] for layer in report["layers"] if layer["sparsity"] == 1.0]
     assert [w.split(" ")[0] for w in report.get("warnings", [])] == collapsed
+
+
+def test_cost_fields_are_measured(run_api):
+    report, run_dir = run_api("sparsity=0.5", "model.hidden=[100]")
+    # Multiply-adds of a 64-100-10 MLP, by hand; half the weights zero halves them.
+    assert report["flops"]["dense"] == 64 * 100 + 100 * 10
+    assert report["flops"]["nonzero"] == pytest.approx(report["flops"]["dense"] / 2, abs=1)
+    for model in ("dense", "masked"):
+        for key in ("batch_1_ms", "batch_256_ms"):
+            assert report["latency"][model][key] > 0
+    assert report["size_bytes"]["checkpoint"] == (run_dir / "pruned.pt").stat().st_size
+    assert report["size_bytes"]["sparse"] < report["size_bytes"]["dense"]
+    assert report["speedup"]["method"] == "none"
