@@ -3,6 +3,10 @@
 A model is described by a *spec*, ``{"target": "module.Class", "kwargs": {...}}``: plain data that goes into
 the checkpoint so ``load_checkpoint`` can rebuild the architecture with no user code. ``width`` scales every
 hidden layer; the ``compress`` strategy uses it to train a genuinely smaller network.
+
+Models: ``MLP`` (LeNet-300-100), ``LeNet5``, Frankle & Carbin's ``Conv2``/``Conv4``/``Conv6``, CIFAR ``VGG``
+(depth 11/13/16/19, Li et al. 2017's classifier), He et al.'s ``CIFARResNet`` (depth 6n+2, option-B
+shortcuts) and ``TorchvisionModel`` (any ``torchvision.models`` classifier by ``arch``, adapted to the data).
 """
 from __future__ import annotations
 
