@@ -9,7 +9,7 @@ import numbers
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UsageError
-from .training import OPTIMIZERS
+from .training import LR_DECAYS, OPTIMIZERS
 
 
 def _number(cfg, key: str):
@@ -41,6 +41,9 @@ def validate(cfg: DictConfig) -> None:
         lr = _number(cfg, f"{stage}.lr")
         if lr <= 0:
             raise UsageError(f"{stage}.lr={lr!r}: must be a positive number")
+        decay = cfg[stage].get("lr_decay", "none")
+        if decay not in LR_DECAYS:
+            raise UsageError(f"{stage}.lr_decay={decay!r}: must be one of {', '.join(LR_DECAYS)}")
         if cfg[stage].optimizer not in OPTIMIZERS:
             raise UsageError(f"{stage}.optimizer={cfg[stage].optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
     every = _number(cfg, "checkpoint.every_s")

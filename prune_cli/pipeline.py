@@ -161,8 +161,10 @@ class Experiment:
             return
         cfg = self.cfg
         rewind_epoch = getattr(self.schedule, "rewind_epoch", 0)
-        key = dense_key({"model": OmegaConf.to_container(cfg.model, resolve=True),
-                         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+        for knob in ("download", "workers", "in_memory"):  # how data is fetched, not what it is
+            dataset.pop(knob, None)
+        key = dense_key({"model": OmegaConf.to_container(cfg.model, resolve=True), "dataset": dataset,
                          "train": OmegaConf.to_container(cfg.train, resolve=True),
                          "seed": self.seed, "rewind_epoch": rewind_epoch})
         cache = DenseCache(str(Path(cfg.cache.dir).expanduser().resolve()), cfg.cache.enabled)

@@ -6,6 +6,7 @@ a device tensor and checked once per epoch, which finds the first non-finite ste
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -27,15 +28,31 @@ class StageSettings:
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    lr_decay: str = "none"               # none | cosine | step
+    lr_milestones: tuple = (0.5, 0.75)   # step: fractions of the epochs where lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
 
     @classmethod
     def from_cfg(cls, cfg, epochs: Optional[int] = None) -> "StageSettings":
         return cls(epochs=int(cfg.epochs if epochs is None else epochs), lr=float(cfg.lr),
                    batch_size=int(cfg.batch_size), optimizer=str(cfg.optimizer),
-                   momentum=float(cfg.get("momentum", 0.9)), weight_decay=float(cfg.get("weight_decay", 0.0)))
+                   momentum=float(cfg.get("momentum", 0.9)), weight_decay=float(cfg.get("weight_decay", 0.0)),
+                   lr_decay=str(cfg.get("lr_decay", "none")),
+                   lr_milestones=tuple(float(m) for m in cfg.get("lr_milestones", (0.5, 0.75))),
+                   lr_gamma=float(cfg.get("lr_gamma", 0.1)))
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of an epoch: a pure function of the epoch, so a resumed run gets the same one."""
+        if self.lr_decay == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, self.epochs)))
+        if self.lr_decay == "step":
+            passed = sum(1 for m in self.lr_milestones if epoch >= m * self.epochs)
+            return self.lr * self.lr_gamma ** passed
+        return self.lr
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_DECAYS = ("none", "cosine", "step")
 
 
 def make_optimizer(model: nn.Module, settings: StageSettings) -> torch.optim.Optimizer:
@@ -84,6 +101,8 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     model.train()
     task = progress.add_task(stage, total=settings.epochs, completed=start_epoch) if progress else None
     for epoch in range(start_epoch, settings.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr_at(epoch)
         losses = torch.zeros(steps_per_epoch, device=device)
         batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
         for i, (x, y) in enumerate(batches):

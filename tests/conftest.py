@@ -11,6 +11,11 @@ import torch
 TINY = ["train.epochs=3", "finetune.epochs=2", "checkpoint.every_s=0", "measure.latency_budget_s=0.01"]
 
 
+def pytest_configure(config):
+    # Tiny models run fastest on one thread, and a shared 2-core machine makes a second thread spin-wait.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
