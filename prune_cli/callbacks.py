@@ -14,6 +14,7 @@ share nothing but the files in the sweep directory.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import traceback
@@ -23,9 +24,30 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 REPORT = "report.json"
+NAME_LIMIT = 240  # bytes; most filesystems refuse a name over 255 ("File name too long")
+
+
+def job_dirname(num, override_dirname) -> str:
+    """``hydra.sweep.subdir``: ``<job number>_<overrides>``, shortened when the overrides are too long.
+
+    Hydra's ``override_dirname`` holds every override given on the command line, fixed ones included, so a
+    sweep with many settings easily passes the filesystem's 255-byte limit; Hydra would then crash the whole
+    sweep on the first job. The job number keeps shortened names unique; the hash tells the full list apart.
+    """
+    name = f"{num}_{override_dirname}"
+    raw = name.encode()
+    if len(raw) <= NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(str(override_dirname).encode()).hexdigest()[:8]
+    return raw[: NAME_LIMIT - 10].decode(errors="ignore") + f"~{digest}"
+
+
+# Registered on import: Hydra instantiates the callbacks (importing this module) in the process that starts the
+# sweep and unpickles them in every joblib worker and submitit job, before any job directory is resolved.
+OmegaConf.register_new_resolver("prune_cli.job_dir", job_dirname, replace=True)
 
 
 class SweepSummary(Callback):
