@@ -51,13 +51,16 @@ OmegaConf.register_new_resolver("prune_cli.job_dir", job_dirname, replace=True)
 
 
 class SweepSummary(Callback):
-    started = False  # class-level: read by cli.main to tell config errors from job failures
+    # Class-level, read by cli.main to tell bad input (exit 2) from failed jobs (exit 1) when Hydra exits 1.
+    started: Any = False
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         SweepSummary.started = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        SweepSummary.started = True
+        # Hydra composes each job's config (and rejects e.g. strategy=magnitude,nonexistent) only after this
+        # hook, so a sweep counts as started once a job directory exists, not yet here.
+        SweepSummary.started = _JobsLaunched(Path(config.hydra.sweep.dir))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or _mode(config) != RunMode.MULTIRUN:
@@ -106,6 +109,16 @@ def sweep_problems(sweep_dir: Path) -> list[tuple[str, str]]:
         if status != "completed":
             problems.append((name, f"{status}: {error}"))
     return problems
+
+
+class _JobsLaunched:
+    """Truthy once the sweep directory holds a job directory: from then on an exit 1 means failed jobs."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir = sweep_dir
+
+    def __bool__(self) -> bool:
+        return self.sweep_dir.is_dir() and bool(_job_dirs(self.sweep_dir))
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ import torch
 import prune_cli
 
 SEEDS = (0, 1, 2)
-COMMON = ["model=lenet300", "dataset=digits", "measure.latency=false", "progress=false"]
+COMMON = ["model=lenet300", "dataset=digits", "finetune.epochs=30", "measure.latency=false", "progress=false"]
 
 STRATEGIES = {
     "magnitude": ["strategy=magnitude"],
@@ -34,14 +34,14 @@ STRATEGIES = {
     "compress (distilled)": ["strategy=compress", "strategy.distill=true"],
 }
 
-# Same total fine-tune budget (20 epochs) for every schedule.
+# Same total fine-tune budget (30 epochs) for every schedule.
 SCHEDULES = {
-    "oneshot": ["schedule=oneshot", "finetune.epochs=20"],
-    "iterative (4 rounds)": ["schedule=iterative", "schedule.rounds=4", "finetune.epochs=20"],
-    "gradual": ["schedule=gradual", "finetune.epochs=20"],
-    "lottery (4 rounds, rewind to init)": ["schedule=lottery", "schedule.rounds=4", "finetune.epochs=20"],
-    "lottery (4 rounds, rewind to epoch 1)": ["schedule=lottery", "schedule.rounds=4", "schedule.rewind_epoch=1",
-                                              "finetune.epochs=20"],
+    "oneshot": ["schedule=oneshot", "finetune.epochs=30"],
+    "iterative (3 rounds)": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=30"],
+    "gradual": ["schedule=gradual", "finetune.epochs=30"],
+    "lottery (3 rounds, rewind to init)": ["schedule=lottery", "schedule.rounds=3", "finetune.epochs=30"],
+    "lottery (3 rounds, rewind to epoch 1)": ["schedule=lottery", "schedule.rounds=3", "schedule.rewind_epoch=1",
+                                              "finetune.epochs=30"],
 }
 
 
