@@ -385,20 +385,34 @@ def make_spec(model_cfg: dict[str, Any], info, width: float = 1.0) -> dict[str, 
     return {"target": model_cfg["_target_"], "kwargs": kwargs}
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _plain_kwargs(model_cfg: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in model_cfg.items() if k not in ("_target_", "name"))
+
+
 def build_for(model_cfg: dict[str, Any], info, width: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
     """Build a model for a dataset, turning a shape mismatch into one clear line."""
     spec = make_spec(model_cfg, info, width)
     name = model_cfg.get("name", spec["target"])
+    shape_error = (f"model={name} cannot take dataset={info.name} inputs of shape {tuple(info.input_shape)}")
     try:
         model = build(spec)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"model={name}: cannot be built with {_plain_kwargs(model_cfg)}: {_first_line(err)}") \
+            from None
+    except RuntimeError as err:  # a constructor that runs a dummy forward pass to size its layers
+        raise UsageError(f"{shape_error}: {_first_line(err)}") from None
+    try:
         if model_cfg.get("pretrained") and width == 1.0 and hasattr(model, "load_pretrained"):
             # Weights are an initialisation, not architecture: they stay out of the spec (make_spec), so a
             # checkpoint rebuilds with no download. A narrower (compress) model cannot take them.
             model.load_pretrained()
         with torch.no_grad():
             model.eval()(torch.zeros(2, *info.input_shape))
-    except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"model={name} cannot take dataset={info.name} inputs of shape "
-                         f"{tuple(info.input_shape)}: {first}") from None
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise UsageError(f"{shape_error}: {_first_line(err)}") from None
     return model.train(), spec

@@ -166,7 +166,8 @@ class Experiment:
             dataset.pop(knob, None)
         key = dense_key({"model": OmegaConf.to_container(cfg.model, resolve=True), "dataset": dataset,
                          "train": OmegaConf.to_container(cfg.train, resolve=True),
-                         "seed": self.seed, "rewind_epoch": rewind_epoch})
+                         "seed": self.seed, "rewind_epoch": rewind_epoch,
+                         "device": self.device.type})  # GPU and CPU kernels give different numbers
         cache = DenseCache(str(Path(cfg.cache.dir).expanduser().resolve()), cfg.cache.enabled)
         with cache.locked(key):
             entry = cache.load(key)
