@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("table", choices=["strategies", "schedules"])
     args = parser.parse_args()
-    out = Path("outputs/tables") / args.table
+    out = Path("outputs/tables") / args.table / time.strftime("%Y-%m-%d_%H-%M-%S")
     started = time.perf_counter()
     if args.table == "strategies":
         rows = run_table(args.table, STRATEGIES, (0.9, 0.98), out)
