@@ -47,15 +47,19 @@ def dense_key(parts: dict) -> str:
 
 
 class DenseCache:
-    def __init__(self, directory: Optional[str], enabled: bool = True):
+    """Entries of one ``kind``: ``dense`` (trained dense models) or ``scores`` (first-round scores)."""
+
+    def __init__(self, directory: Optional[str], enabled: bool = True, kind: str = "dense",
+                 required: tuple = REQUIRED):
         self.enabled = bool(enabled) and directory is not None
         self.dir = Path(directory) if directory else None
+        self.kind, self.required = kind, required
 
     def path(self, key: str) -> Path:
-        return self.dir / f"dense-{key}.pt"
+        return self.dir / f"{self.kind}-{key}.pt"
 
     def lock_path(self, key: str) -> Path:
-        return self.dir / f"dense-{key}.pt.lock"
+        return self.dir / f"{self.kind}-{key}.pt.lock"
 
     @contextmanager
     def locked(self, key: str):
@@ -73,7 +77,7 @@ class DenseCache:
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                log.info("waiting for another process to finish the dense model %s", self.path(key).name)
+                log.info("waiting for another process to finish the cache entry %s", self.path(key).name)
                 lock.acquire()
         except OSError as err:
             raise UsageError(f"cache.dir={self.dir}: cannot take the lock {self.lock_path(key).name} "
@@ -98,7 +102,7 @@ class DenseCache:
             entry = safe_load(self.path(key))
             if not isinstance(entry, dict):
                 raise UsageError(f"holds a {type(entry).__name__}, not an entry")
-            missing = [k for k in ("key", *REQUIRED) if k not in entry]
+            missing = [k for k in ("key", *self.required) if k not in entry]
             if missing:
                 raise UsageError(f"incomplete entry, no {', '.join(missing)}")
             if entry["key"] != key:

@@ -129,10 +129,33 @@ class Experiment:
                               batch_size=finetune.batch_size, target=target, fit=train_for,
                               unit_layers=self.unit_layers)
 
+    def _score(self, ctx: ScoringContext) -> dict:
+        """Scores of the first prune of a dense model do not depend on the sparsity: a sweep over sparsities
+        computes them once (cached beside the dense model). Later rounds score a model no other run has."""
+        from .strategies.base import Strategy
+        reusable = (self.masks is None and ctx.round == 1 and type(self.strategy).prepare is Strategy.prepare
+                    and self.record.get("cache", {}).get("key") and self.cfg.cache.enabled)
+        if not reusable:
+            return self.strategy.score(ctx)
+        params = {k: v for k, v in OmegaConf.to_container(self.cfg.strategy, resolve=True).items()}
+        key = dense_key({"dense": self.record["cache"]["key"], "strategy": params, "seed": self.seed,
+                         "prunable": self.prunable})
+        cache = DenseCache(str(Path(self.cfg.cache.dir).expanduser().resolve()), True, kind="scores",
+                           required=("scores",))
+        with cache.locked(key):
+            entry = cache.load(key)
+            if entry is None:
+                scores = self.strategy.score(ctx)
+                cache.store(key, {"scores": {k: v.detach().cpu() for k, v in scores.items()}})
+                self.record["cache"]["scores"] = "computed"
+                return scores
+        self.record["cache"]["scores"] = "reused"
+        return {k: v.to(self.device) for k, v in entry["scores"].items()}
+
     def _prune_to(self, target: float, ctx: ScoringContext) -> Masks:
         """Score, then turn scores into masks at exactly ``target`` (shared thresholding)."""
         with Timer(self.device) as t:
-            scores = self.strategy.score(ctx)
+            scores = self._score(ctx)
         self._time("score", t.seconds)
         with Timer(self.device) as t:
             if self.strategy.structured:

@@ -151,3 +151,12 @@ def test_cost_fields_are_measured(run_api):
     assert report["size_bytes"]["checkpoint"] == (run_dir / "pruned.pt").stat().st_size
     assert report["size_bytes"]["sparse"] < report["size_bytes"]["dense"]
     assert report["speedup"]["method"] == "none"
+
+
+def test_first_round_scores_are_shared_across_sparsities(run_api):
+    a, _ = run_api("strategy=activation", "sparsity=0.5", name="a")
+    b, _ = run_api("strategy=activation", "sparsity=0.7", name="b")
+    fresh, _ = run_api("strategy=activation", "sparsity=0.7", "cache.enabled=false", name="fresh")
+    assert a["cache"]["scores"] == "computed" and b["cache"]["scores"] == "reused"
+    assert "scores" not in fresh["cache"]
+    assert b["layers"] == fresh["layers"] and b["accuracy"] == fresh["accuracy"]
