@@ -4,16 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Tiny models run fastest on one thread, and on a shared 2-core machine a second thread only spin-waits.
+# Set before torch is imported; subprocesses (prune-run as a user runs it) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Small and fast: the real numbers live in benchmarks/, not here.
 TINY = ["train.epochs=3", "finetune.epochs=2", "checkpoint.every_s=0", "measure.latency_budget_s=0.01"]
-
-
-def pytest_configure(config):
-    # Tiny models run fastest on one thread, and a shared 2-core machine makes a second thread spin-wait.
-    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
