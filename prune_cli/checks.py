@@ -46,6 +46,9 @@ def validate(cfg: DictConfig) -> None:
             raise UsageError(f"{stage}.lr_decay={decay!r}: must be one of {', '.join(LR_DECAYS)}")
         if cfg[stage].optimizer not in OPTIMIZERS:
             raise UsageError(f"{stage}.optimizer={cfg[stage].optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
+    threads = cfg.get("threads", "auto")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"threads={threads!r}: must be auto or a positive integer")
     every = _number(cfg, "checkpoint.every_s")
     if every < 0:
         raise UsageError(f"checkpoint.every_s={every!r}: must be >= 0 (0 saves every epoch)")
@@ -97,6 +100,6 @@ def validate_plan(cfg: DictConfig, strategy, schedule) -> None:
 def fingerprint(cfg: DictConfig) -> str:
     """What identifies a run for resuming: the whole config except knobs that do not change results."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("progress", "checkpoint", "device", "cache"):
+    for key in ("progress", "checkpoint", "device", "cache", "threads", "measure"):
         plain.pop(key, None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -6,6 +6,7 @@ stage is shared through the cache (cache.py), and the report is written last, af
 from __future__ import annotations
 
 import logging
+import os
 import time
 import zlib
 from pathlib import Path
@@ -27,6 +28,7 @@ from .strategies.compress import Compress, find_width
 from .training import StageSettings, Timer, evaluate, fit
 
 log = logging.getLogger("prune_cli")
+SMALL_MODEL_MACS = 5_000_000  # per example; LeNets and MLPs on digits/MNIST are far below, CIFAR CNNs above
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -51,6 +53,7 @@ class Experiment:
         torch.manual_seed(self.seed)
         self.model, self.spec = build_for(OmegaConf.to_container(cfg.model, resolve=True), self.data.info)
         self.model.to(self.device)
+        self.threads = self._set_threads(cfg.get("threads", "auto"))
         self.prunable = prunable_names(self.model, include_classifier=self.strategy.prune_classifier)
         self.example = torch.zeros(1, *self.data.info.input_shape, device=self.device)
         self.unit_layers = []
@@ -85,6 +88,18 @@ class Experiment:
             raise UsageError(f"sparsity={target}: strategy={self.strategy.name} removes whole units and can reach "
                              f"at most {reachable:.4f} on model={self.cfg.model.get('name', '?')} "
                              f"(every layer keeps one unit, the classifier all its outputs)")
+
+    def _set_threads(self, wanted) -> int:
+        """On CPU, small models train several times faster on one thread: their kernels are too short to
+        split, and a second thread spin-waits (badly so when another process shares the cores)."""
+        if self.device.type != "cpu":
+            return torch.get_num_threads()
+        if wanted == "auto":
+            from .costs import count_flops
+            small = count_flops(self.model, tuple(self.data.info.input_shape))["dense"] < SMALL_MODEL_MACS
+            wanted = 1 if small else (os.cpu_count() or 1)
+        torch.set_num_threads(int(wanted))
+        return int(wanted)
 
     # --- helpers shared by the stages -------------------------------------------------------------------
     def _time(self, key: str, seconds: float) -> None:

@@ -128,7 +128,7 @@ def build_report(exp, state_dict: dict, extras: dict) -> dict:
         "experiment": {
             "model": cfg.model.get("name", cfg.model._target_), "dataset": cfg.dataset.name,
             "strategy": exp.strategy.name, "schedule": exp.schedule.name, "seed": int(cfg.seed),
-            "device": str(exp.device), "run_dir": str(exp.run_dir.resolve()),
+            "device": str(exp.device), "threads": exp.threads, "run_dir": str(exp.run_dir.resolve()),
         },
         "strategy": exp.strategy.describe(),
         "schedule": exp.schedule.describe(),
