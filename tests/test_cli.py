@@ -42,6 +42,7 @@ BAD_INPUTS = [
     (["model=lenet5", "dataset=synthetic", "dataset.shape=[1,2,2]"], "model=lenet5 cannot take dataset=synthetic"),
     (["strategy=activation", "sparsity=0.9999"], "sparsity=0.9999: strategy=activation removes whole units and "
                                                  "can reach at most 0.9961"),
+    (["threads=0"], "threads=0: must be auto or a positive integer"),
     (["model.hidden=abc"], "model=mlp: cannot be built with hidden=abc"),
     (["schedule=gradual", "finetune.epochs=0"], "finetune.epochs=0: schedule=gradual prunes during fine-tuning"),
 ]
