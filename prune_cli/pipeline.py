@@ -129,7 +129,7 @@ class Experiment:
         self._time(stage.split(".")[-1], t.seconds)  # round2.finetune -> finetune, round1.l1 -> l1
         return masks
 
-    def _context(self, round_index: int, target: float) -> ScoringContext:
+    def _context(self, round_index: int, target: float, previous_target: float = 0.0) -> ScoringContext:
         finetune = StageSettings.from_cfg(self.cfg.finetune)
 
         def train_for(epochs: int, stage: str, **kwargs):
@@ -141,7 +141,8 @@ class Experiment:
         masks = self.masks if self.masks is not None else Masks.ones(self.model, self.prunable)
         return ScoringContext(model=self.model, masks=masks, train=self.data.train, prunable=self.prunable,
                               device=self.device, seed=self.seed, round=round_index,
-                              batch_size=finetune.batch_size, target=target, fit=train_for,
+                              batch_size=finetune.batch_size, target=target, previous_target=previous_target,
+                              fit=train_for,
                               unit_layers=self.unit_layers)
 
     def _score(self, ctx: ScoringContext) -> dict:
@@ -250,7 +251,8 @@ class Experiment:
             name = f"round{index}"
             if not self.state.is_done(f"{name}.prune"):
                 started = time.perf_counter()
-                ctx = self._context(index, target)
+                previous = targets[index - 2] if index > 1 else 0.0
+                ctx = self._context(index, target, previous)
                 if not self.state.is_done(f"{name}.prepare"):
                     self.strategy.prepare(ctx)
                     self.state.boundary(f"{name}.prepare", self.model, self.masks)

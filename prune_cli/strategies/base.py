@@ -22,6 +22,7 @@ class ScoringContext:
     round: int
     batch_size: int
     target: float = 0.0      # the cumulative sparsity this round prunes to
+    previous_target: float = 0.0  # what the previous round pruned to (0 before the first)
     # fit(model, settings_override: dict, stage, regularizer=None, after_step=None) for strategies that train.
     fit: Optional[Callable] = None
     unit_layers: list = field(default_factory=list)

@@ -56,8 +56,9 @@ class L0(Strategy):
 
     def prepare(self, ctx: ScoringContext) -> None:
         params = dict(ctx.model.named_parameters())
-        total = sum(params[name].numel() for name in ctx.prunable)
-        start = ctx.masks.zeros_count(ctx.prunable) / total
+        # The ramp starts at the previous round's target, not at the masks in hand: a resumed run may hold
+        # masks from the middle of the ramp and must still follow the same one.
+        start = ctx.previous_target
         steps_per_epoch = ctx.train.num_batches(ctx.batch_size)
         ramp_steps = max(1, int(self.ramp * self.epochs * steps_per_epoch))
         final = float(ctx.target)
