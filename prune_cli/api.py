@@ -35,4 +35,9 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[str] = None, progress=N
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.resolve(cfg)
-    return Experiment(cfg, run_dir, progress=progress).run()
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        return Experiment(cfg, run_dir, progress=progress).run()
+    finally:
+        torch.set_num_threads(threads)  # threads=auto sets it process-wide; give the caller theirs back

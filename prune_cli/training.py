@@ -1,8 +1,8 @@
 """One fit() for dense training and fine-tuning, and evaluate().
 
 The loop is deliberately plain: batches come from in-memory tensors, masks are re-applied in place after each
-optimizer step (no forward hooks), and nothing waits on the device inside an epoch. Per-step losses are kept in
-a device tensor and checked once per epoch, which finds the first non-finite step without a per-step sync.
+optimizer step (no forward hooks), and nothing waits on the device inside an epoch. Per-step losses stay on the
+device and are checked once per epoch, which finds the first non-finite step without a per-step sync.
 """
 from __future__ import annotations
 
@@ -95,7 +95,6 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     optimizer = make_optimizer(model, settings)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    device = next(model.parameters()).device
     steps_per_epoch = train.num_batches(settings.batch_size)
     pairs = _mask_pairs(model, masks)
     model.train()
@@ -103,7 +102,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     for epoch in range(start_epoch, settings.epochs):
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(epoch)
-        losses = torch.zeros(steps_per_epoch, device=device)
+        step_losses = []  # kept on the device; checked once per epoch (no per-step sync)
         batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
         for i, (x, y) in enumerate(batches):
             loss = loss_fn(model(x), x, y)
@@ -115,7 +114,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
             with torch.no_grad():
                 for param, mask in pairs:
                     param.mul_(mask)
-                losses[i] = loss.detach()
+                step_losses.append(loss.detach())
             if after_step is not None:
                 new_masks = after_step(epoch * steps_per_epoch + i + 1)
                 if new_masks is not None:
@@ -124,6 +123,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                     with torch.no_grad():
                         for param, mask in pairs:
                             param.mul_(mask)
+        losses = torch.stack(step_losses)
         _check_finite(losses, stage, epoch, steps_per_epoch)
         if task is not None:
             progress.update(task, advance=1, description=f"{stage} loss {float(losses.mean()):.3f}")
