@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from .errors import RunFailed, UsageError
 
 # An absolute path works both from the console script and from ``python -m``; a relative one does not.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# prune_cli/conf links to the repository's conf/ (an editable install) or is a copy of it (a wheel).
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("prune_cli")
 _composed = False   # set once Hydra composed a config: failures before that are bad input (exit 2)
 
