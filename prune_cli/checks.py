@@ -27,6 +27,14 @@ def _positive_int(cfg, key: str, allow_zero: bool = False) -> None:
         raise UsageError(f"{key}={value!r}: must be {allowed}")
 
 
+def positive_int(value, key: str, minimum: int = 1) -> int:
+    """For constructors of strategies and schedules: an int (not 2.5, not 'abc', not True) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{key}={value!r}: must be {allowed}")
+    return value
+
+
 def validate(cfg: DictConfig) -> None:
     sparsity = _number(cfg, "sparsity")
     if not 0.0 <= sparsity < 1.0:
@@ -49,6 +57,11 @@ def validate(cfg: DictConfig) -> None:
     threads = cfg.get("threads", "auto")
     if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"threads={threads!r}: must be auto or a positive integer")
+    val_fraction = cfg.dataset.get("val_fraction", 0.0)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Number) \
+            or not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"dataset.val_fraction={val_fraction!r}: must be a number in [0, 1) (the part of the "
+                         f"training split held out for validation)")
     every = _number(cfg, "checkpoint.every_s")
     if every < 0:
         raise UsageError(f"checkpoint.every_s={every!r}: must be >= 0 (0 saves every epoch)")
@@ -80,7 +93,11 @@ def instantiate(node: DictConfig, group: str):
     except TypeError as err:
         raise UsageError(f"{group}: {err}") from None
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        message = str(err)
+        if not message.startswith(f"{group}."):  # e.g. int('abc') inside a constructor: name the settings
+            settings = ", ".join(f"{group}.{k}={v}" for k, v in params.items() if k != "name")
+            message = f"{group}: {message} (settings: {settings})"
+        raise UsageError(message) from None
 
 
 def validate_plan(cfg: DictConfig, strategy, schedule) -> None:
@@ -93,8 +110,10 @@ def validate_plan(cfg: DictConfig, strategy, schedule) -> None:
     if rounds > 1 and getattr(schedule, "fixed_epochs", None) is None and finetune_epochs < rounds:
         raise UsageError(f"schedule.rounds={rounds}: needs finetune.epochs >= rounds (got {finetune_epochs}) "
                          f"or schedule.epochs_per_round set")
-    if strategy.name == "compress" and float(cfg.sparsity) >= 0.999:
-        raise UsageError(f"sparsity={cfg.sparsity}: too high for strategy=compress to keep a model")
+    rewind_epoch = getattr(schedule, "rewind_epoch", 0)
+    if rewind_epoch > int(cfg.train.epochs):
+        raise UsageError(f"schedule.rewind_epoch={rewind_epoch}: must be at most train.epochs "
+                         f"({cfg.train.epochs}), the epochs of dense training it rewinds to")
 
 
 def fingerprint(cfg: DictConfig) -> str:

@@ -149,13 +149,15 @@ class Experiment:
         """Scores of the first prune of a dense model do not depend on the sparsity: a sweep over sparsities
         computes them once (cached beside the dense model). Later rounds score a model no other run has."""
         from .strategies.base import Strategy
+        # Gradual pruning scores a model already fine-tuned for some steps: never shared.
         reusable = (self.masks is None and ctx.round == 1 and type(self.strategy).prepare is Strategy.prepare
+                    and not self.schedule.prunes_while_training
                     and self.record.get("cache", {}).get("key") and self.cfg.cache.enabled)
         if not reusable:
             return self.strategy.score(ctx)
         params = {k: v for k, v in OmegaConf.to_container(self.cfg.strategy, resolve=True).items()}
         key = dense_key({"dense": self.record["cache"]["key"], "strategy": params, "seed": self.seed,
-                         "prunable": self.prunable})
+                         "prunable": self.prunable, "batch_size": ctx.batch_size})  # what ScoringContext reads
         cache = DenseCache(str(Path(self.cfg.cache.dir).expanduser().resolve()), True, kind="scores",
                            required=("scores",))
         with cache.locked(key):
@@ -341,7 +343,10 @@ class Experiment:
 
         width = self.state.extra.get("width")
         if width is None:
-            width = find_width(count, 1.0 - float(self.cfg.sparsity))
+            try:
+                width = find_width(count, 1.0 - float(self.cfg.sparsity))
+            except ValueError as err:
+                raise UsageError(f"sparsity={self.cfg.sparsity}: strategy=compress cannot reach it: {err}") from None
             self.state.extra["width"] = width
         torch.manual_seed(stage_seed(self.seed, "compress"))
         small, spec = build_for(model_cfg, info, width=width)

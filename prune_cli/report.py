@@ -117,7 +117,10 @@ def build_report(exp, state_dict: dict, extras: dict) -> dict:
             entry["units_kept"] = [int((rows != 0).any(dim=1).sum()), rows.shape[0]]
     achieved = zeros / total if total else 0.0
     if exp.strategy.name == "compress":
-        achieved = 1.0 - record["compress"]["prunable_weights"] / record["compress"]["dense_prunable_weights"]
+        # The weights are removed, not zeroed: count them against the dense model's.
+        dense_count = record["compress"]["dense_prunable_weights"]
+        zeros, total = dense_count - record["compress"]["prunable_weights"], dense_count
+        achieved = zeros / total
         layers = [dict(entry, sparsity=0.0) for entry in layers]
     all_params = sum(v.numel() for k, v in state_dict.items() if _is_param(exp.model, k))
     nonzero = sum(int((v != 0).sum()) for k, v in state_dict.items() if _is_param(exp.model, k))

@@ -34,6 +34,7 @@ class RunState:
         self.record: dict = {}                    # report fields gathered so far
         self.extra: dict = {}                     # tensors later stages need (initial weights, width, ...)
         self.resumed_from: Optional[dict] = None
+        self.rng: Optional[dict] = None             # global RNG states at the last save
         self._last_save = time.monotonic()
         self.saves = 0
         self.save_seconds = 0.0
@@ -49,6 +50,7 @@ class RunState:
         self.position = saved.get("position")
         self.model_state, self.masks = saved.get("model"), saved.get("masks")
         self.record, self.extra = saved.get("record", {}), saved.get("extra", {})
+        self.rng = saved.get("rng")
         if self.position is not None:
             self.resumed_from = {"stage": self.position["stage"], "epoch": int(self.position["epoch"])}
         elif self.done:
@@ -70,7 +72,7 @@ class RunState:
             "fingerprint": self.fingerprint, "done": self.done, "position": self.position,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "masks": masks.cpu_state() if masks else None,
-            "record": self.record, "extra": self.extra,
+            "record": self.record, "extra": self.extra, "rng": _rng_state(),
         }, self.path)
         self._last_save = time.monotonic()
         self.saves += 1
@@ -92,7 +94,17 @@ class RunState:
     def restore_into(self, model, device) -> Optional[Masks]:
         if self.model_state is not None:
             model.load_state_dict(self.model_state)
+        if self.rng:
+            # Shuffles have their own generators; the global RNG still drives dropout and the like.
+            torch.set_rng_state(self.rng["cpu"])
+            if torch.cuda.is_available() and self.rng.get("cuda"):
+                torch.cuda.set_rng_state_all(self.rng["cuda"])
         return Masks.from_state(self.masks, device) if self.masks else None
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _rng_state() -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from .checks import positive_int
+
 
 class Schedule:
     name = "schedule"
@@ -44,12 +46,11 @@ class Iterative(Schedule):
 
     def __init__(self, rounds: int = 5, spacing: str = "geometric", epochs_per_round: Optional[int] = None, **kw):
         super().__init__(**kw)
-        if int(rounds) < 1:
-            raise ValueError(f"schedule.rounds={rounds}: must be a positive integer")
+        positive_int(rounds, "schedule.rounds")
         if spacing not in ("geometric", "linear"):
             raise ValueError(f"schedule.spacing={spacing}: must be 'geometric' or 'linear'")
-        if epochs_per_round is not None and int(epochs_per_round) < 1:
-            raise ValueError(f"schedule.epochs_per_round={epochs_per_round}: must be a positive integer")
+        if epochs_per_round is not None:
+            positive_int(epochs_per_round, "schedule.epochs_per_round")
         self.rounds, self.spacing = int(rounds), spacing
         self.fixed_epochs = None if epochs_per_round is None else int(epochs_per_round)
 
@@ -81,8 +82,7 @@ class Lottery(Iterative):
 
     def __init__(self, rewind_epoch: int = 0, reinit: bool = False, **kw):
         super().__init__(**kw)
-        if int(rewind_epoch) < 0:
-            raise ValueError(f"schedule.rewind_epoch={rewind_epoch}: must be >= 0")
+        positive_int(rewind_epoch, "schedule.rewind_epoch", minimum=0)
         self.rewind_epoch, self.reinit = int(rewind_epoch), bool(reinit)
 
     def describe(self):
@@ -99,8 +99,7 @@ class Gradual(Schedule):
     def __init__(self, frequency: int = 10, start: float = 0.0, end: float = 0.7,
                  initial_sparsity: float = 0.0, **kw):
         super().__init__(**kw)
-        if int(frequency) < 1:
-            raise ValueError(f"schedule.frequency={frequency}: must be a positive integer")
+        positive_int(frequency, "schedule.frequency")
         if not 0.0 <= float(start) < float(end) <= 1.0:
             raise ValueError(f"schedule.start={start}, schedule.end={end}: need 0 <= start < end <= 1")
         if not 0.0 <= float(initial_sparsity) < 1.0:

@@ -42,6 +42,13 @@ BAD_INPUTS = [
     (["model=lenet5", "dataset=synthetic", "dataset.shape=[1,2,2]"], "model=lenet5 cannot take dataset=synthetic"),
     (["strategy=activation", "sparsity=0.9999"], "sparsity=0.9999: strategy=activation removes whole units and "
                                                  "can reach at most 0.9961"),
+    (["strategy=gradient", "strategy.batches=abc"], "strategy.batches='abc': must be a positive integer"),
+    (["schedule=iterative", "schedule.rounds=2.5"], "schedule.rounds=2.5: must be a positive integer"),
+    (["schedule=lottery", "schedule.rewind_epoch=10", "train.epochs=2"],
+     "schedule.rewind_epoch=10: must be at most train.epochs (2)"),
+    (["dataset.val_fraction=1.5"], "dataset.val_fraction=1.5: must be a number in [0, 1)"),
+    (["strategy=compress", "sparsity=0.998", "train.epochs=1"],
+     "sparsity=0.998: strategy=compress cannot reach it: the narrowest model removes at most 0.9961"),
     (["threads=0"], "threads=0: must be auto or a positive integer"),
     (["model.hidden=abc"], "model=mlp: cannot be built with hidden=abc"),
     (["schedule=gradual", "finetune.epochs=0"], "finetune.epochs=0: schedule=gradual prunes during fine-tuning"),

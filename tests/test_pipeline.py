@@ -160,3 +160,11 @@ def test_first_round_scores_are_shared_across_sparsities(run_api):
     assert a["cache"]["scores"] == "computed" and b["cache"]["scores"] == "reused"
     assert "scores" not in fresh["cache"]
     assert b["layers"] == fresh["layers"] and b["accuracy"] == fresh["accuracy"]
+
+
+def test_scores_are_not_shared_with_gradual_or_other_batch_sizes(run_api):
+    gradual, _ = run_api("strategy=gradient", "schedule=gradual", "sparsity=0.5", name="gradual")
+    assert "scores" not in gradual["cache"]
+    small, _ = run_api("strategy=gradient", "sparsity=0.5", "finetune.batch_size=16", name="small")
+    large, _ = run_api("strategy=gradient", "sparsity=0.5", "finetune.batch_size=256", name="large")
+    assert small["cache"]["scores"] == large["cache"]["scores"] == "computed"

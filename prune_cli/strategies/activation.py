@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import positive_int
 from .base import ScoringContext, Strategy
 
 
@@ -17,8 +18,7 @@ class _UnitStatistic(Strategy):
     def __init__(self, batches: int = 8, scope: str = "layer", **kwargs):
         kwargs.pop("granularity", None)
         super().__init__(scope=scope, granularity="structured", **kwargs)
-        if int(batches) < 1:
-            raise ValueError(f"strategy.batches={batches}: must be a positive integer")
+        positive_int(batches, "strategy.batches")
         self.batches = int(batches)
 
     def statistic(self, activation: torch.Tensor) -> torch.Tensor:

@@ -61,4 +61,8 @@ def find_width(count_weights, target_fraction: float, tolerance: int = 64) -> fl
             high = mid
         if high - low < 1e-4:
             break
+    if count_weights(low) > goal:
+        # Every layer keeps at least one unit, so some targets cannot be reached by narrowing alone.
+        raise ValueError(f"the narrowest model removes at most {1 - count_weights(low) / dense:.4f} of the "
+                         f"weights")
     return low

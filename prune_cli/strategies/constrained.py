@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..masks import Masks, topk_masks
+from ..checks import positive_int
 from .base import ScoringContext, Strategy
 
 
@@ -19,8 +20,7 @@ class L1(Strategy):
         super().__init__(**kwargs)
         if float(l1) < 0:
             raise ValueError(f"strategy.l1={l1}: must be >= 0")
-        if int(epochs) < 1:
-            raise ValueError(f"strategy.epochs={epochs}: must be a positive integer")
+        positive_int(epochs, "strategy.epochs")
         self.l1, self.epochs = float(l1), int(epochs)
 
     def prepare(self, ctx: ScoringContext) -> None:
@@ -48,8 +48,7 @@ class L0(Strategy):
 
     def __init__(self, epochs: int = 5, ramp: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        if int(epochs) < 1:
-            raise ValueError(f"strategy.epochs={epochs}: must be a positive integer")
+        positive_int(epochs, "strategy.epochs")
         if not 0.0 < float(ramp) <= 1.0:
             raise ValueError(f"strategy.ramp={ramp}: must be in (0, 1]")
         self.epochs, self.ramp = int(epochs), float(ramp)

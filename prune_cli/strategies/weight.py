@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..checks import positive_int
 from .base import ScoringContext, Strategy, unit_norms
 
 
@@ -36,8 +37,7 @@ class Gradient(Strategy):
 
     def __init__(self, batches: int = 8, **kwargs):
         super().__init__(**kwargs)
-        if int(batches) < 1:
-            raise ValueError(f"strategy.batches={batches}: must be a positive integer")
+        positive_int(batches, "strategy.batches")
         self.batches = int(batches)
 
     def score(self, ctx: ScoringContext):
