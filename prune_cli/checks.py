@@ -116,9 +116,17 @@ def validate_plan(cfg: DictConfig, strategy, schedule) -> None:
                          f"({cfg.train.epochs}), the epochs of dense training it rewinds to")
 
 
-def fingerprint(cfg: DictConfig) -> str:
+RESULT_NEUTRAL = ("progress", "checkpoint", "device", "cache", "threads", "measure", "dry_run")
+
+
+def fingerprint(cfg: DictConfig, leave_out: tuple = ()) -> str:
     """What identifies a run for resuming: the whole config except knobs that do not change results."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("progress", "checkpoint", "device", "cache", "threads", "measure"):
+    for key in (*RESULT_NEUTRAL, *leave_out):
         plain.pop(key, None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def variant(cfg: DictConfig) -> str:
+    """Runs that differ only in seed and sparsity share a variant: prune-compare averages within one."""
+    return fingerprint(cfg, leave_out=("seed", "sparsity"))[:8]

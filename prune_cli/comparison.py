@@ -119,6 +119,13 @@ def summarize(reports: Iterable[dict], by: Sequence[str] = DEFAULT_BY) -> list[d
     groups: dict[tuple, list[dict]] = {}
     for report in reports:
         groups.setdefault(tuple(group_value(report, key) for key in by), []).append(report)
+    if "variant" not in by and any(len({group_value(r, "variant") for r in members}) > 1
+                                   for members in groups.values()):
+        # Runs that share these keys but differ in other settings (epochs, scope, ...) are not seeds of one
+        # experiment: averaging them would hide the difference behind a large "std over seeds".
+        log.warning("some runs share %s but differ in other settings; they are kept apart by the 'variant' "
+                    "column (the config hash without seed and sparsity, in report.json)", ", ".join(by))
+        return summarize(reports, (*by, "variant"))
     rows = [_summarize_group(dict(zip(by, key)), members) for key, members in groups.items()]
     return sorted(rows, key=lambda row: _sort_key(row, by))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from . import checks
 from .atomic import atomic_write_text
 from .masks import prunable_names, weight_sparsity
 
@@ -132,6 +133,7 @@ def build_report(exp, state_dict: dict, extras: dict) -> dict:
             "model": cfg.model.get("name", cfg.model._target_), "dataset": cfg.dataset.name,
             "strategy": exp.strategy.name, "schedule": exp.schedule.name, "seed": int(cfg.seed),
             "device": str(exp.device), "threads": exp.threads, "run_dir": str(exp.run_dir.resolve()),
+            "variant": checks.variant(cfg),
         },
         "strategy": exp.strategy.describe(),
         "schedule": exp.schedule.describe(),

@@ -312,3 +312,16 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o644
+
+
+def test_runs_with_other_settings_are_not_averaged_as_seeds():
+    def fake(variant, accuracy):
+        return {"status": "completed",
+                "experiment": {"model": "mlp", "dataset": "digits", "strategy": "magnitude",
+                               "schedule": "oneshot", "seed": 0, "variant": variant},
+                "sparsity": {"target": 0.9, "achieved": 0.9},
+                "accuracy": {"dense": 0.97, "pruned": 0.5, "finetuned": accuracy}}
+    rows = cmp.summarize([fake("aaaa", 0.9), fake("bbbb", 0.5), fake("aaaa", 0.8)])
+    assert [(r["variant"], r["n"]) for r in rows] == [("aaaa", 2), ("bbbb", 1)]
+    same = cmp.summarize([fake("aaaa", 0.9), fake("aaaa", 0.8)])
+    assert len(same) == 1 and "variant" not in same[0]
