@@ -60,7 +60,9 @@ class Experiment:
         if self.strategy.structured:
             from .structure import unit_layers
             self.unit_layers = unit_layers(self.model, self.example)
-            self._check_reachable(float(cfg.sparsity))
+            from .structure import check_reachable
+            check_reachable(self.model, self.example, self.prunable, float(cfg.sparsity), self.strategy.name,
+                            cfg.model.get("name", "?"), layers=self.unit_layers)
         self.state = RunState(self.run_dir, checks.fingerprint(cfg), cfg.checkpoint.every_s).load()
         if isinstance(self.strategy, Compress) and "dense" in self.state.extra:
             # The saved model is the narrow one; the teacher comes back from its own copy.
@@ -72,22 +74,6 @@ class Experiment:
         self.record.setdefault("timings", {})
         self.record.setdefault("rounds", [])
         self.record.setdefault("accuracy", {"dense": None, "pruned": None, "finetuned": None})
-
-    def _check_reachable(self, target: float) -> None:
-        """Whole-unit removal keeps one unit per layer: refuse a target beyond that before training."""
-        from .structure import select_units, unit_masks, zeroed_weight_count
-        if target < 0.5:
-            return
-        scores = {layer.name: torch.ones(layer.num_units) for layer in self.unit_layers}
-        removed = select_units(scores, 0.999999, self.model, self.example, scope="global", prunable=self.prunable,
-                               layers=self.unit_layers)
-        masks = unit_masks(self.model, self.example, removed, layers=self.unit_layers)
-        total = weight_sparsity(self.model, self.prunable)[2]
-        reachable = zeroed_weight_count(masks, self.prunable) / total
-        if target > reachable + 1e-9:
-            raise UsageError(f"sparsity={target}: strategy={self.strategy.name} removes whole units and can reach "
-                             f"at most {reachable:.4f} on model={self.cfg.model.get('name', '?')} "
-                             f"(every layer keeps one unit, the classifier all its outputs)")
 
     def _set_threads(self, wanted) -> int:
         """On CPU, small models train several times faster on one thread: their kernels are too short to

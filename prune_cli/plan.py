@@ -84,6 +84,11 @@ def _model(cfg, data: dict, strategy) -> dict:
            "params": sum(p.numel() for p in model.parameters()),
            "prunable_weights": weight_sparsity(model, prunable)[2], "prunable_layers": len(prunable),
            "macs": _flops(model, info.input_shape)}
+    if getattr(strategy, "structured", False):
+        import torch
+        from .structure import check_reachable
+        check_reachable(model, torch.zeros(1, *info.input_shape), prunable, float(cfg.sparsity), strategy.name,
+                        out["name"])
     if getattr(strategy, "name", None) == "compress":
         out["compress"] = _compress_width(cfg, model_cfg, info, strategy, out["prunable_weights"])
     return out
@@ -98,7 +103,11 @@ def _compress_width(cfg, model_cfg, info, strategy, dense_count) -> dict:
         candidate = build(make_spec(model_cfg, info, width))
         return weight_sparsity(candidate, prunable_names(candidate, strategy.prune_classifier))[2]
 
-    width = find_width(count, 1.0 - float(cfg.sparsity))
+    try:
+        width = find_width(count, 1.0 - float(cfg.sparsity))
+    except ValueError as err:
+        from .errors import UsageError
+        raise UsageError(f"sparsity={cfg.sparsity}: strategy=compress cannot reach it: {err}") from None
     return {"width": width, "prunable_weights": count(width), "dense_prunable_weights": dense_count}
 
 

@@ -341,3 +341,22 @@ def select_units(unit_scores: Mapping[str, torch.Tensor], target_sparsity: float
     dead = dead_after(best)
     return {layer.name: sorted(i for i, u in enumerate(layer.units.tolist()) if dead[layer.group.name][u])
             for layer in layers}
+
+
+def check_reachable(model: nn.Module, example_input: torch.Tensor, prunable: list[str], target: float,
+                    strategy: str, model_name: str, layers: Optional[list[UnitLayer]] = None) -> None:
+    """Whole-unit removal keeps one unit per layer: refuse a target beyond that, before any training."""
+    from .errors import UsageError
+    if target < 0.5:
+        return
+    layers = layers if layers is not None else unit_layers(model, example_input)
+    scores = {layer.name: torch.ones(layer.num_units) for layer in layers}
+    removed = select_units(scores, 0.999999, model, example_input, scope="global", prunable=prunable,
+                           layers=layers)
+    masks = unit_masks(model, example_input, removed, layers=layers)
+    params = dict(model.named_parameters())
+    reachable = zeroed_weight_count(masks, prunable) / sum(params[n].numel() for n in prunable)
+    if target > reachable + 1e-9:
+        raise UsageError(f"sparsity={target}: strategy={strategy} removes whole units and can reach at most "
+                         f"{reachable:.4f} on model={model_name} (every layer keeps one unit, the classifier "
+                         f"all its outputs)")
