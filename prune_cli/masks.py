@@ -93,19 +93,22 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
                previous: Masks | None = None) -> Masks:
     """Exact unstructured thresholding: zero the ``round(sparsity * n)`` lowest-scored entries.
 
-    Ties are broken by position (stable sort over the concatenated scores, layers in the given order), so the
+    Ties are broken by position (earliest first over the concatenated scores, layers in the given order), so the
     result is deterministic. Entries already pruned in ``previous`` are ranked lowest, which keeps masks
     shrinking across rounds. ``scope="layer"`` applies the same fraction to every tensor.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     names = list(scores)
+    device = next(iter(scores.values())).device if scores else torch.device("cpu")
     flat = []
     for name in names:
-        score = scores[name].detach().float().flatten().cpu()
+        # On the scores' own device: l0 thresholds after every step, and a GPU round trip would stall it.
+        score = scores[name].detach().float().flatten().to(device)
         if previous is not None and name in previous:
             # -inf keeps already-pruned weights at the bottom of the ranking.
-            score = torch.where(previous[name].flatten().cpu() == 0, torch.tensor(float("-inf")), score)
+            score = torch.where(previous[name].flatten().to(device) == 0,
+                                torch.tensor(float("-inf"), device=device), score)
         flat.append(score)
     if scope == "layer":
         masks = {}
