@@ -209,7 +209,6 @@ class Experiment:
         self.record["cache"] = {"dense": source, "key": key}
         self.record["accuracy"]["dense"] = entry["accuracy"]
         self.record["timings"]["train"] = entry["seconds"] if source != "reused" else 0.0
-        self.record["dense_train_seconds"] = entry["seconds"]
         if self.schedule.rewind:
             self.state.extra["rewind"] = entry["rewind"]
         if isinstance(self.strategy, Compress):

@@ -44,9 +44,9 @@ def measure(exp) -> dict:
         out["shrunk_payload"] = {"state_dict": shrunk_state, "shapes": shrunk_info["shapes"]}
     export_cfg = exp.cfg.get("export", {})
     if export_cfg.get("sparse") and not exp.strategy.structured:
-        from .sparse_export import to_sparse
+        from .sparse_export import sparse_layer_names, to_sparse
         sparse_model = to_sparse(model, float(export_cfg.get("min_sparsity", 0.8)))
-        layers = [n for n, m in sparse_model.named_modules() if type(m).__name__ == "SparseLinear"]
+        layers = sparse_layer_names(sparse_model)
         out["export"] = {"sparse": {"sparse_layers": layers, "used": False}}
         if layers:
             timed["sparse"] = sparse_model
@@ -55,10 +55,10 @@ def measure(exp) -> dict:
         latency = costs.measure_latency_side_by_side(timed, example_shape, exp.device,
                                                      max_time_s=float(measure_cfg.get("latency_budget_s", 0.5)))
     if "sparse" in latency:
-        # Kept only when faster than the dense kernels at the larger batch (what CSR is for).
+        from .sparse_export import sparse_is_faster
         info = out["export"]["sparse"]
         info.update(dense_ms=latency["masked"], sparse_ms=latency["sparse"])
-        info["used"] = latency["sparse"]["batch_256_ms"] < latency["masked"]["batch_256_ms"]
+        info["used"] = sparse_is_faster(latency["masked"], latency["sparse"])
         if not info["used"]:
             latency.pop("sparse")
     out["latency"] = latency
