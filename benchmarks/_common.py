@@ -130,7 +130,8 @@ def digits_lenet300(seed: int = 0):
 
 def trained_lenet300(epochs: int = 20, seed: int = 0):
     """(dataset, model trained densely with prune_cli's fit at its default train settings)."""
-    from prune_cli.training import StageSettings, fit
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
     data, model = digits_lenet300(seed)
     fit(model, data.train, StageSettings(epochs=epochs, lr=1e-3, batch_size=64), stage="dense", seed=seed)
     return data, model

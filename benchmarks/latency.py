@@ -1,13 +1,13 @@
 """Measured inference latency: structured pruning shrunk with prune_cli.shrink, and the CSR sparse export.
 
-1. Structured: half the units of every hidden layer (lowest L1 norm) masked with prune_cli.structure.unit_masks,
-   then physically removed with prune_cli.shrink.shrink (which checks the small model computes what the masked
+1. Structured: half the units of every hidden layer (lowest L1 norm) masked with prune_cli.pruning.units.unit_masks,
+   then physically removed with prune_cli.pruning.shrink.shrink (which checks the small model computes what the masked
    one does). Dense vs shrunk, batch 1 and 256:
    - MLP 784-1024-1024-10 -> 784-512-512-10;
    - LeNet-5 on 1x28x28 (conv 6-16, fc 120-84 -> conv 3-8, fc 60-42);
    - Conv-2 on 1x28x28 (VGG-like: conv 64-64, pool, fc 256-256 -> conv 32-32, fc 128-128).
 2. Unstructured: MLP 784-1024-1024-10 at 90 / 95 / 99% sparsity in every Linear (per-layer magnitude), stored
-   densely (= dense speed) vs exported with prune_cli.sparse_export.to_sparse (CSR Linear layers).
+   densely (= dense speed) vs exported with prune_cli.measure.csr.to_sparse (CSR Linear layers).
 
 Timing: inference_mode, eval mode, float32, the contenders of one comparison interleaved round by round
 (A, B, A, B, ...), each round timing several single forward passes; the table shows the median per pass over
@@ -68,8 +68,8 @@ def interleaved_latency(models: dict[str, nn.Module], batch: int, rounds: int, p
 
 
 def half_units_shrunk(model):
-    from prune_cli.shrink import shrink
-    from prune_cli.structure import unit_layers, unit_masks
+    from prune_cli.pruning.shrink import shrink
+    from prune_cli.pruning.units import unit_layers, unit_masks
     example = torch.zeros(1, *INPUT)
     layers = unit_layers(model, example)
     params = dict(model.named_parameters())
@@ -95,8 +95,8 @@ def _masked_copy(model, masks):
 
 
 def sparse_mlp(sparsity):
-    from prune_cli.masks import Masks, prunable_names, topk_masks
-    from prune_cli.sparse_export import sparse_layer_names, to_sparse
+    from prune_cli.pruning.masks import Masks, prunable_names, topk_masks
+    from prune_cli.measure.csr import sparse_layer_names, to_sparse
     model = build("mlp")
     params = dict(model.named_parameters())
     names = prunable_names(model)

@@ -1,7 +1,7 @@
 """Masked fine-tuning step rate: prune_cli (in-place re-masking after each optimizer step) vs plain training
 (no masks) vs torch.nn.utils.prune (forward-pre-hooks computing weight_orig * weight_mask every forward).
 
-All three run the same loop, prune_cli.training.fit, with the same batches, Adam, batch 64 and the same number
+All three run the same loop, prune_cli.training.loop.fit, with the same batches, Adam, batch 64 and the same number
 of steps; only the masking differs. The mask is the same for both masked contenders: the one
 torch.nn.utils.prune.global_unstructured(L1Unstructured, amount=0.9) picks, copied into prune_cli's Masks.
 Two models: lenet300 on digits (64-300-100-10), trained densely for 20 epochs first, and a wide MLP
@@ -30,7 +30,8 @@ def wide_mlp_setup(train_size: int):
     data = load_dataset(OmegaConf.create({"name": "synthetic", "shape": [1, 28, 28], "num_classes": 10,
                                           "train_size": train_size, "test_size": 64, "noise": 0.3,
                                           "split_seed": 0, "val_fraction": 0.0}))
-    from prune_cli.training import StageSettings, fit
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
     torch.manual_seed(0)
     model, _ = build_for({"name": "mlp_wide", "_target_": "prune_cli.models.MLP", "hidden": [1024, 1024]},
                          data.info)
@@ -50,8 +51,9 @@ def hooked_copy(model: nn.Module, amount: float):
 
 
 def bench_model(label, data, model, epochs, repeats, amount):
-    from prune_cli.masks import Masks
-    from prune_cli.training import StageSettings, fit
+    from prune_cli.pruning.masks import Masks
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
 
     settings = StageSettings(epochs=epochs, lr=1e-3, batch_size=64, optimizer="adam")
     steps = epochs * data.train.num_batches(64)

@@ -153,7 +153,7 @@ def main():
     args = parser.parse_args()
     contention = begin(args)
     import prune_cli
-    from prune_cli.cache import DenseCache
+    from prune_cli.storage.cache import DenseCache
     from prune_cli.data import load_dataset
     from prune_cli.models import build_for
     from omegaconf import OmegaConf
@@ -161,7 +161,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="prune_cli_peers_"))
     cache_dir = work / "cache"
     common = COMMON + [f"cache.dir={cache_dir}", f"finetune.epochs={args.finetune_epochs}"]
-    from prune_cli.api import compose_config
+    from prune_cli.config import compose_config
     if args.threads and "threads" in compose_config(COMMON):
         common.append(f"threads={args.threads}")
     data = load_dataset(OmegaConf.create(DIGITS))

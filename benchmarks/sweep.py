@@ -66,7 +66,7 @@ def full_sweep(work: Path, args) -> dict:
     and ``threads=1`` (alternating which goes first), into separate run and cache dirs, so both variants see
     the same load; each variant's total is the sum of its own runs plus its compare()."""
     import prune_cli
-    from prune_cli.api import compose_config
+    from prune_cli.config import compose_config
     has_knob = "threads" in compose_config(BASE)
     cores = os.cpu_count() or 1
     if args.compare_threads:
@@ -140,7 +140,7 @@ def joblib_sweep(work: Path, args) -> dict:
     import prune_cli
     cores = os.cpu_count() or 1
     sweep_dir = work / "c_sweep"
-    command = [sys.executable, "-m", "prune_cli.cli", "-m", "hydra/launcher=joblib",
+    command = [sys.executable, "-m", "prune_cli.app.cli", "-m", "hydra/launcher=joblib",
                f"hydra.launcher.n_jobs={cores}", "model=lenet300", "dataset=digits", "progress=false",
                "strategy=" + ",".join(STRATEGIES_B), "sparsity=" + ",".join(map(str, SPARSITIES_B)),
                "seed=" + ",".join(map(str, SEEDS_B)), f"hydra.sweep.dir={sweep_dir}"] + args.extra
@@ -176,7 +176,7 @@ def main():
     add_common_args(parser)
     args = parser.parse_args()
     contention = begin(args)
-    from prune_cli.api import compose_config
+    from prune_cli.config import compose_config
     if args.threads and "threads" in compose_config(BASE) and not args.compare_threads:
         args.extra = args.extra + [f"threads={args.threads}"]  # prune_cli sets its own threads otherwise
     work = Path(tempfile.mkdtemp(prefix="prune_cli_sweep_"))

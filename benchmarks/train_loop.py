@@ -1,4 +1,4 @@
-"""Train-loop throughput: prune_cli.training.fit vs a minimal hand-written PyTorch loop.
+"""Train-loop throughput: prune_cli.training.loop.fit vs a minimal hand-written PyTorch loop.
 
 Same model (lenet300 from prune_cli.models.build_for), same data (digits from prune_cli.data.load_dataset,
 in-memory tensors), batch 64, Adam lr 1e-3, cross-entropy, same initial weights, same thread count, same
@@ -52,8 +52,9 @@ def main():
     args = parser.parse_args()
     contention = begin(args)
 
-    from prune_cli.masks import prunable_names, topk_masks
-    from prune_cli.training import StageSettings, fit
+    from prune_cli.pruning.masks import prunable_names, topk_masks
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
 
     data, model = digits_lenet300(seed=0)
     initial = {k: v.clone() for k, v in model.state_dict().items()}

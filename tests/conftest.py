@@ -45,7 +45,7 @@ def prune_run(args, cwd, env=None, timeout=300):
     """``prune-run`` in a subprocess, as a user runs it."""
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    return subprocess.run([sys.executable, "-m", "prune_cli.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "prune_cli.app.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from prune_cli.cache import DenseCache, dense_key
+from prune_cli.storage.cache import DenseCache, cache_key
 
 ENTRY = {"trained": {"fc.weight": torch.ones(3, 2)}, "rewind": None, "accuracy": 0.5, "seconds": 1.0}
 
@@ -37,9 +37,9 @@ def cache(tmp_path):
 def test_key_is_stable_and_depends_on_every_value():
     parts = {"model": {"name": "mlp", "hidden": [256]}, "train": {"lr": 1e-3, "epochs": 20}, "seed": 0}
     reordered = {"seed": 0, "train": {"epochs": 20, "lr": 1e-3}, "model": {"hidden": [256], "name": "mlp"}}
-    assert dense_key(parts) == dense_key(reordered)
-    assert dense_key(parts) != dense_key(dict(parts, seed=1))
-    assert dense_key(parts) != dense_key(dict(parts, train={"lr": 1e-3, "epochs": 21}))
+    assert cache_key(parts) == cache_key(reordered)
+    assert cache_key(parts) != cache_key(dict(parts, seed=1))
+    assert cache_key(parts) != cache_key(dict(parts, train={"lr": 1e-3, "epochs": 21}))
 
 
 # --- entries --------------------------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_a_dead_writers_temp_file_is_removed_under_the_lock(cache):
 def test_a_failed_write_costs_reuse_not_the_run(cache, caplog, monkeypatch):
     def disk_full(obj, path):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("prune_cli.cache.atomic_torch_save", disk_full)
+    monkeypatch.setattr("prune_cli.storage.cache.atomic_torch_save", disk_full)
     with caplog.at_level(logging.WARNING, logger="prune_cli.cache"), cache.locked("k"):
         cache.store("k", ENTRY)
     assert "could not write cache entry dense-k.pt (No space left on device)" in caplog.text
@@ -143,7 +143,7 @@ def test_a_job_killed_while_training_leaves_no_entry_and_no_stale_lock(run_api, 
     overrides = ["train.epochs=30", "train.batch_size=512", "finetune.epochs=1", "measure.latency=false",
                  "checkpoint.every_s=0"]
     env = dict(os.environ, PRUNE_CLI_CACHE=str(cache_dir), PYTHONUNBUFFERED="1", **one_thread)
-    victim = subprocess.Popen([sys.executable, "-m", "prune_cli.cli", *overrides,
+    victim = subprocess.Popen([sys.executable, "-m", "prune_cli.app.cli", *overrides,
                                f"hydra.run.dir={tmp_path / 'victim'}"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

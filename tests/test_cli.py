@@ -57,7 +57,7 @@ BAD_INPUTS = [
 
 def run_in_process(args, capsys, monkeypatch, cwd):
     """``prune-run`` through its console entry in this process: (exit code, stdout, stderr)."""
-    from prune_cli import cli
+    from prune_cli.app import cli
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["prune-run", *args])
     code = 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import prune_cli
-from prune_cli.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from prune_cli.storage.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from prune_cli.errors import UsageError
 
 STRATEGIES = ("magnitude", "random")
@@ -27,6 +27,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # The module behind `prune-compare` and the package-level `prune_cli.compare()`.
 cmp = importlib.import_module("prune_cli.comparison")
+cmp_plot = importlib.import_module("prune_cli.comparison.plot")
 
 
 def make_report(run_dir: Path, strategy="magnitude", sparsity=0.5, seed=0, status="completed", **overrides):
@@ -221,8 +222,8 @@ def test_plot_labels_series_by_schedule_when_several(tmp_path):
             report["experiment"]["schedule"] = schedule
             (report_dir / "report.json").write_text(json.dumps(report))
     rows = cmp.compare([tmp_path])
-    assert sorted(cmp._series(rows)) == ["magnitude / iterative", "magnitude / oneshot"]
-    assert list(cmp._dense_references(rows)) == ["dense"]
+    assert sorted(cmp_plot._series(rows)) == ["magnitude / iterative", "magnitude / oneshot"]
+    assert list(cmp_plot._dense_references(rows)) == ["dense"]
     cmp.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes().startswith(PNG_SIGNATURE)
 

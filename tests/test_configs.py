@@ -4,9 +4,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from prune_cli import checks
-from prune_cli.api import compose_config
-from prune_cli.cli import CONFIG_DIR
+from prune_cli import config as checks
+from prune_cli.validate import validate
+from prune_cli.config import compose_config
+from prune_cli.config import CONFIG_DIR
 
 
 def options(group):
@@ -27,7 +28,7 @@ def test_option_composes_and_resolves(group, option):
     cfg = compose_config([f"{group}={option}"])
     OmegaConf.resolve(cfg)
     assert cfg[group].name == option or group in ("model",) and cfg.model.name
-    checks.validate(cfg)
+    validate(cfg)
     if group in ("strategy", "schedule"):
         instance = checks.instantiate(cfg[group], group)
         assert instance.name == option

@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from prune_cli.costs import (checkpoint_sizes, count_flops, decode_sparse, encode_sparse, file_size,
-                             measure_latency, param_counts)
-from prune_cli.sparse_export import SparseLinear, sparse_export_if_faster, to_sparse
+from prune_cli.measure.flops import count_flops
+from prune_cli.measure.latency import measure_latency
+from prune_cli.measure.sizes import checkpoint_sizes, decode_sparse, encode_sparse, file_size
+from prune_cli.pruning.sparsity import param_counts
+from prune_cli.measure.csr import SparseLinear, sparse_export_if_faster, to_sparse
 
 # Hand-computed multiply-adds for one example:
 LINEAR_MACS = 64 * 300                   # Linear(64, 300): one MAC per weight
@@ -81,8 +83,8 @@ def test_count_flops_restores_train_mode():
 
 def test_latency_positive_finite_for_both_batch_sizes():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 10))
-    latency = measure_latency(model, (1, 8, 8), "cpu", batch_sizes=(1, 256), warmup=2, repeats=5,
-                              max_time_s=0.1)
+    latency = measure_latency({"m": model}, (1, 8, 8), "cpu", batch_sizes=(1, 256), warmup=2, repeats=5,
+                              max_time_s=0.1)["m"]
     assert set(latency) == {"batch_1_ms", "batch_256_ms"}
     assert all(math.isfinite(ms) and ms > 0 for ms in latency.values())
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from conftest import prune_run, read_report
-from prune_cli.data import TensorSplit
+from prune_cli.data.splits import TensorSplit
 from prune_cli.errors import UsageError
-from prune_cli.vision_data import AugmentedSplit, LoaderSplit, SOURCES, augment, load
+from prune_cli.data.files import SOURCES
+from prune_cli.data.splits import AugmentedSplit, LoaderSplit, augment
+from prune_cli.data.torchvision_sets import load
 from test_models import _plain_cpu_kernels  # noqa: F401  (autouse: one thread, PyTorch's own kernels)
 
 

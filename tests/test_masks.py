@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from prune_cli.masks import Masks, classifier_name, prunable_names, topk_masks, weight_sparsity
+from prune_cli.pruning.masks import Masks, classifier_name, prunable_names, topk_masks
+from prune_cli.pruning.sparsity import model_sparsity, weight_sparsity
 
 
 def toy():
@@ -36,7 +37,7 @@ def test_layer_scope_prunes_each_tensor_by_the_same_fraction():
 def test_counts_are_exact_and_ties_broken_by_position(sparsity):
     scores = {"a": torch.zeros(37), "b": torch.zeros(63)}  # all tied
     masks = topk_masks(scores, sparsity, "global")
-    zeros = masks.zeros_count(["a", "b"])
+    zeros = weight_sparsity(masks, ["a", "b"])[1]
     assert zeros == round(sparsity * 100)
     flat = torch.cat([masks["a"], masks["b"]])
     assert flat[:zeros].sum() == 0 and flat[zeros:].min() == 1  # the first positions go first
@@ -50,7 +51,7 @@ def test_previous_masks_only_shrink():
     rescored = {"a": torch.rand(50)}  # new scores may rank old survivors low, old pruned weights high
     second = topk_masks(rescored, 0.6, "global", previous=first)
     assert bool((second["a"] <= first["a"]).all())
-    assert second.zeros_count(["a"]) == 30
+    assert weight_sparsity(second, ["a"])[1] == 30
 
 
 def test_apply_and_sparsity_count_from_weights():
@@ -59,7 +60,7 @@ def test_apply_and_sparsity_count_from_weights():
     params = dict(model.named_parameters())
     masks = topk_masks({n: params[n].abs() for n in names}, 0.5, "global")
     masks.validate(model).apply_(model)
-    fraction, zeros, total = weight_sparsity(model, names)
+    fraction, zeros, total = model_sparsity(model, names)
     assert total == 8 * 6 + 1 + 6 * 3 and zeros == round(0.5 * total)
 
 

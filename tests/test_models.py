@@ -8,9 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prune_cli.cli import CONFIG_DIR
+from prune_cli.config import CONFIG_DIR
 from prune_cli.errors import UsageError
-from prune_cli.masks import prunable_names
+from prune_cli.pruning.masks import prunable_names
 from prune_cli.models import TorchvisionModel, build, build_for, make_spec
 
 
@@ -110,13 +110,13 @@ def test_width_scales_hidden_layers_only(name):
 
 
 def test_compress_finds_a_width_for_the_new_models():
-    from prune_cli.masks import weight_sparsity
-    from prune_cli.strategies.compress import find_width
+    from prune_cli.pruning.sparsity import model_sparsity
+    from prune_cli.pruning.strategies.compress import find_width
     cfg = model_cfg("resnet20")
 
     def count(width):
         m = build(make_spec(cfg, info(TINY), width))
-        return weight_sparsity(m, prunable_names(m))[2]
+        return model_sparsity(m, prunable_names(m))[2]
     width = find_width(count, 0.25)
     assert 0.3 < width < 0.7 and count(width) <= 0.25 * count(1.0)
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import prune_cli
-from prune_cli.checkpoint import safe_load
+from prune_cli.storage.safe_load import safe_load
 from prune_cli.data import load_dataset
-from prune_cli.training import evaluate
+from prune_cli.training.evaluate import evaluate
 
 from conftest import read_report
 
@@ -55,7 +55,7 @@ def test_reloaded_checkpoint_reproduces_reported_accuracy(run_api):
     model = prune_cli.load_checkpoint(run_dir / "pruned.pt")
     assert not model.training
     ckpt = saved(run_dir)
-    data = load_dataset(prune_cli.api.compose_config(["dataset=digits"]).dataset)
+    data = load_dataset(prune_cli.config.compose_config(["dataset=digits"]).dataset)
     assert evaluate(model, data.test) == report["accuracy"]["finetuned"]
     assert ckpt["model"]["target"] == "prune_cli.models.MLP"
     assert ckpt["config"]["sparsity"] == 0.7 and ckpt["report"]["status"] == "completed"

@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import prune_cli
-from prune_cli.api import compose_config
-from prune_cli.cli import CONFIG_DIR
+from prune_cli.config import compose_config
+from prune_cli.config import CONFIG_DIR
 from prune_cli.errors import UsageError
 
 from conftest import prune_run
@@ -55,7 +55,7 @@ def test_preset_details_match_the_papers():
     assert (lottery.train.optimizer, lottery.train.lr, lottery.train.batch_size) == ("adam", 1.2e-3, 60)
     assert lottery.schedule.rewind_epoch == 0 and not lottery.schedule.reinit
     # 20% of the remaining weights per round: round i keeps 0.8^i.
-    from prune_cli.schedules import Lottery
+    from prune_cli.pruning.schedules import Lottery
     targets = Lottery(rounds=9).targets(lottery.sparsity)
     assert [round(1 - t, 4) for t in targets] == [round(0.8 ** i, 4) for i in range(1, 10)]
     han = compose_config(["+experiment=han_lenet300"])
@@ -89,7 +89,7 @@ def test_preset_runs_one_tiny_step(name, generated, tmp_path):
 
 
 def test_plan_of_a_preset_on_generated_files(generated, capsys):
-    from prune_cli.plan import print_plan
+    from prune_cli.app.dry_run import print_plan
     cfg = compose_config(["+experiment=han_lenet300", f"dataset.root={generated}", "dataset.download=false"])
     plan = print_plan(cfg)
     assert plan["dataset"]["missing"] is None
@@ -103,7 +103,7 @@ def test_plan_of_a_preset_on_generated_files(generated, capsys):
 
 
 def test_plan_with_missing_files_says_so_and_still_counts(tmp_path):
-    from prune_cli.plan import make_plan
+    from prune_cli.app.dry_run import make_plan
     plan = make_plan(compose_config(["+experiment=li_resnet56", f"dataset.root={tmp_path}"]))
     assert "dataset=cifar10: files not found under" in plan["dataset"]["missing"]
     assert (plan["dataset"]["train"], plan["dataset"]["test"]) == (50000, 10000)
@@ -112,7 +112,7 @@ def test_plan_with_missing_files_says_so_and_still_counts(tmp_path):
 
 
 def test_plan_rejects_bad_input_like_a_run():
-    from prune_cli.plan import make_plan
+    from prune_cli.app.dry_run import make_plan
     with pytest.raises(UsageError, match="sparsity=1.5"):
         make_plan(compose_config(["+experiment=li_vgg16", "sparsity=1.5"]))
 

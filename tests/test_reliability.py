@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import prune_cli
-from prune_cli.atomic import atomic_torch_save, atomic_write_text
-from prune_cli.checkpoint import safe_load
+from prune_cli.storage.atomic import atomic_torch_save, atomic_write_text
+from prune_cli.storage.safe_load import safe_load
 from prune_cli.errors import UsageError
 
 from conftest import prune_run, read_report
@@ -22,7 +22,7 @@ SLOW_FINETUNE = ["model=lenet300", "train.epochs=2", "finetune.epochs=12", "fine
 
 
 def start(args, cwd, env):
-    return subprocess.Popen([sys.executable, "-m", "prune_cli.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "prune_cli.app.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -110,7 +110,7 @@ def test_save_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_text_write_that_fails_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
     atomic_write_text(path, '{"status": "completed"}')
-    import prune_cli.atomic as atomic
+    import prune_cli.storage.atomic as atomic
 
     def exploding_replace(src, dst):
         raise KeyboardInterrupt

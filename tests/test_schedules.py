@@ -1,13 +1,20 @@
 """Schedules: targets, the gradual formula, masks that only shrink, lottery rewinding, and composition."""
+from pathlib import Path
+
 import pytest
 import torch
 
-from prune_cli.masks import Masks
-from prune_cli.pipeline import Experiment
-from prune_cli.schedules import Gradual, Iterative, Lottery, OneShot
+from omegaconf import OmegaConf
 
-STRATEGIES = ["magnitude", "gradient", "random", "activation", "apoz", "l1", "l0", "compress"]
-SCHEDULES = ["oneshot", "iterative", "gradual", "lottery"]
+from prune_cli.pipeline.experiment import Experiment
+from prune_cli.storage.safe_load import safe_load
+from prune_cli.pruning.schedules import Gradual, Iterative, Lottery, OneShot
+
+from prune_cli.config import CONFIG_DIR  # noqa: E402
+
+# Every option in conf/: a new strategy or schedule is covered without editing this file.
+STRATEGIES = sorted(p.stem for p in (Path(CONFIG_DIR) / "strategy").glob("*.yaml"))
+SCHEDULES = sorted(p.stem for p in (Path(CONFIG_DIR) / "schedule").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("schedule", [OneShot(), Iterative(rounds=5), Iterative(rounds=3, spacing="linear"),
@@ -58,81 +65,79 @@ def test_gradual_run_prunes_on_schedule(run_api):
     assert report["sparsity"]["zeros"] == round(0.9 * n)
 
 
-def capture_masks(monkeypatch):
-    seen = []
-    original = Experiment._prune_to
-
-    def spy(self, target, ctx):
-        masks = original(self, target, ctx)
-        seen.append({k: v.detach().clone() for k, v in masks.items()})
-        return masks
-    monkeypatch.setattr(Experiment, "_prune_to", spy)
-    return seen
+def run_experiment(tmp_path, *overrides):
+    """An Experiment run in this process; its record keeps every round's masks."""
+    from conftest import TINY
+    from prune_cli.config import compose_config
+    cfg = compose_config([*TINY, *overrides])
+    OmegaConf.resolve(cfg)
+    experiment = Experiment(cfg, tmp_path / "run")
+    report = experiment.run()
+    return experiment, report
 
 
 @pytest.mark.parametrize("strategy", ["magnitude", "gradient", "activation"])
 @pytest.mark.parametrize("schedule", ["iterative", "gradual", "lottery"])
-def test_masks_only_shrink_across_rounds(run_api, monkeypatch, strategy, schedule):
-    seen = capture_masks(monkeypatch)
+def test_masks_only_shrink_across_rounds(tmp_path, strategy, schedule):
     overrides = [f"strategy={strategy}", f"schedule={schedule}", "sparsity=0.9", "finetune.epochs=3"]
     if schedule != "gradual":
         overrides.append("schedule.rounds=3")
-    report, _ = run_api(*overrides)
-    assert len(seen) == len(report["rounds"]) >= 3
-    for before, after in zip(seen, seen[1:]):
+    experiment, report = run_experiment(tmp_path, *overrides)
+    masks = [r.masks for r in experiment.record.rounds]
+    assert len(masks) == len(report["rounds"]) >= 3
+    for before, after in zip(masks, masks[1:]):
+        assert set(after) >= set(before)
         for name, mask in before.items():
             assert bool((after[name] <= mask).all()), name
+    zeros = [sum(int((~m).sum()) for m in round_masks.values()) for round_masks in masks]
+    assert zeros[-1] > zeros[0]  # the rounds really pruned further (structured steps may repeat a count)
+    saved = safe_load(tmp_path / "run" / "pruned.pt")["masks"]
+    assert all(torch.equal(saved[name], mask) for name, mask in masks[-1].items())
     sparsities = [r["sparsity"] for r in report["rounds"]]
     assert sparsities == sorted(sparsities)
 
 
+def initial_weights(*overrides):
+    """The weights a run starts from: the model built right after seeding with the run's seed."""
+    from prune_cli.config import compose_config, plain
+    from prune_cli.data import load_dataset
+    from prune_cli.models import build_for
+    cfg = compose_config(list(overrides))
+    data = load_dataset(cfg.dataset)
+    torch.manual_seed(int(cfg.seed))
+    return build_for(plain(cfg.model), data.info)[0].state_dict()
+
+
 @pytest.mark.parametrize("rewind_epoch", [0, 2])
-def test_lottery_rewinds_survivors_to_their_initial_values(run_api, monkeypatch, rewind_epoch):
-    snapshots = {}
-    original_rewind = Experiment._rewind
-
-    def spy(self, index):
-        original_rewind(self, index)
-        snapshots[index] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        snapshots["masks"] = Masks({k: v.clone() for k, v in self.masks.items()})
-        snapshots["reference"] = self.state.extra["rewind"]
-    monkeypatch.setattr(Experiment, "_rewind", spy)
-    original_fit = Experiment._train_dense_now
-
-    def record_initial(self, epoch):
-        snapshots["initial"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return original_fit(self, epoch)
-    monkeypatch.setattr(Experiment, "_train_dense_now", record_initial)
-
-    run_api("schedule=lottery", "schedule.rounds=2", f"schedule.rewind_epoch={rewind_epoch}", "sparsity=0.8",
-            "cache.enabled=false", "train.epochs=3", "finetune.epochs=2")
-    masks, reference = snapshots["masks"], snapshots["reference"]
+def test_lottery_rewinds_survivors_to_their_reference_values(run_api, rewind_epoch):
+    # One round and no retraining: what is saved is exactly the rewound ticket.
+    _, ticket_dir = run_api("schedule=lottery", "schedule.rounds=1", f"schedule.rewind_epoch={rewind_epoch}",
+                            "sparsity=0.8", "train.epochs=3", "finetune.epochs=0", name="ticket")
+    _, pruned_dir = run_api("sparsity=0.8", "train.epochs=3", "finetune.epochs=0", name="pruned")
     if rewind_epoch == 0:
-        for k in reference:
-            assert torch.equal(reference[k], snapshots["initial"][k])
-    state = snapshots[2]
-    for name, value in state.items():
+        reference = initial_weights()
+    else:  # weights after epoch 2 of dense training: a 2-epoch run (shuffles depend only on seed and epoch)
+        _, early_dir = run_api("sparsity=0.0", "train.epochs=2", "finetune.epochs=0", name="early")
+        reference = safe_load(early_dir / "pruned.pt")["state_dict"]
+    ticket, pruned = safe_load(ticket_dir / "pruned.pt"), safe_load(pruned_dir / "pruned.pt")
+    masks = ticket["masks"]
+    assert {k: torch.equal(v, pruned["masks"][k]) for k, v in masks.items()} == {k: True for k in masks}
+    for name, value in ticket["state_dict"].items():
         expected = reference[name] * masks[name] if name in masks else reference[name]
         assert torch.equal(value, expected), name
-    # Survivors really were trained away from the reference before being rewound.
-    assert not torch.equal(snapshots[1]["layers.1.weight"], snapshots[2]["layers.1.weight"])
+    # Not the trained weights: rewinding really replaced them.
+    assert not torch.equal(ticket["state_dict"]["layers.1.weight"], pruned["state_dict"]["layers.1.weight"])
 
 
-def test_lottery_reinit_draws_fresh_weights(run_api, monkeypatch):
-    snapshots = []
-    original_rewind = Experiment._rewind
-
-    def spy(self, index):
-        original_rewind(self, index)
-        snapshots.append((self.state.extra["rewind"], {k: v.clone() for k, v in self.model.state_dict().items()},
-                          self.masks))
-    monkeypatch.setattr(Experiment, "_rewind", spy)
-    run_api("schedule=lottery", "schedule.rounds=2", "schedule.reinit=true", "sparsity=0.5")
-    initial, state, masks = snapshots[0]
-    weight = "layers.1.weight"
-    survivors = masks[weight].bool()
-    assert not torch.equal(state[weight][survivors], initial[weight][survivors])
-    assert bool((state[weight][~survivors] == 0).all())
+def test_lottery_reinit_draws_fresh_weights(run_api):
+    _, run_dir = run_api("schedule=lottery", "schedule.rounds=1", "schedule.reinit=true", "sparsity=0.5",
+                         "finetune.epochs=0")
+    ckpt = safe_load(run_dir / "pruned.pt")
+    weight, survivors = ckpt["state_dict"]["layers.1.weight"], ckpt["masks"]["layers.1.weight"]
+    initial = initial_weights()["layers.1.weight"]
+    assert int(survivors.sum()) > 0
+    assert not torch.equal(weight[survivors], initial[survivors])
+    assert bool((weight[~survivors] == 0).all())
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

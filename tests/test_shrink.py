@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from prune_cli.masks import Masks, classifier_name, prunable_names
+from prune_cli.pruning.masks import Masks, classifier_name, prunable_names
 from prune_cli.models import Normalize
-from prune_cli.shrink import rebuild_shrunk, shrink
-from prune_cli.structure import select_units, unit_groups, unit_layers, unit_masks, zeroed_weight_count
+from prune_cli.pruning.shrink import rebuild_shrunk, shrink
+from prune_cli.pruning.units import select_units, unit_groups, unit_layers, unit_masks, zeroed_weight_count
 
 
 class BasicBlock(nn.Module):

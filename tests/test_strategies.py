@@ -3,13 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from prune_cli.checkpoint import safe_load
-from prune_cli.data import TensorSplit
-from prune_cli.masks import Masks, prunable_names
-from prune_cli.strategies import ScoringContext
-from prune_cli.strategies.activation import APoZ, Activation
-from prune_cli.strategies.weight import Gradient, Magnitude
-from prune_cli.structure import unit_layers
+from prune_cli.storage.safe_load import safe_load
+from prune_cli.data.splits import TensorSplit
+from prune_cli.pruning.masks import Masks, prunable_names
+from prune_cli.pruning.strategies import ScoringContext
+from prune_cli.pruning.strategies.activation import APoZ, Activation
+from prune_cli.pruning.strategies.weight import Gradient, Magnitude
+from prune_cli.pruning.units import unit_layers
 
 FAST = ["train.epochs=2", "finetune.epochs=1", "strategy.epochs=1"]
 UNSTRUCTURED = ["magnitude", "gradient", "random", "l1", "l0"]

@@ -147,7 +147,7 @@ def test_slurm_launcher_config_makes_a_valid_sbatch_script(tmp_path, monkeypatch
     from submitit.slurm.slurm import SlurmExecutor
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    from prune_cli.cli import CONFIG_DIR
+    from prune_cli.config import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -196,7 +196,7 @@ def test_submitit_local_sweep(tmp_path, request):
 # --- job directory names and the summary callback on their own (no processes) ---------------------------------
 
 def test_job_directory_names_stay_under_the_filesystem_limit():
-    from prune_cli.callbacks import NAME_LIMIT, job_dirname
+    from prune_cli.app.callbacks import NAME_LIMIT, job_dirname
     assert job_dirname(3, "seed=1,sparsity=0.9") == "3_seed=1,sparsity=0.9"
     assert job_dirname(0, "") == "0_"
     many = ",".join(f"train.setting_{i}=value_{i}" for i in range(40))
@@ -222,7 +222,7 @@ def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     traceback, records the failure, and hands the sweeper a finished job."""
     from hydra.core.utils import JobReturn, JobStatus
 
-    from prune_cli.callbacks import SweepSummary
+    from prune_cli.app.callbacks import SweepSummary
     job_dir = tmp_path / "0_seed=1"
     (job_dir / ".hydra").mkdir(parents=True)
     try:
@@ -239,7 +239,7 @@ def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
 def test_summary_names_failed_and_unfinished_jobs(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from prune_cli.callbacks import SweepSummary
+    from prune_cli.app.callbacks import SweepSummary
     for num, name, report in [(0, "seed=0", {"status": "completed"}),
                               (1, "seed=1", {"status": "failed", "error": "non-finite loss"}),
                               (2, "seed=2", None)]:  # killed: Hydra made the directory, no report
@@ -260,7 +260,7 @@ def test_summary_names_failed_and_unfinished_jobs(tmp_path, capsys):
 def test_summary_is_silent_when_every_job_completed(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from prune_cli.callbacks import SweepSummary
+    from prune_cli.app.callbacks import SweepSummary
     job = tmp_path / "0_seed=0"
     (job / ".hydra").mkdir(parents=True)
     (job / "report.json").write_text(json.dumps({"status": "completed"}))

@@ -4,10 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from prune_cli.data import TensorSplit
+from prune_cli.data.splits import TensorSplit
 from prune_cli.errors import RunFailed
-from prune_cli.masks import Masks
-from prune_cli.training import StageSettings, epoch_generator, evaluate, fit
+from prune_cli.pruning.masks import Masks
+from prune_cli.training.evaluate import evaluate
+from prune_cli.training.loop import epoch_generator, fit
+from prune_cli.training.settings import StageSettings
 
 
 def test_lr_decay_is_a_function_of_the_epoch():

@@ -1,0 +1,147 @@
+"""Hydra callbacks: a sweep that had failed jobs says which, and exits non-zero.
+
+A sweep (``prune-run -m``) runs every job even when some fail: ``cli.run_job`` records a failed or bad-input job
+in its ``report.json`` and returns normally. A job that *crashes* (an unexpected exception, i.e. a bug) would
+make Hydra's sweeper re-raise after the batch, which skips ``on_multirun_end`` - so the summary, the one place
+that names the failed jobs, would be lost - and would make the submitit launcher's result collection fail.
+``on_job_end`` therefore prints the crash's traceback, records it in the job's ``report.json``, and lets the
+sweep carry on. ``on_multirun_end`` then reads every job directory of the sweep and exits 1 naming each job
+that did not complete.
+
+Both hooks work with every launcher: ``on_job_end`` runs wherever the job runs (this process for the basic
+launcher, a joblib worker, a SLURM node), ``on_multirun_end`` in the process that started the sweep, and they
+share nothing but the files in the sweep directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+REPORT = "report.json"
+NAME_LIMIT = 240  # bytes; most filesystems refuse a name over 255 ("File name too long")
+
+
+def job_dirname(num, override_dirname) -> str:
+    """``hydra.sweep.subdir``: ``<job number>_<overrides>``, shortened when the overrides are too long.
+
+    Hydra's ``override_dirname`` holds every override given on the command line, fixed ones included, so a
+    sweep with many settings easily passes the filesystem's 255-byte limit; Hydra would then crash the whole
+    sweep on the first job. The job number keeps shortened names unique; the hash tells the full list apart.
+    """
+    name = f"{num}_{override_dirname}"
+    raw = name.encode()
+    if len(raw) <= NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(str(override_dirname).encode()).hexdigest()[:8]
+    return raw[: NAME_LIMIT - 10].decode(errors="ignore") + f"~{digest}"
+
+
+# Registered on import: Hydra instantiates the callbacks (importing this module) in the process that starts the
+# sweep and unpickles them in every joblib worker and submitit job, before any job directory is resolved.
+OmegaConf.register_new_resolver("prune_cli.job_dir", job_dirname, replace=True)
+
+
+class SweepSummary(Callback):
+    # Class-level, read by cli.main to tell bad input (exit 2) from failed jobs (exit 1) when Hydra exits 1.
+    started: Any = False
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepSummary.started = True
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra composes each job's config (and rejects e.g. strategy=magnitude,nonexistent) only after this
+        # hook, so a sweep counts as started once a job directory exists, not yet here.
+        SweepSummary.started = _JobsLaunched(Path(config.hydra.sweep.dir))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED or _mode(config) != RunMode.MULTIRUN:
+            return  # a single run's crash propagates: Hydra prints the traceback and exits 1
+        error = job_return._return_value  # the public property would re-raise it
+        hydra = config.hydra
+        name = f"job {hydra.job.num} ({hydra.job.override_dirname or 'defaults'})"
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        print(f"prune-run: {name} crashed; the sweep goes on:\n{text}", file=sys.stderr, end="", flush=True)
+        _record_crash(Path(hydra.runtime.output_dir), f"{type(error).__name__}: {error}")
+        # Handled: the sweeper and the submitit launcher see a finished job; on_multirun_end names it.
+        job_return.status = JobStatus.COMPLETED
+        job_return.return_value = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("dry_run"):
+            return  # a dry run writes no reports
+        sweep_dir = Path(config.hydra.sweep.dir)
+        bad = [f"{name}: {problem}" for name, problem in sweep_problems(sweep_dir)]
+        if bad:
+            print(f"prune-run: {len(bad)} job(s) of the sweep in {sweep_dir} did not complete:", file=sys.stderr)
+            for line in bad:
+                print(f"  {line}", file=sys.stderr)
+            sys.exit(1)
+
+
+def sweep_problems(sweep_dir: Path) -> list[tuple[str, str]]:
+    """(job directory relative to the sweep, what went wrong) for every job that did not complete.
+
+    A job directory is one Hydra wrote ``.hydra/`` into; one without ``report.json`` never finished (e.g. its
+    process was killed). Directories are found recursively because an override value with a ``/`` in it
+    nests the job's directory.
+    """
+    problems = []
+    for job_dir in _job_dirs(sweep_dir):
+        name = str(job_dir.relative_to(sweep_dir))
+        report = job_dir / REPORT
+        if not report.exists():
+            problems.append((name, f"no {REPORT}: the job did not finish (killed, or crashed before starting)"))
+            continue
+        try:
+            data = json.loads(report.read_text())
+            status, error = data.get("status"), data.get("error", "")
+        except (OSError, ValueError, AttributeError):
+            status, error = "unreadable", f"{REPORT} could not be read"
+        if status != "completed":
+            problems.append((name, f"{status}: {error}"))
+    return problems
+
+
+class _JobsLaunched:
+    """Truthy once the sweep directory holds a job directory: from then on an exit 1 means failed jobs."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir = sweep_dir
+
+    def __bool__(self) -> bool:
+        return self.sweep_dir.is_dir() and bool(_job_dirs(self.sweep_dir))
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    dirs = {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
+    dirs |= {p.parent for p in sweep_dir.rglob(REPORT)}  # also a job run with hydra.output_subdir=null
+    return sorted(dirs, key=lambda d: _job_order(d.relative_to(sweep_dir)))
+
+
+def _job_order(relative: Path):
+    head = relative.parts[0].split("_", 1)[0] if relative.parts else ""
+    return (0, int(head), str(relative)) if head.isdigit() else (1, 0, str(relative))
+
+
+def _mode(config: DictConfig):
+    try:
+        return config.hydra.mode
+    except Exception:  # no hydra node: not a Hydra job
+        return None
+
+
+def _record_crash(run_dir: Path, error: str) -> None:
+    try:
+        from prune_cli.report.files import write_status
+        write_status(run_dir, "failed", error)  # keeps the report cli.run_job already wrote, if any
+    except Exception as err:  # the summary still counts the job: it then has no report.json
+        print(f"prune-run: could not record the failure in {run_dir / REPORT}: {err}", file=sys.stderr)

@@ -1,0 +1,149 @@
+"""``prune-run``: a thin Hydra entry. Config -> Experiment.run(); errors -> one line and an exit code.
+
+Exit codes: 0 completed, 1 failed (e.g. a non-finite loss, or a sweep with failed jobs), 2 bad input,
+130 interrupted (Ctrl-C). Torch is imported only once a job runs, so ``--help`` stays quick.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from prune_cli.config import CONFIG_DIR
+from prune_cli.errors import RunFailed, UsageError
+
+log = logging.getLogger("prune_cli")
+_composed = False   # set once Hydra composed a config: failures before that are bad input (exit 2)
+
+
+def _progress(cfg: DictConfig, multirun: bool):
+    wanted = cfg.get("progress", "auto")
+    if wanted == "auto":
+        wanted = sys.stderr.isatty() and not multirun
+    if not wanted:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)
+
+
+def run_job(cfg: DictConfig) -> dict | None:
+    """One run in its Hydra output directory. In a sweep, failures are recorded and the sweep goes on."""
+    global _composed
+    _composed = True
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job = f"job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname or 'defaults'})" if multirun else "run"
+    from prune_cli.report import files as reporting
+    if cfg.get("dry_run"):
+        from prune_cli.app.dry_run import print_plan
+        try:
+            print_plan(cfg)
+        except UsageError as err:
+            return _fail(f"prune-run: {err}", 2, multirun, job)
+        return None
+    try:
+        progress = _progress(cfg, multirun)
+        from prune_cli.pipeline.experiment import Experiment
+        if progress is not None:
+            with progress:
+                result = Experiment(cfg, run_dir, progress).run()
+        else:
+            result = Experiment(cfg, run_dir).run()
+    except UsageError as err:
+        reporting.write_status(run_dir, "failed", str(err))
+        return _fail(f"prune-run: {err}", 2, multirun, job)
+    except RunFailed as err:
+        reporting.write_status(run_dir, "failed", str(err))
+        return _fail(f"prune-run: {job} failed: {err}", 1, multirun, job)
+    except KeyboardInterrupt:
+        reporting.write_status(run_dir, "interrupted", "interrupted by the user (Ctrl-C); re-run the same "
+                               "command with the same hydra.run.dir to resume")
+        print(f"prune-run: interrupted; state kept in {run_dir} for resuming", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        # A bug, not bad input: keep the traceback (Hydra prints it), but never leave a run looking finished.
+        reporting.write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
+        raise
+    from rich.console import Console
+    if not multirun:
+        from prune_cli.report.render import console_table
+        console_table(result, Console(stderr=False))
+    log.info("report written to %s", run_dir / "report.json")
+    return result
+
+
+def _fail(message: str, code: int, multirun: bool, job: str):
+    print(message, file=sys.stderr)
+    if multirun:
+        return None  # the sweep goes on; prune_cli.callbacks.SweepSummary names the job and exits non-zero
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> dict | None:
+    return run_job(cfg)
+
+
+def _guard_existing_run(argv: list[str]) -> None:
+    """Refuse, before Hydra writes anything, to reuse a run directory that holds another config's run.
+
+    Hydra rewrites ``DIR/.hydra/`` as soon as it starts, so this check has to come first. The same config
+    is fine: a finished run is left as it is, an unfinished one resumes. The rule itself is
+    ``storage.run_dir.refuse_other_config``, which the pipeline applies again.
+    """
+    if "-m" in argv or "--multirun" in argv or any(a.startswith("-") for a in argv):
+        return
+    run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if not run_dirs:
+        return
+    from prune_cli.storage.run_dir import recorded_fingerprint, refuse_other_config
+    run_dir = Path(run_dirs[-1])
+    if recorded_fingerprint(run_dir) is None:
+        return
+    from prune_cli.config import compose_config, fingerprint
+    try:
+        current = fingerprint(compose_config([a for a in argv if not a.startswith("hydra.")]))
+    except Exception:
+        return  # let Hydra report the bad override in its own words
+    try:
+        refuse_other_config(run_dir, current)
+    except UsageError as err:
+        print(f"prune-run: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    global _composed
+    _composed = False
+    # As with ``python -m``: a user's own strategy, schedule or model module in the launch directory is
+    # importable by its ``_target_``. Appended, so it never shadows an installed package.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    from prune_cli.app.callbacks import SweepSummary
+    SweepSummary.started = False
+    _guard_existing_run(sys.argv[1:])
+    try:
+        _hydra_main()
+    except SystemExit as exit_:
+        # Hydra exits 1 on config errors (unknown group option, bad override) after printing its own
+        # message with the available choices; those are bad input, so exit 2 like our own checks.
+        if exit_.code == 1 and not _composed and not _callbacks_composed():
+            sys.exit(2)
+        raise
+
+
+def _callbacks_composed() -> bool:
+    from prune_cli.app.callbacks import SweepSummary
+    return SweepSummary.started
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from prune_cli.comparison import main
+
+sys.exit(main())

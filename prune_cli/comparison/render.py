@@ -1,0 +1,99 @@
+"""The summary as CSV (raw fractions), Markdown and a terminal table, from one set of text cells."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+
+from prune_cli.comparison.summary import DEFAULT_BY, METRICS, group_keys as _group_keys, number as _number
+from prune_cli.storage.atomic import atomic_write_text
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Raw numbers (fractions, full precision) for further analysis; empty cells for missing values."""
+    fields = _group_keys(rows) + ["n", "seeds"] + [f"{n}_{s}" for n, _, _ in METRICS for s in ("mean", "std")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        cells = {k: ("" if row.get(k) is None else row.get(k)) for k in fields}
+        cells["seeds"] = " ".join(str(s) for s in row.get("seeds", []))
+        writer.writerow(cells)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_markdown(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    headers, cells = _display(rows)
+    lines = ["| " + " | ".join(map(_md_escape, headers)) + " |",
+             "|" + "|".join("---:" if _is_numeric_column(h) else "---" for h in headers) + "|"]
+    lines += ["| " + " | ".join(map(_md_escape, line)) + " |" for line in cells]
+    lines += ["", "Cells: mean ± sample standard deviation over the n runs (seeds) of each row, in percent."]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare pipe would split the cell
+
+
+def print_table(rows: Sequence[dict], console=None) -> None:
+    """The summary in the terminal, made to fit 80 columns: short headers (the caption gives the units),
+    and group keys equal in every row shown once in the title. The files keep every column."""
+    from rich import box  # lazily: the Python API does not need rich
+    from rich.console import Console
+    from rich.table import Table
+
+    headers, cells = _display(rows)
+    n_keys = len(_group_keys(rows))
+    constant = {i for i in range(n_keys) if len({line[i] for line in cells}) == 1}
+    title = "  ".join(f"{headers[i]}={cells[0][i]}" for i in sorted(constant)) or "prune-compare"
+    table = Table(title=title, caption="sparsity and accuracy in %: mean ± std over the n seeds",
+                  box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    shown = [i for i in range(len(headers)) if i not in constant]
+    for i in shown:
+        # Key columns keep a readable width; on a narrow terminal the numbers wrap at "±" instead.
+        width = min(6, max((len(line[i]) for line in cells), default=0)) if i < n_keys else None
+        table.add_column(_TERMINAL_HEADERS.get(headers[i], headers[i]), min_width=width,
+                         justify="right" if _is_numeric_column(headers[i]) else "left")
+    for line in cells:
+        table.add_row(*(line[i] for i in shown))
+    (console or Console()).print(table)
+
+
+_TERMINAL_HEADERS = {"target sparsity (%)": "target", "achieved sparsity (%)": "sparsity",
+                     "dense acc. (%)": "dense acc", "pruned acc. (%)": "pruned acc",
+                     "fine-tuned acc. (%)": "tuned acc"}
+
+
+def _display(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Headers and text cells shared by the Markdown file and the terminal table, so they never disagree."""
+    keys = _group_keys(rows)
+    headers = [_key_header(k) for k in keys] + ["n"] + [header for _, _, header in METRICS]
+    cells = []
+    for row in rows:
+        line = [_key_cell(k, row.get(k)) for k in keys] + [str(row["n"])]
+        line += [_mean_std_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name, _, _ in METRICS]
+        cells.append(line)
+    return headers, cells
+
+
+
+
+def _key_header(key: str) -> str:
+    return "target sparsity (%)" if key == "target_sparsity" else key
+
+
+def _key_cell(key: str, value) -> str:
+    if value is None:
+        return "n/a"
+    if key == "target_sparsity" and _number(value) is not None:
+        return f"{100 * value:.2f}"
+    return str(value)
+
+
+def _mean_std_cell(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _is_numeric_column(header: str) -> bool:
+    return header == "n" or header.endswith("(%)")

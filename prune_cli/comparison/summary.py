@@ -1,0 +1,121 @@
+"""Grouping runs by their settings and summarising the seeds of each group."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+
+from prune_cli.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BY = ("model", "dataset", "strategy", "schedule", "target_sparsity")
+
+# Group keys that do not live under report["experiment"].
+_KEY_PATHS = {"target_sparsity": ("sparsity", "target")}
+
+# (summary field prefix, where it is in report.json, display header). All are fractions in [0, 1].
+METRICS = (
+    ("sparsity_achieved", ("sparsity", "achieved"), "achieved sparsity (%)"),
+    ("accuracy_dense", ("accuracy", "dense"), "dense acc. (%)"),
+    ("accuracy_pruned", ("accuracy", "pruned"), "pruned acc. (%)"),
+    ("accuracy_finetuned", ("accuracy", "finetuned"), "fine-tuned acc. (%)"),
+)
+SUMMARY_FIELDS = {"n", "seeds"} | {f"{name}_{stat}" for name, _, _ in METRICS for stat in ("mean", "std")}
+
+# Rows are listed by strategy, then sparsity; the remaining group keys break ties in the order given.
+_SORT_FIRST = ("strategy", "schedule", "target_sparsity")
+
+
+def summarize(reports: Iterable[dict], by: Sequence[str] = DEFAULT_BY) -> list[dict]:
+    """One row per group of `by` values: n, seeds, and mean/std over the group of every metric.
+
+    std is the sample standard deviation (0 for a single run). A metric that is null in some runs (e.g. no
+    fine-tuning) is averaged over the runs that have it; null in all of them gives None.
+    """
+    reports = list(reports)
+    by = tuple(by)
+    _check_keys(reports, by)
+    groups: dict[tuple, list[dict]] = {}
+    for report in reports:
+        groups.setdefault(tuple(group_value(report, key) for key in by), []).append(report)
+    if "variant" not in by and any(len({group_value(r, "variant") for r in members}) > 1
+                                   for members in groups.values()):
+        # Runs that share these keys but differ in other settings (epochs, scope, ...) are not seeds of one
+        # experiment: averaging them would hide the difference behind a large "std over seeds".
+        log.warning("some runs share %s but differ in other settings; they are kept apart by the 'variant' "
+                    "column (the config hash without seed and sparsity, in report.json)", ", ".join(by))
+        return summarize(reports, (*by, "variant"))
+    rows = [_summarize_group(dict(zip(by, key)), members) for key, members in groups.items()]
+    return sorted(rows, key=lambda row: _sort_key(row, by))
+
+
+def group_value(report: dict, key: str):
+    """The value of group key `key` in a report: `target_sparsity`, or any field of `experiment`."""
+    value = _lookup(report, _KEY_PATHS.get(key, ("experiment", key)))
+    # A list or dict field (e.g. a layer list) cannot be a dict key; its JSON text groups the same way.
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _check_keys(reports: list[dict], by: tuple[str, ...]) -> None:
+    # A misspelt key would silently put every run into one group; refuse it instead.
+    if not reports:
+        return
+    known = set(_KEY_PATHS)
+    for report in reports:
+        experiment = report.get("experiment")
+        if isinstance(experiment, dict):
+            known.update(experiment)
+    unknown = [key for key in by if key not in known]
+    if unknown:
+        raise UsageError(f"unknown group key {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+def _summarize_group(keys: dict, members: list[dict]) -> dict:
+    row = dict(keys)
+    row["n"] = len(members)
+    row["seeds"] = sorted({s for s in (_lookup(r, ("experiment", "seed")) for r in members) if s is not None},
+                          key=_sortable)
+    for name, where, _ in METRICS:
+        values = [v for v in (number(_lookup(r, where)) for r in members) if v is not None]
+        row[f"{name}_mean"] = statistics.fmean(values) if values else None
+        row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+    return row
+
+
+def _sort_key(row: dict, by: tuple[str, ...]) -> tuple:
+    order = [k for k in _SORT_FIRST if k in by] + [k for k in by if k not in _SORT_FIRST]
+    return tuple(_sortable(row[k]) for k in order)
+
+
+def _sortable(value) -> tuple:
+    # Numbers before strings before missing values, so mixed or null keys still sort without a TypeError.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    if value is None:
+        return (2, 0, "")
+    return (1, 0, str(value))
+
+
+def _lookup(report: dict, where: Sequence[str]):
+    node = report
+    for part in where:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+
+def group_keys(rows: Sequence[dict]) -> list[str]:
+    """The group-key columns of summary rows, in order."""
+    return [k for k in rows[0] if k not in SUMMARY_FIELDS] if rows else list(DEFAULT_BY)
+
+
+def number(value) -> float | None:
+    """A finite number as float, or None (missing, null, NaN, not a number)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

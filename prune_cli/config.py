@@ -1,0 +1,91 @@
+"""The run config in one place: compose it (CLI and API alike), instantiate its classes, fingerprint it.
+
+The CLI gets its config from ``@hydra.main``; the API, the dry run's tests and the existing-run guard compose
+it here with the same overrides, from the same directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from prune_cli.errors import UsageError
+
+# An absolute path works both from the console script and from ``python -m``; a relative one does not.
+# prune_cli/conf links to the repository's conf/ (an editable install) or is a copy of it (a wheel).
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+# Knobs that do not change a run's results: they stay out of its fingerprint, so changing them resumes.
+RESULT_NEUTRAL = ("progress", "checkpoint", "device", "cache", "threads", "measure", "dry_run")
+
+
+def compose_config(overrides: Sequence[str] = (), config_dir: str | None = None) -> DictConfig:
+    """The composed run config (without Hydra's own settings), as ``prune-run`` would see it.
+
+    ``config_dir`` is a user's ``--config-dir``: searched before the package's own configs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    GlobalHydra.instance().clear()
+    overrides = list(overrides)
+    if config_dir is not None:
+        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def instantiate(node: DictConfig, group: str):
+    """Build a strategy or schedule from ``_target_`` + parameters; constructor errors become one line."""
+    params = OmegaConf.to_container(node, resolve=True)
+    target = params.pop("_target_", None)
+    if not target:
+        raise UsageError(f"{group}: has no _target_ naming the class to use")
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise UsageError(f"{group}._target_={target}: no such class (is its module importable from here?)") \
+            from None
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise UsageError(f"{group}: {err}") from None
+    except ValueError as err:
+        message = str(err)
+        if not message.startswith(f"{group}."):  # e.g. int('abc') inside a constructor: name the settings
+            settings = ", ".join(f"{group}.{k}={v}" for k, v in params.items() if k != "name")
+            message = f"{group}: {message} (settings: {settings})"
+        raise UsageError(message) from None
+
+
+def resolve_device(name: str):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device={name}: no CUDA GPU is available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def fingerprint(cfg: DictConfig, leave_out: tuple = ()) -> str:
+    """What identifies a run for resuming: the whole config except knobs that do not change results."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in (*RESULT_NEUTRAL, *leave_out):
+        plain.pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def variant(cfg: DictConfig) -> str:
+    """Runs that differ only in seed and sparsity share a variant: prune-compare averages within one."""
+    return fingerprint(cfg, leave_out=("seed", "sparsity"))[:8]
+
+
+def plain(node):
+    """A config node as plain Python data (resolved); anything else unchanged."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

@@ -1,0 +1,1 @@
+"""Measurements of a model: multiply-adds, latency, bytes, CSR inference."""

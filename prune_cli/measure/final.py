@@ -1,0 +1,85 @@
+"""Costs of a run's final model: multiply-adds, latency, sizes, and the physically shrunk model of a
+structured result. Models are timed side by side (dense twin, masked, shrunk, CSR) for fair ratios."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from prune_cli.measure.flops import count_flops
+from prune_cli.measure.latency import measure_latency
+from prune_cli.measure.sizes import checkpoint_sizes
+
+log = logging.getLogger("prune_cli")
+EXACT = 1e-5  # largest output difference between masked and shrunk models that counts as the same model
+
+
+def measure_final(model, *, masks, structured: bool, compressed: bool, example: torch.Tensor, test, device,
+                  dense_twin, measure_cfg, export_cfg) -> dict:
+    """``{"flops", "latency", "shrunk", "size_bytes", "speedup", ["export"], ["shrunk_payload"]}``."""
+    example_shape = tuple(example.shape[1:])
+    model.eval()
+    masks = dict(masks) if masks else None
+    out = {"flops": count_flops(model, example_shape, masks)}
+    timed = {"masked": model, "dense": dense_twin}
+    shrunk_info = None
+    if structured and masks:
+        from prune_cli.pruning.shrink import shrink
+        shrunk_model, shrunk_info = shrink(model, masks, example)
+        shrunk_model.eval()
+        shrunk_info["max_abs_diff"] = _max_output_diff(model, shrunk_model, test)
+        if not shrunk_info["max_abs_diff"] <= EXACT:
+            log.warning("shrunk model differs from the masked one by %.3g", shrunk_info["max_abs_diff"])
+        shrunk_info["matches_masked"] = bool(shrunk_info["max_abs_diff"] <= EXACT)
+        timed["shrunk"] = shrunk_model
+        out["flops"]["shrunk"] = count_flops(shrunk_model, example_shape)["dense"]
+        shrunk_state = {k: v.detach().cpu().clone() for k, v in shrunk_model.state_dict().items()}
+        out["shrunk_payload"] = {"state_dict": shrunk_state, "shapes": shrunk_info["shapes"]}
+    if export_cfg.get("sparse") and not structured:
+        from prune_cli.measure.csr import sparse_layer_names, to_sparse
+        sparse_model = to_sparse(model, float(export_cfg.get("min_sparsity", 0.8)))
+        layers = sparse_layer_names(sparse_model)
+        out["export"] = {"sparse": {"sparse_layers": layers, "used": False}}
+        if layers:
+            timed["sparse"] = sparse_model
+    latency = {}
+    if measure_cfg.get("latency", True):
+        latency = measure_latency(timed, example_shape, device,
+                                  max_time_s=float(measure_cfg.get("latency_budget_s", 0.5)))
+    if "sparse" in latency:
+        from prune_cli.measure.csr import sparse_is_faster
+        info = out["export"]["sparse"]
+        info.update(dense_ms=latency["masked"], sparse_ms=latency["sparse"])
+        info["used"] = sparse_is_faster(latency["masked"], latency["sparse"])
+        if not info["used"]:
+            latency.pop("sparse")
+    out["latency"] = latency
+    out["shrunk"] = shrunk_info
+    out["size_bytes"] = checkpoint_sizes(model.state_dict(), masks or {},
+                                         out.get("shrunk_payload", {}).get("state_dict"))
+    out["speedup"] = _speedups(out, compressed)
+    model.train()
+    return out
+
+
+@torch.inference_mode()
+def _max_output_diff(a, b, split) -> float:
+    worst = 0.0
+    for x, _ in split.batches(1024):
+        worst = max(worst, float((a(x) - b(x)).abs().max()))
+    return worst
+
+
+def _speedups(out: dict, compressed: bool) -> dict:
+    """How a speed-up was obtained: measured on a shrunk model, or only theoretical (dense kernels)."""
+    latency = out["latency"]
+    result = {"theoretical": out["flops"].get("theoretical_speedup"), "method": "none", "measured": {}}
+    base = latency.get("dense")
+    fastest = latency.get("shrunk") or latency.get("sparse") or latency.get("masked")
+    if base and fastest:
+        # A masked model runs dense kernels: its ratio is ~1 and is reported as such, not as a speed-up.
+        result["method"] = ("shrunk model" if latency.get("shrunk") else
+                            "sparse kernel (CSR)" if latency.get("sparse") else
+                            "smaller model (compress)" if compressed else "none")
+        result["measured"] = {k: base[k] / fastest[k] for k in base if fastest.get(k)}
+    return result

@@ -1,0 +1,64 @@
+"""Wall-clock latency: the one interleaved timer, used by every report and every benchmark.
+
+Models are timed in alternation (A, B, C, A, B, C, ...), CUDA-synchronised around each pass: on a shared
+machine the load changes from second to second, and alternating puts every model under the same conditions,
+so their ratios (the speed-ups in the report) stay fair even when the absolute times drift.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from prune_cli.measure.inputs import example_input
+from prune_cli.measure.timing import synchronize
+from prune_cli.training.evaluate import eval_mode
+
+
+def time_side_by_side(calls: Mapping[str, Callable[[], object]], device, warmup: int = 3, repeats: int = 30,
+                      max_time_s: float = 0.5, min_repeats: int = 3) -> dict[str, list[float]]:
+    """Seconds of each call, per repeat, the calls interleaved; stops after ``max_time_s`` once every call
+    has ``min_repeats`` samples. Benchmarks time training steps with it, reports time forward passes."""
+    for call in calls.values():
+        for _ in range(max(0, warmup)):
+            call()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    deadline = time.perf_counter() + max_time_s
+    for index in range(max(min_repeats, repeats)):
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+        if index + 1 >= min_repeats and time.perf_counter() > deadline:
+            break
+    return times
+
+
+@torch.inference_mode()
+def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], device,
+                    batch_sizes: Sequence[int] = (1, 256), warmup: int = 3, repeats: int = 30,
+                    max_time_s: float = 0.5) -> dict[str, dict[str, float]]:
+    """Median ms per forward pass, ``{model name: {"batch_1_ms": .., "batch_256_ms": ..}}``.
+
+    The models must already be on ``device``; ``input_shape`` is one example's shape. ``max_time_s`` bounds
+    each batch size's timing for all models together (at least 3 passes each), so a large model costs
+    seconds, not minutes, and a small one still gets ``repeats`` samples.
+    """
+    results: dict[str, dict[str, float]] = {name: {} for name in models}
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(eval_mode(model))
+        for batch_size in batch_sizes:
+            inputs = {name: example_input(m, input_shape, batch_size, device) for name, m in models.items()}
+            calls = {name: (lambda m=m, x=inputs[name]: m(x)) for name, m in models.items()}
+            times = time_side_by_side(calls, device, warmup, repeats, max_time_s)
+            for name in models:
+                results[name][f"batch_{batch_size}_ms"] = statistics.median(times[name]) * 1e3
+    return results

@@ -1,0 +1,12 @@
+"""Models. Every model takes images in [0, 1] shaped (N, C, H, W) and normalises them itself.
+
+The classes are exported here under stable names (``prune_cli.models.MLP``): model configs and every saved
+checkpoint's spec name them so, whatever file inside the package defines them.
+"""
+from prune_cli.models.builtin import (MLP, VGG, BasicBlock, CIFARResNet, Conv2, Conv4, Conv6, ConvNet,
+                                      LeNet5, Normalize)
+from prune_cli.models.spec import build, build_for, make_spec
+from prune_cli.models.torchvision_model import TorchvisionModel
+
+__all__ = ["MLP", "VGG", "BasicBlock", "CIFARResNet", "Conv2", "Conv4", "Conv6", "ConvNet", "LeNet5",
+           "Normalize", "TorchvisionModel", "build", "build_for", "make_spec"]

@@ -1,0 +1,1 @@
+"""The pipeline: dense stage -> one loop (rounds, gradual or a smaller model) -> finish."""

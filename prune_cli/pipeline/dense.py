@@ -1,0 +1,77 @@
+"""The dense stage: train the dense model, or take it from the cache when an identical one was trained before.
+
+``dense_key`` is the one definition of "identical" (the run and the dry run both call it): exactly the config
+the dense model depends on (model, data, train settings, seed, the rewind epoch a lottery needs kept) and the
+device type, since GPU and CPU kernels give different numbers.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from prune_cli.config import plain
+from prune_cli.storage.cache import DenseCache, cache_key
+from prune_cli.training.settings import StageSettings
+
+log = logging.getLogger("prune_cli")
+
+# How data is fetched, not what it is: these dataset keys do not change the dense model.
+FETCH_KNOBS = ("download", "workers", "in_memory")
+
+
+def dense_key(cfg: DictConfig, schedule, device_type: str) -> str:
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in FETCH_KNOBS}
+    return cache_key({"model": plain(cfg.model), "dataset": dataset, "train": plain(cfg.train),
+                      "seed": int(cfg.seed), "rewind_epoch": int(schedule.rewind_epoch), "device": device_type})
+
+
+def run_cache(cfg: DictConfig, kind: str = "dense", **kwargs) -> DenseCache:
+    """The cache a run uses (``cache.dir``, relative to the launch directory)."""
+    return DenseCache(str(Path(str(cfg.cache.dir)).expanduser().resolve()), bool(cfg.cache.enabled), kind=kind,
+                      **kwargs)
+
+
+def train_dense(exp) -> None:
+    if exp.state.is_done("train"):
+        return  # the loop continues from the saved weights
+    if exp.state.in_progress("train"):
+        exp.restore_saved_weights(exp.model)
+    key = dense_key(exp.cfg, exp.schedule, exp.device.type)
+    cache = run_cache(exp.cfg)
+    with cache.locked(key):
+        entry = cache.load(key)
+        if entry is None:
+            entry = _train(exp)
+            cache.store(key, entry)
+            source = "computed" if cache.enabled else "computed (cache disabled)"
+        else:
+            exp.model.load_state_dict(entry["trained"])
+            source = "reused"
+            log.info("dense model reused from the cache (%s)", cache.path(key).name)
+    exp.record.cache = {"dense": source, "key": key}
+    exp.record.set_accuracy("dense", entry["accuracy"], exp.evaluate_val())
+    exp.record.timings["train"] = entry["seconds"] if source != "reused" else 0.0
+    if exp.schedule.rewind:
+        exp.state.extra["rewind"] = entry["rewind"]
+    exp.state.boundary("train", exp.model, exp.masks)
+
+
+def _train(exp) -> dict:
+    """Train from the initialisation; keeps the weights a rewinding schedule goes back to."""
+    rewind_epoch = int(exp.schedule.rewind_epoch)
+    initial = {k: v.detach().cpu().clone() for k, v in exp.model.state_dict().items()}
+    exp.state.extra.setdefault("initial", initial)
+
+    def keep_rewind_point(epoch, model):
+        if epoch == rewind_epoch:
+            exp.state.extra["rewind_point"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    started = time.perf_counter()
+    exp.fit("train", StageSettings.from_cfg(exp.cfg.train), masks=None, each_epoch=keep_rewind_point)
+    seconds = time.perf_counter() - started
+    rewind = exp.state.extra.get("rewind_point") if rewind_epoch else exp.state.extra["initial"]
+    return {"trained": {k: v.detach().cpu() for k, v in exp.model.state_dict().items()},
+            "rewind": rewind, "accuracy": exp.evaluate()[0], "seconds": seconds}

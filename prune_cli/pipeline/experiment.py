@@ -1,0 +1,198 @@
+"""The experiment, top to bottom: train (dense) -> the schedule's loop (score -> prune -> fine-tune per round)
+-> finish (measure, checkpoint, report).
+
+``Experiment`` wires one run together and offers the loops the steps they share (``fit`` with resume,
+``evaluate``, ``prune_to``, ``context``); each loop lives in its own file and is chosen by the schedule, or by
+a strategy that replaces pruning (``loops.py``). Nothing here looks at which strategy or schedule it runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+
+from prune_cli.config import fingerprint, instantiate, plain, resolve_device
+from prune_cli.data import load_dataset
+from prune_cli.measure.timing import Timer
+from prune_cli.models import build_for
+from prune_cli.pipeline import dense
+from prune_cli.pipeline.facts import DataFacts
+from prune_cli.pipeline.finish import finish
+from prune_cli.pipeline.loops import loop_for
+from prune_cli.pipeline.record import RunRecord
+from prune_cli.pipeline.scores import first_round_scores
+from prune_cli.pruning.masks import Masks, prunable_names, topk_masks
+from prune_cli.pruning.sparsity import model_sparsity
+from prune_cli.pruning.strategies.base import ScoringContext
+from prune_cli.storage.resume import RunState
+from prune_cli.storage.run_dir import completed_report, refuse_other_config
+from prune_cli.training.evaluate import evaluate
+from prune_cli.training.loop import fit, stage_seed
+from prune_cli.training.settings import StageSettings
+from prune_cli.validate import validate
+
+log = logging.getLogger("prune_cli")
+SMALL_MODEL_MACS = 5_000_000  # per example; LeNets and MLPs on digits/MNIST are far below, CIFAR CNNs above
+
+
+class Experiment:
+    """One run: what its stages share, and the steps every loop uses."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, progress=None):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        validate(cfg)
+        self.device = resolve_device(cfg.device)
+        self.strategy = instantiate(cfg.strategy, "strategy")
+        self.schedule = instantiate(cfg.schedule, "schedule")
+        self.schedule.check_budget(int(cfg.train.epochs), int(cfg.finetune.epochs))
+        self.loop = loop_for(self.strategy, self.schedule)
+        self.fingerprint = fingerprint(cfg)
+        refuse_other_config(self.run_dir, self.fingerprint)  # before state.pt is read
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.seed = int(cfg.seed)
+        self.data = load_dataset(cfg.dataset).to(self.device)
+        self.facts = DataFacts.of(self.data)
+        torch.manual_seed(self.seed)
+        self.model, self.spec = build_for(plain(cfg.model), self.data.info)
+        self.model.to(self.device)
+        self.threads = self._set_threads(cfg.get("threads", "auto"))
+        self.prunable = prunable_names(self.model, include_classifier=self.strategy.prune_classifier)
+        self.example = torch.zeros(1, *self.data.info.input_shape, device=self.device)
+        self.unit_layers = []
+        if self.strategy.structured:
+            from prune_cli.pruning.units import check_reachable, unit_layers
+            self.unit_layers = unit_layers(self.model, self.example)
+            check_reachable(self.model, self.example, self.prunable, float(cfg.sparsity), self.strategy.name,
+                            cfg.model.get("name", "?"), layers=self.unit_layers)
+        self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
+        self.state.restore_rng()
+        self.masks: Optional[Masks] = self.state.saved_masks(self.device)
+        self.record = RunRecord.from_state(self.state.record) if self.state.record else self._new_record()
+        self.state.snapshot = self.record.to_state
+
+    def _new_record(self) -> RunRecord:
+        cfg = self.cfg
+        return RunRecord(
+            experiment={"model": cfg.model.get("name", cfg.model.get("_target_")), "dataset": cfg.dataset.name,
+                        "strategy": self.strategy.name, "schedule": self.schedule.name, "seed": self.seed},
+            strategy=self.strategy.describe(), schedule=self.schedule.describe(),
+            structured=bool(self.strategy.structured), prune_classifier=bool(self.strategy.prune_classifier))
+
+    def _set_threads(self, wanted) -> int:
+        """On CPU, small models train several times faster on one thread: their kernels are too short to
+        split, and a second thread spin-waits (badly so when another process shares the cores)."""
+        if self.device.type != "cpu":
+            return torch.get_num_threads()
+        if wanted == "auto":
+            from prune_cli.measure.flops import count_flops
+            small = count_flops(self.model, tuple(self.data.info.input_shape))["dense"] < SMALL_MODEL_MACS
+            wanted = 1 if small else (os.cpu_count() or 1)
+        torch.set_num_threads(int(wanted))
+        return int(wanted)
+
+    # --- the whole run ---------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        finished = completed_report(self.run_dir)
+        if finished is not None:
+            log.info("this run is already complete in %s; nothing to do", self.run_dir)
+            return finished
+        started = time.perf_counter()
+        if self.state.resumed_from:
+            log.info("resuming from %s", self.state.resumed_from)
+            self.record.resumed_from = self.state.resumed_from
+        dense.train_dense(self)
+        self.loop.run(self)
+        self.record.add_time("total", time.perf_counter() - started)
+        return finish(self)
+
+    # --- steps the loops share -------------------------------------------------------------------------------
+    def evaluate(self, model=None) -> tuple[float, Optional[float]]:
+        """(test accuracy, validation accuracy or None when there is no validation split)."""
+        model = model or self.model
+        batch = int(self.cfg.eval_batch_size)
+        with Timer(self.device) as t:
+            test = evaluate(model, self.data.test, batch)
+            val = evaluate(model, self.data.val, batch) if self.data.val is not None else None
+        self.record.add_time("evaluate", t.seconds)
+        return test, val
+
+    def evaluate_val(self, model=None) -> Optional[float]:
+        """Validation accuracy, or None when there is no validation split."""
+        if self.data.val is None:
+            return None
+        with Timer(self.device) as t:
+            val = evaluate(model or self.model, self.data.val, int(self.cfg.eval_batch_size))
+        self.record.add_time("evaluate", t.seconds)
+        return val
+
+    def fit(self, stage: str, settings: StageSettings, model=None, each_epoch=None, **kwargs) -> Optional[Masks]:
+        """fit() with resume: starts at the saved epoch of this stage, saves progress at epoch ends."""
+        model = model or self.model
+        start, optimizer_state = self.state.start_of(stage)
+        masks = kwargs.pop("masks", self.masks)
+
+        def on_epoch_end(epoch, optimizer, current_masks):
+            if each_epoch is not None:
+                each_epoch(epoch, model)
+            self.state.epoch_end(stage, epoch, model, optimizer, current_masks)
+
+        with Timer(self.device) as t:
+            masks = fit(model, self.data.train, settings, stage=stage, seed=stage_seed(self.seed, stage),
+                        masks=masks, start_epoch=start, optimizer_state=optimizer_state,
+                        on_epoch_end=on_epoch_end, progress=self.progress, **kwargs)
+        self.record.add_time(stage.split(".")[-1], t.seconds)  # round2.finetune -> finetune, round1.l1 -> l1
+        return masks
+
+    def restore_saved_weights(self, model) -> None:
+        """Continue from the latest saved stage: its weights go into ``model`` (when a state was loaded)."""
+        weights = self.state.saved_weights()
+        if weights is not None:
+            model.load_state_dict(weights)
+
+    def context(self, round_index: int, target: float, previous_target: float = 0.0) -> ScoringContext:
+        finetune = self.cfg.finetune
+
+        def train_for(epochs: int, stage: str, **kwargs):
+            new_masks = self.fit(stage, StageSettings.from_cfg(finetune, epochs=epochs), **kwargs)
+            if new_masks is not None and kwargs.get("after_step") is not None:
+                self.masks = new_masks if self.masks is None else self.masks.intersect(new_masks)
+
+        masks = self.masks if self.masks is not None else Masks.ones(self.model, self.prunable)
+        return ScoringContext(model=self.model, masks=masks, train=self.data.train, prunable=self.prunable,
+                              device=self.device, seed=self.seed, round=round_index,
+                              batch_size=int(finetune.batch_size), target=target, previous_target=previous_target,
+                              fit=train_for, unit_layers=self.unit_layers)
+
+    def prune_to(self, target: float, ctx: ScoringContext, share_scores: bool = False) -> Masks:
+        """Score, then turn scores into masks at exactly ``target`` (shared thresholding), applied in place.
+
+        ``share_scores``: the loop says these are the first scores of the dense model, which a sweep over
+        sparsities can compute once (``scores.py`` decides whether the strategy allows it)."""
+        with Timer(self.device) as t:
+            scores = first_round_scores(self, ctx) if share_scores else self.strategy.score(ctx)
+        self.record.add_time("score", t.seconds)
+        with Timer(self.device) as t:
+            if self.strategy.structured:
+                from prune_cli.pruning.units import select_units, unit_masks
+                removed = select_units(scores, target, self.model, self.example, scope=self.strategy.scope,
+                                       existing_masks=self.masks, prunable=self.prunable,
+                                       layers=self.unit_layers)
+                masks = Masks(unit_masks(self.model, self.example, removed, layers=self.unit_layers))
+            else:
+                masks = topk_masks(scores, target, self.strategy.scope, previous=self.masks)
+            masks = masks.to(self.device)
+            if self.masks is not None:
+                masks = self.masks.intersect(masks)
+            masks.validate(self.model)
+            masks.apply_(self.model)
+        self.record.add_time("prune", t.seconds)
+        return masks
+
+    def achieved(self) -> float:
+        """Sparsity of the prunable weights now, counted from the weights."""
+        return model_sparsity(self.model, self.prunable)[0]

@@ -1,0 +1,73 @@
+"""The rounds loop (one-shot, iterative, lottery): per round, score -> prune -> [rewind] -> fine-tune.
+
+Masks only shrink: each round's masks are intersected with the last. A rewinding schedule (lottery tickets)
+puts the surviving weights back to the rewind point, or draws fresh ones for the re-initialisation control,
+before the round's training.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from prune_cli.models import build
+from prune_cli.pipeline.record import Round
+from prune_cli.training.loop import stage_seed
+from prune_cli.training.settings import StageSettings
+
+
+def plan(cfg, strategy, schedule, data) -> dict:
+    """Every round's target and fine-tune epochs."""
+    targets = schedule.targets(float(cfg.sparsity))
+    epochs = schedule.epochs_per_round(int(cfg.finetune.epochs), len(targets))
+    return {"kind": "rounds", "rewind": bool(schedule.rewind),
+            "rounds": [{"round": i, "target": t, "finetune_epochs": e}
+                       for i, (t, e) in enumerate(zip(targets, epochs), start=1)]}
+
+
+def run(exp) -> None:
+    exp.restore_saved_weights(exp.model)
+    record, state = exp.record, exp.state
+    steps = plan(exp.cfg, exp.strategy, exp.schedule, exp.facts)["rounds"]
+    for item in steps:
+        index, target, epochs = item["round"], item["target"], item["finetune_epochs"]
+        name = f"round{index}"
+        if not state.is_done(f"{name}.prune"):
+            started = time.perf_counter()
+            previous = steps[index - 2]["target"] if index > 1 else 0.0
+            if not state.is_done(f"{name}.prepare"):
+                exp.strategy.prepare(exp.context(index, target, previous))
+                state.boundary(f"{name}.prepare", exp.model, exp.masks)
+            exp.masks = exp.prune_to(target, exp.context(index, target), share_scores=index == 1)
+            test, val = exp.evaluate()
+            if exp.schedule.rewind:
+                rewind(exp, index)
+            record.rounds.append(Round(round=index, target=target, sparsity=exp.achieved(), accuracy_pruned=test,
+                                       val_accuracy_pruned=val, epochs=epochs,
+                                       seconds=time.perf_counter() - started, masks=exp.masks.cpu_state()))
+            state.boundary(f"{name}.prune", exp.model, exp.masks)
+        if not state.is_done(f"{name}.finetune"):
+            started = time.perf_counter()
+            if epochs > 0:
+                exp.fit(f"{name}.finetune", StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs))
+            entry = record.rounds[index - 1]
+            entry.accuracy, entry.val_accuracy = exp.evaluate()
+            entry.sparsity = exp.achieved()
+            entry.seconds += time.perf_counter() - started
+            state.boundary(f"{name}.finetune", exp.model, exp.masks)
+    last = record.rounds[-1]
+    # One-shot: "pruned" is the accuracy right after pruning. With several rounds it is that of the last
+    # prune, before its fine-tuning, which is what a reader comparing schedules wants.
+    record.set_accuracy("pruned", last.accuracy_pruned, last.val_accuracy_pruned)
+    record.set_accuracy("finetuned", last.accuracy, last.val_accuracy)
+
+
+def rewind(exp, index: int) -> None:
+    """Lottery tickets: surviving weights back to their initial (or rewind-epoch) values, or fresh ones."""
+    if exp.schedule.reinit:
+        torch.manual_seed(stage_seed(exp.seed, f"reinit{index}"))
+        fresh = build(exp.spec).to(exp.device)
+        exp.model.load_state_dict(fresh.state_dict())
+    else:
+        exp.model.load_state_dict(exp.state.extra["rewind"])
+    exp.masks.apply_(exp.model)

@@ -1,0 +1,30 @@
+"""Sharing the first scores of a dense model: a sweep over sparsities scores it once.
+
+Scores of the first prune of a dense model do not depend on the target sparsity, so they are cached beside
+the dense model, keyed by the dense entry, the strategy's settings, the seed, the prunable names and the
+batch size (what ``ScoringContext`` hands the strategy). Later rounds, gradual pruning, and strategies that
+train before scoring score a model no other run has: never shared.
+"""
+from __future__ import annotations
+
+from prune_cli.config import plain
+from prune_cli.pipeline.dense import run_cache
+from prune_cli.storage.cache import cache_key
+
+
+def first_round_scores(exp, ctx) -> dict:
+    dense_entry = exp.record.cache.get("key")
+    if exp.masks is not None or exp.strategy.trains_before_scoring or not dense_entry or not exp.cfg.cache.enabled:
+        return exp.strategy.score(ctx)
+    key = cache_key({"dense": dense_entry, "strategy": plain(exp.cfg.strategy), "seed": exp.seed,
+                     "prunable": exp.prunable, "batch_size": ctx.batch_size})
+    cache = run_cache(exp.cfg, kind="scores", required=("scores",))
+    with cache.locked(key):
+        entry = cache.load(key)
+        if entry is None:
+            scores = exp.strategy.score(ctx)
+            cache.store(key, {"scores": {k: v.detach().cpu() for k, v in scores.items()}})
+            exp.record.cache["scores"] = "computed"
+            return scores
+    exp.record.cache["scores"] = "reused"
+    return {k: v.to(exp.device) for k, v in entry["scores"].items()}

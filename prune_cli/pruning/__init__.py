@@ -1,0 +1,1 @@
+"""Pruning: masks and thresholding, strategies (scores only), schedules, units and shrinking."""

@@ -1,0 +1,133 @@
+"""Masks: the one data type that crosses stage boundaries.
+
+A mask is a 0/1 tensor per parameter, keyed by parameter name (``fc1.weight``). Unstructured strategies mask
+prunable weights only; structured ones also mask the biases, norm parameters and next-layer inputs that belong
+to a removed unit, so the masked model computes what the physically shrunk one does. Sparsity is always
+counted over the prunable weights alone (see the glossary).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The last Linear layer in module order: the one that produces the logits."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError("model has no Linear layer to act as its classifier")
+    return names[-1]
+
+
+def prunable_names(model: nn.Module, include_classifier: bool = True) -> list[str]:
+    """Names of the weights of Linear and Conv layers, in module order."""
+    skip = None if include_classifier else classifier_name(model)
+    return [f"{name}.weight" for name, module in model.named_modules()
+            if isinstance(module, PRUNABLE_TYPES) and name != skip]
+
+
+class Masks(dict):
+    """``dict[name -> 0/1 float tensor]``, validated against the model it masks."""
+
+    @classmethod
+    def ones(cls, model: nn.Module, names: Iterable[str]) -> "Masks":
+        params = dict(model.named_parameters())
+        return cls({name: torch.ones_like(params[name]) for name in names})
+
+    def validate(self, model: nn.Module) -> "Masks":
+        params = dict(model.named_parameters())
+        for name, mask in self.items():
+            if name not in params:
+                raise ValueError(f"mask for unknown parameter {name!r}")
+            if mask.shape != params[name].shape:
+                raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, weight has {tuple(params[name].shape)}")
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError(f"mask {name!r} holds values other than 0 and 1")
+        return self
+
+    def to(self, device) -> "Masks":
+        return Masks({name: mask.to(device) for name, mask in self.items()})
+
+    def cpu_state(self) -> dict[str, torch.Tensor]:
+        """Plain dict of bool tensors: compact, and loadable with ``weights_only=True``."""
+        return {name: mask.detach().to("cpu", torch.bool) for name, mask in self.items()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor], device="cpu") -> "Masks":
+        return cls({name: mask.to(device=device, dtype=torch.float32) for name, mask in state.items()})
+
+    @torch.no_grad()
+    def apply_(self, model: nn.Module) -> None:
+        """Zero the masked entries in place: called after every optimizer step, so no forward hooks are needed."""
+        params = dict(model.named_parameters())
+        for name, mask in self.items():
+            params[name].mul_(mask)
+
+    def intersect(self, other: "Masks") -> "Masks":
+        """Masks only ever shrink: a weight pruned once stays pruned."""
+        merged = Masks(self)
+        for name, mask in other.items():
+            merged[name] = mask * self[name] if name in self else mask
+        return merged
+
+
+
+
+def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str = "global",
+               previous: Masks | None = None) -> Masks:
+    """Exact unstructured thresholding: zero the ``round(sparsity * n)`` lowest-scored entries.
+
+    Ties are broken by position (earliest first over the concatenated scores, layers in the given order), so the
+    result is deterministic. Entries already pruned in ``previous`` are ranked lowest, which keeps masks
+    shrinking across rounds. ``scope="layer"`` applies the same fraction to every tensor.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    names = list(scores)
+    device = next(iter(scores.values())).device if scores else torch.device("cpu")
+    flat = []
+    for name in names:
+        # On the scores' own device: l0 thresholds after every step, and a GPU round trip would stall it.
+        score = scores[name].detach().float().flatten().to(device)
+        if previous is not None and name in previous:
+            # -inf keeps already-pruned weights at the bottom of the ranking.
+            score = torch.where(previous[name].flatten().to(device) == 0,
+                                torch.tensor(float("-inf"), device=device), score)
+        flat.append(score)
+    if scope == "layer":
+        masks = {}
+        for name, score in zip(names, flat):
+            masks[name] = _bottom_k_mask(score, round(sparsity * score.numel())).view_as(scores[name])
+        return Masks(masks)
+    if scope != "global":
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    everything = torch.cat(flat)
+    mask = _bottom_k_mask(everything, round(sparsity * everything.numel()))
+    out, start = {}, 0
+    for name, score in zip(names, flat):
+        out[name] = mask[start:start + score.numel()].view_as(scores[name])
+        start += score.numel()
+    return Masks(out)
+
+
+def _bottom_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero the k lowest scores; among equal scores the earliest positions go first (a stable sort's order).
+
+    A selection (kthvalue) instead of a full sort: about 5x faster, which matters for l0's projection after
+    every optimizer step.
+    """
+    mask = torch.ones_like(score, dtype=torch.float32)
+    if k <= 0:
+        return mask
+    if k >= score.numel():
+        return mask.zero_()
+    threshold = score.kthvalue(k).values
+    below = score < threshold
+    mask[below] = 0.0
+    ties = (score == threshold).nonzero().flatten()
+    mask[ties[: k - int(below.sum())]] = 0.0
+    return mask

@@ -1,0 +1,173 @@
+"""Physically remove zeroed units: a structured result becomes a genuinely smaller nn.Module.
+
+``shrink`` works on a copy with the masks applied, drops every unit whose weight slices are all masked (its
+rows and the input slices reading it, across its coupled group) with Torch-Pruning, and checks that the
+smaller model computes what the masked one does. The returned ``info`` is plain data (it goes into
+``report.json``); ``info["shapes"]`` is the spec ``rebuild_shrunk`` needs to make a fresh dense model take the
+shrunk state dict.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from prune_cli.pruning.masks import PRUNABLE_TYPES, Masks, classifier_name
+from prune_cli.pruning.units import UnitGroup, _join, dependency_graph, out_pruning_fn, unit_groups
+from prune_cli.training.evaluate import eval_mode
+
+
+def _dead_units(group: UnitGroup, masks: Mapping[str, torch.Tensor], weights: set[str]) -> torch.Tensor:
+    """Units all of whose Linear/Conv weight slices are masked. Requiring the input slices of the next layers
+    too (not only the unit's own row) keeps removal exact whatever the unit outputs: a kept bias, or an
+    activation with f(0) != 0, would otherwise leak a constant into the next layer."""
+    dead = torch.ones(group.num_units, dtype=torch.bool)
+    for c in group.couplings:
+        if c.param not in weights:
+            continue
+        mask = masks.get(c.param)
+        owned = c.unit >= 0
+        if mask is None:
+            alive = owned
+        else:
+            zero = (mask.detach().movedim(c.dim, 0).flatten(1) == 0).all(1).cpu()
+            alive = owned & ~zero
+        dead[c.unit[alive]] = False
+    return dead
+
+
+def _zero_rows(mask) -> int:
+    return 0 if mask is None else int((mask.flatten(1) == 0).all(1).sum())
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with eval_mode(model), torch.no_grad():
+        return model(x)
+
+
+def _matches(model: nn.Module, x: torch.Tensor, expected: torch.Tensor) -> bool:
+    out = _forward(model, x)
+    scale = max(1.0, float(expected.abs().max()))
+    return out.shape == expected.shape and bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5 * scale))
+
+
+def _pruned_copy(masked: nn.Module, x: torch.Tensor, plan: Mapping[str, torch.Tensor]) -> nn.Module:
+    small = copy.deepcopy(masked)
+    graph = dependency_graph(small, x)
+    modules = dict(small.named_modules())
+    # All groups are resolved before any is pruned, so every index still refers to the unpruned layout.
+    todo = [graph.get_pruning_group(modules[name], out_pruning_fn(modules[name]), idxs=dead.nonzero().flatten().tolist())
+            for name, dead in plan.items()]
+    for group in todo:
+        group.prune()
+    return small
+
+
+def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: torch.Tensor
+           ) -> tuple[nn.Module, dict]:
+    """A smaller copy of ``model`` computing what ``model`` with ``masks`` applied computes.
+
+    info: ``shapes`` {state-dict key: shape} (the rebuild spec), ``params`` (parameter count), ``units_kept``
+    {layer: [kept, total]} for every Linear/Conv layer, ``fallback`` [{layer, reason}] for layers with masked
+    units that stay in place (masked) because removing them is impossible or would not be exact.
+    """
+    masks = Masks(masks).validate(model)
+    masked = copy.deepcopy(model)
+    masks.apply_(masked)
+    groups = unit_groups(masked, example_input)
+    weights = {_join(n, "weight") for n, m in masked.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    plan, fallback = {}, []
+    for group in groups:
+        dead = _dead_units(group, masks, weights)
+        if group.reason is not None or not bool(dead.any()):
+            continue
+        if bool(dead.all()):
+            dead[0] = False
+            fallback.append({"layer": group.name, "reason": "every unit is masked; one stays (masked) so the "
+                                                            "layer still exists"})
+        plan[group.name] = dead
+
+    expected = _forward(masked, example_input)
+    try:
+        small = _pruned_copy(masked, example_input, plan)
+        exact = _matches(small, example_input, expected)
+    except Exception:  # noqa: BLE001 - any Torch-Pruning failure is handled below, group by group
+        exact = False
+    if not exact:
+        # Find the groups Torch-Pruning gets wrong, one at a time, and leave only those masked.
+        for name in list(plan):
+            try:
+                ok, why = _matches(_pruned_copy(masked, example_input, {name: plan[name]}), example_input,
+                                   expected), "shrinking changed the outputs"
+            except Exception as err:  # noqa: BLE001
+                ok, why = False, f"torch-pruning failed: {type(err).__name__}: {err}"
+            if not ok:
+                fallback.append({"layer": name, "reason": why})
+                del plan[name]
+        small = _pruned_copy(masked, example_input, plan)
+
+    # Layers with fully masked rows that were not removed, and why, so a report can say what stays masked.
+    reasons = {layer: g.reason for g in groups if g.reason for layer in g.layers}
+    reasons[classifier_name(model)] = "the classifier keeps every output"
+    listed = {entry["layer"] for entry in fallback}
+    small_modules = dict(small.named_modules())
+    units_kept = {}
+    for name, module in masked.named_modules():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        kept = small_modules[name].weight.shape[0]
+        units_kept[name] = [int(kept), int(module.weight.shape[0])]
+        if name in reasons and name not in listed and _zero_rows(masks.get(_join(name, "weight"))):
+            fallback.append({"layer": name, "reason": reasons[name]})
+    info = {
+        "shapes": {k: list(v.shape) for k, v in small.state_dict().items()},
+        "params": int(sum(p.numel() for p in small.parameters())),
+        "units_kept": units_kept,
+        "fallback": fallback,
+    }
+    return small, info
+
+
+def _resized(module: nn.Module, name: str, shapes: Mapping[str, list[int]]):
+    """A fresh layer of the recorded size, or None when ``module`` already has it (or is not resizable)."""
+    key = lambda p: _join(name, p)  # noqa: E731
+    if isinstance(module, nn.Linear) and key("weight") in shapes:
+        out_f, in_f = shapes[key("weight")]
+        if [out_f, in_f] == list(module.weight.shape):
+            return None
+        return type(module)(in_f, out_f, bias=module.bias is not None,
+                            device=module.weight.device, dtype=module.weight.dtype)
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and key("weight") in shapes:
+        shape = shapes[key("weight")]
+        if list(shape) == list(module.weight.shape):
+            return None
+        return type(module)(shape[1] * module.groups, shape[0], module.kernel_size, stride=module.stride,
+                            padding=module.padding, dilation=module.dilation, groups=module.groups,
+                            bias=module.bias is not None, padding_mode=module.padding_mode,
+                            device=module.weight.device, dtype=module.weight.dtype)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        shape = shapes.get(key("weight")) or shapes.get(key("running_mean"))
+        if shape is None or shape[0] == module.num_features:
+            return None
+        ref = module.weight if module.affine else module.running_mean
+        return type(module)(shape[0], eps=module.eps, momentum=module.momentum, affine=module.affine,
+                            track_running_stats=module.track_running_stats,
+                            device=None if ref is None else ref.device)
+    return None
+
+
+def rebuild_shrunk(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Module:
+    """Resize the Linear, Conv and BatchNorm layers of a freshly built dense ``model`` (in place) to the
+    shapes ``shrink`` recorded, so the shrunk state dict loads into it. Returns the model."""
+    for name, module in list(model.named_modules()):
+        new = _resized(module, name, shapes)
+        if new is None:
+            continue
+        new.train(module.training)
+        if not name:
+            return new  # the model is itself a single layer
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model

@@ -1,0 +1,42 @@
+"""Counting zeros: the one definition of sparsity (see the glossary) that every report number comes from.
+
+A weight counts as zero when the tensor holds a zero there, or when a mask given with it does. Counting
+always looks at the tensors themselves, so a weight that is zero for any reason is counted.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+
+def zero_count(tensor: torch.Tensor, mask: Optional[torch.Tensor] = None) -> int:
+    """Entries of ``tensor`` that are zero, or that ``mask`` zeroes."""
+    tensor = tensor.detach()
+    if mask is None:
+        return tensor.numel() - int(torch.count_nonzero(tensor))
+    return tensor.numel() - int(((tensor != 0) & (mask.to(tensor.device) != 0)).sum())
+
+
+def weight_sparsity(tensors: Mapping[str, torch.Tensor], names: Iterable[str]) -> tuple[float, int, int]:
+    """(fraction zero, zeros, total) over the named tensors (a state dict or ``dict(named_parameters())``)."""
+    zeros = total = 0
+    for name in names:
+        zeros += zero_count(tensors[name])
+        total += tensors[name].numel()
+    return (zeros / total if total else 0.0), zeros, total
+
+
+def model_sparsity(model: torch.nn.Module, names: Iterable[str]) -> tuple[float, int, int]:
+    """``weight_sparsity`` over a model's parameters."""
+    return weight_sparsity(dict(model.named_parameters()), names)
+
+
+def param_counts(model: torch.nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, int]:
+    """``{"total", "nonzero"}`` over all parameters; zeros counted from the weights (times the mask)."""
+    masks = masks or {}
+    total = nonzero = 0
+    for name, param in model.named_parameters():
+        total += param.numel()
+        nonzero += param.numel() - zero_count(param, masks.get(name))
+    return {"total": total, "nonzero": nonzero}

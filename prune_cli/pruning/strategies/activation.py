@@ -1,0 +1,70 @@
+"""Activation-based, structured criteria: prune the units that fire little.
+
+Each unit's activation is its layer's output passed through a ReLU, averaged over calibration batches of
+training data (all positions of a conv channel count). ``activation`` keeps the units with the largest mean
+|activation|; ``apoz`` keeps those with the smallest Average Percentage of Zeros (Hu et al. 2016).
+"""
+from __future__ import annotations
+
+import torch
+
+from prune_cli.training.evaluate import eval_mode
+from prune_cli.validate import positive_int
+from prune_cli.pruning.strategies.base import ScoringContext, Strategy
+
+
+class _UnitStatistic(Strategy):
+    structured = True
+
+    def __init__(self, batches: int = 8, scope: str = "layer", **kwargs):
+        kwargs.pop("granularity", None)
+        super().__init__(scope=scope, granularity="structured", **kwargs)
+        positive_int(batches, "strategy.batches")
+        self.batches = int(batches)
+
+    def statistic(self, activation: torch.Tensor) -> torch.Tensor:
+        """Per-unit sum over the batch (and positions) of some function of the rectified activation."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, ctx: ScoringContext):
+        modules = dict(ctx.model.named_modules())
+        totals = {layer.name: torch.zeros(layer.num_units, dtype=torch.float64) for layer in ctx.unit_layers}
+        counts = {layer.name: 0 for layer in ctx.unit_layers}
+
+        def hook_for(name):
+            def hook(module, inputs, output):
+                rectified = output.relu().transpose(0, 1).flatten(1)  # (units, batch * positions)
+                totals[name] += self.statistic(rectified).double().cpu()
+                counts[name] += rectified.shape[1]
+            return hook
+
+        handles = [modules[layer.name].register_forward_hook(hook_for(layer.name)) for layer in ctx.unit_layers]
+        try:
+            with eval_mode(ctx.model):
+                for x, _ in ctx.calibration_batches(self.batches):
+                    ctx.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: self.to_score(totals[name] / max(counts[name], 1)).float() for name in totals}
+
+    def to_score(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean
+
+
+class Activation(_UnitStatistic):
+    name = "activation"
+
+    def statistic(self, rectified):
+        return rectified.abs().sum(dim=1)
+
+
+class APoZ(_UnitStatistic):
+    name = "apoz"
+
+    def statistic(self, rectified):
+        return (rectified == 0).sum(dim=1)
+
+    def to_score(self, apoz):
+        return 1.0 - apoz  # higher means keep: few zeros

@@ -1,0 +1,91 @@
+"""What every strategy shares: its settings and the context it scores in.
+
+The extension contract (docs/extending.md): a strategy is a subclass of ``Strategy`` whose constructor takes
+its YAML's keys (with defaults) and whose ``score(ctx)`` returns, for every name in ``ctx.prunable``, a tensor
+shaped like that weight, higher meaning keep. Turning scores into masks at exactly the target is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from prune_cli.pruning.masks import Masks
+
+
+@dataclass
+class ScoringContext:
+    """Everything a strategy may look at. ``train`` is the training split: scores never see test data."""
+    model: nn.Module
+    masks: Masks
+    train: object
+    prunable: list[str]
+    device: torch.device
+    seed: int
+    round: int
+    batch_size: int
+    target: float = 0.0      # the cumulative sparsity this round prunes to
+    previous_target: float = 0.0  # what the previous round pruned to (0 before the first)
+    # fit(model, settings_override: dict, stage, regularizer=None, after_step=None) for strategies that train.
+    fit: Optional[Callable] = None
+    unit_layers: list = field(default_factory=list)
+
+    def generator(self) -> torch.Generator:
+        """A generator that depends only on (seed, round): scoring is reproducible and resumable."""
+        return torch.Generator().manual_seed(self.seed * 7919 + self.round)
+
+    def calibration_batches(self, count: int):
+        """The first ``count`` shuffled training batches."""
+        for i, batch in enumerate(self.train.batches(self.batch_size, shuffle=True, generator=self.generator())):
+            if i >= count:
+                break
+            yield batch
+
+
+class Strategy:
+    """Base class. ``structured`` strategies score units (one value per output unit of each layer)."""
+    name = "strategy"
+    structured = False
+    # True when ``prepare`` trains the model before scoring (l1, l0): its scores then belong to this run
+    # alone and are never shared through the score cache.
+    trains_before_scoring = False
+    # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
+    # train-a-smaller-model baseline replaces pruning altogether.
+    loop = None
+
+    def __init__(self, scope: str = "global", prune_classifier: bool = True, name: Optional[str] = None,
+                 granularity: str = "unstructured"):
+        if scope not in ("global", "layer"):
+            raise ValueError(f"strategy.scope={scope}: must be 'global' or 'layer'")
+        if granularity not in ("unstructured", "structured"):
+            raise ValueError(f"strategy.granularity={granularity}: must be 'unstructured' or 'structured'")
+        self.scope = scope
+        self.prune_classifier = prune_classifier
+        self.granularity = granularity
+        if name:
+            self.name = name
+        if granularity == "structured":
+            self.structured = True
+
+    def prepare(self, ctx: ScoringContext) -> None:
+        """Train before scoring (sparsity-constrained strategies). Default: nothing."""
+
+    def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        """Unstructured: {weight name: tensor shaped like the weight}. Structured: {layer name: (units,)}."""
+        raise NotImplementedError(f"strategy {self.name!r} ({type(self).__name__}) does not define score(ctx)")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "scope": self.scope, "granularity": "structured" if self.structured
+                else "unstructured", "prune_classifier": self.prune_classifier}
+
+
+def unit_norms(ctx: ScoringContext, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """L1 norm of each unit's incoming weights (rows of a Linear, output channels of a Conv)."""
+    params = dict(ctx.model.named_parameters())
+    out = {}
+    for layer in ctx.unit_layers:
+        weight = values.get(layer.weight_name, params[layer.weight_name].detach())
+        out[layer.name] = weight.abs().flatten(1).sum(dim=1).float().cpu()
+    return out

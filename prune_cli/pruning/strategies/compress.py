@@ -1,0 +1,82 @@
+"""Model compression: train a narrower network of the same architecture from scratch.
+
+The width multiplier is searched so the narrow model's prunable weight count is (1 - sparsity) of the dense
+one: the equal-size dense baseline every pruning result should beat. With ``distill=true`` it learns from the
+dense model's softened logits (Hinton et al. 2015) as well as from the labels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from prune_cli.pruning.strategies.base import Strategy
+
+
+class Compress(Strategy):
+    name = "compress"
+    loop = "smaller_model"
+
+    def __init__(self, distill: bool = False, temperature: float = 4.0, alpha: float = 0.5, **kwargs):
+        kwargs.pop("scope", None)
+        super().__init__(**kwargs)
+        if float(temperature) <= 0:
+            raise ValueError(f"strategy.temperature={temperature}: must be > 0")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"strategy.alpha={alpha}: must be in [0, 1]")
+        self.distill, self.temperature, self.alpha = bool(distill), float(temperature), float(alpha)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "granularity": "model", "distill": self.distill,
+                "temperature": self.temperature, "alpha": self.alpha}
+
+    def width(self, model_cfg: dict, info, sparsity: float) -> float:
+        """The width multiplier whose model has at most (1 - sparsity) of the dense prunable weights; the run
+        and the dry run both ask here. Raises UsageError when narrowing cannot get there."""
+        from prune_cli.errors import UsageError
+        try:
+            return find_width(lambda width: self.prunable_count(model_cfg, info, width), 1.0 - float(sparsity))
+        except ValueError as err:
+            raise UsageError(f"sparsity={sparsity}: strategy=compress cannot reach it: {err}") from None
+
+    def prunable_count(self, model_cfg: dict, info, width: float) -> int:
+        """Prunable weights of the model at ``width``."""
+        from prune_cli.models.spec import build, make_spec
+        from prune_cli.pruning.masks import prunable_names
+        candidate = build(make_spec(model_cfg, info, width))
+        params = dict(candidate.named_parameters())
+        return sum(params[n].numel() for n in prunable_names(candidate, self.prune_classifier))
+
+    def loss_fn(self, teacher):
+        """Cross-entropy, or with distillation alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+        if not self.distill:
+            return None
+        teacher.eval()
+        temperature, alpha = self.temperature, self.alpha
+
+        def loss(logits, x, y):
+            with torch.no_grad():
+                soft = F.log_softmax(teacher(x) / temperature, dim=1)
+            kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, log_target=True,
+                          reduction="batchmean") * temperature ** 2
+            return alpha * kd + (1 - alpha) * F.cross_entropy(logits, y)
+        return loss
+
+
+def find_width(count_weights, target_fraction: float, tolerance: int = 64) -> float:
+    """Largest width in (0, 1] whose prunable weight count does not exceed target_fraction of the dense one."""
+    dense = count_weights(1.0)
+    goal = target_fraction * dense
+    low, high = 1e-3, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        if count_weights(mid) <= goal:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-4:
+            break
+    if count_weights(low) > goal:
+        # Every layer keeps at least one unit, so some targets cannot be reached by narrowing alone.
+        raise ValueError(f"the narrowest model removes at most {1 - count_weights(low) / dense:.4f} of the "
+                         f"weights")
+    return low

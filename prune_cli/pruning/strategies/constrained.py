@@ -1,0 +1,77 @@
+"""Sparsity-constrained training: an L1 penalty, or L0 by projection (iterative hard thresholding).
+
+Both train before scoring (``prepare``); afterwards the weights are scored by magnitude and thresholded to
+exactly the target by the shared masking code, then fine-tuned as usual.
+"""
+from __future__ import annotations
+
+import torch
+
+from prune_cli.pruning.masks import Masks, topk_masks
+from prune_cli.validate import positive_int
+from prune_cli.pruning.strategies.base import ScoringContext, Strategy
+
+
+class L1(Strategy):
+    """Train with loss + ``l1`` * sum|w| over the prunable weights, so small weights go towards zero."""
+    name = "l1"
+    trains_before_scoring = True
+
+    def __init__(self, l1: float = 1e-4, epochs: int = 5, **kwargs):
+        super().__init__(**kwargs)
+        if float(l1) < 0:
+            raise ValueError(f"strategy.l1={l1}: must be >= 0")
+        positive_int(epochs, "strategy.epochs")
+        self.l1, self.epochs = float(l1), int(epochs)
+
+    def prepare(self, ctx: ScoringContext) -> None:
+        params = dict(ctx.model.named_parameters())
+        weights = [params[name] for name in ctx.prunable]
+        strength = self.l1
+
+        def penalty(model):
+            return strength * sum(w.abs().sum() for w in weights)
+
+        ctx.fit(epochs=self.epochs, stage=f"round{ctx.round}.l1", regularizer=penalty)
+
+    def score(self, ctx: ScoringContext):
+        params = dict(ctx.model.named_parameters())
+        return {name: params[name].detach().abs() for name in ctx.prunable}
+
+
+class L0(Strategy):
+    """min L(w) s.t. ||w||_0 <= k by projected training: after every step keep the k largest |w|.
+
+    k ramps linearly from the current number of surviving weights to the target over ``epochs`` epochs
+    (``ramp`` of them; the rest train at the final k), which avoids destroying the model in one projection.
+    """
+    name = "l0"
+    trains_before_scoring = True
+
+    def __init__(self, epochs: int = 5, ramp: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        positive_int(epochs, "strategy.epochs")
+        if not 0.0 < float(ramp) <= 1.0:
+            raise ValueError(f"strategy.ramp={ramp}: must be in (0, 1]")
+        self.epochs, self.ramp = int(epochs), float(ramp)
+
+    def prepare(self, ctx: ScoringContext) -> None:
+        params = dict(ctx.model.named_parameters())
+        # The ramp starts at the previous round's target, not at the masks in hand: a resumed run may hold
+        # masks from the middle of the ramp and must still follow the same one.
+        start = ctx.previous_target
+        steps_per_epoch = ctx.train.num_batches(ctx.batch_size)
+        ramp_steps = max(1, int(self.ramp * self.epochs * steps_per_epoch))
+        final = float(ctx.target)
+
+        def project(step: int):
+            level = start + (final - start) * min(1.0, step / ramp_steps)
+            scores = {name: params[name].detach().abs() for name in ctx.prunable}
+            # Previously pruned weights stay pruned, so the projection only ever grows the zero set.
+            return topk_masks(scores, level, self.scope, previous=ctx.masks).to(ctx.device)
+
+        ctx.fit(epochs=self.epochs, stage=f"round{ctx.round}.l0", after_step=project)
+
+    def score(self, ctx: ScoringContext):
+        params = dict(ctx.model.named_parameters())
+        return {name: params[name].detach().abs() for name in ctx.prunable}

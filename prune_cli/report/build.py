@@ -1,0 +1,83 @@
+"""``report.json``'s content, built from the run record, the saved weights and the final measurements.
+
+Every number is measured: sparsity is counted from exactly the tensors that go into ``pruned.pt``, accuracy
+is on the test split (and the validation split, when there is one), timings and latencies are wall-clock.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Mapping
+
+from prune_cli.pruning.sparsity import zero_count
+from prune_cli.report.jsonable import jsonable
+
+log = logging.getLogger("prune_cli")
+
+
+def _layers(state_dict: Mapping, prunable: Iterable[str], structured: bool) -> list[dict]:
+    layers = []
+    for name in prunable:
+        weight = state_dict[name]
+        entry = {"name": name, "shape": list(weight.shape), "sparsity": zero_count(weight) / weight.numel()}
+        if structured:
+            rows = weight.flatten(1)
+            entry["units_kept"] = [int((rows != 0).any(dim=1).sum()), rows.shape[0]]
+        layers.append(entry)
+    return layers
+
+
+def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters: set[str], measured: dict,
+                 target: float, run: dict) -> dict:
+    """``run``: fingerprint, variant, device, threads, run_dir, checkpoint_saves of the process that ran it."""
+    layers = _layers(state_dict, prunable, record.structured)
+    total = sum(state_dict[n].numel() for n in prunable)
+    zeros = sum(zero_count(state_dict[n]) for n in prunable)
+    if record.compress is not None:
+        # A smaller model's weights are removed, not zeroed: count them against the dense model's.
+        total = record.compress["dense_prunable_weights"]
+        zeros = total - record.compress["prunable_weights"]
+        layers = [dict(entry, sparsity=0.0) for entry in layers]
+    params = [state_dict[k] for k in state_dict if k in parameters]
+    result = {
+        "status": "completed",
+        "fingerprint": run["fingerprint"],
+        "experiment": {**record.experiment, "device": run["device"], "threads": run["threads"],
+                       "run_dir": run["run_dir"], "variant": run["variant"]},
+        "strategy": record.strategy,
+        "schedule": record.schedule,
+        "sparsity": {"target": target, "achieved": zeros / total if total else 0.0, "zeros": zeros,
+                     "prunable_weights": total,
+                     "prunable": "Linear and Conv weights" + ("" if record.prune_classifier
+                                                             else ", classifier excluded")},
+        "accuracy": dict(record.accuracy),
+        "params": {"total": sum(p.numel() for p in params),
+                   "nonzero": sum(p.numel() - zero_count(p) for p in params)},
+        "layers": layers,
+        "rounds": [r.as_dict() for r in record.rounds],
+        "timings": dict(record.timings),
+        "cache": dict(record.cache),
+        "flops": dict(measured["flops"]),
+        "latency": measured["latency"],
+        "size_bytes": measured["size_bytes"],
+        "speedup": measured["speedup"],
+        "shrunk": measured["shrunk"],
+    }
+    if record.val_accuracy is not None:
+        result["val_accuracy"] = dict(record.val_accuracy)
+    collapsed = [layer["name"] for layer in layers if layer["sparsity"] == 1.0]
+    if collapsed:
+        # Global ranking can empty a whole layer (layer collapse); the network is then disconnected.
+        result["warnings"] = [f"{name} is 100% pruned: the network is disconnected (try strategy.scope=layer)"
+                              for name in collapsed]
+        for warning in result["warnings"]:
+            log.warning(warning)
+    if measured.get("export"):
+        result["export"] = measured["export"]
+    if measured["shrunk"]:
+        result["params"]["shrunk"] = measured["shrunk"].get("params")
+    if record.compress is not None:
+        result["compress"] = record.compress
+    if record.resumed_from:
+        result["resumed_from"] = record.resumed_from
+    result["checkpoint_saves"] = run["checkpoint_saves"]
+    return jsonable(result)

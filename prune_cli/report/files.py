@@ -1,0 +1,23 @@
+"""Writing a run's report files: atomically, and never a failed status over a completed report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prune_cli.report.jsonable import jsonable
+from prune_cli.report.render import markdown
+from prune_cli.storage.atomic import atomic_write_text
+from prune_cli.storage.run_dir import REPORT, completed_report
+
+
+def write_report(run_dir: Path, result: dict) -> None:
+    """report.md first, report.json last: a reader seeing ``completed`` finds everything else written."""
+    atomic_write_text(Path(run_dir) / "report.md", markdown(result))
+    atomic_write_text(Path(run_dir) / REPORT, json.dumps(result, indent=2) + "\n")
+
+
+def write_status(run_dir: Path, status: str, error: str) -> None:
+    """A failed or interrupted run still says so, unless a completed report is already there to keep."""
+    if completed_report(run_dir) is not None:
+        return
+    atomic_write_text(Path(run_dir) / REPORT, json.dumps(jsonable({"status": status, "error": error}), indent=2) + "\n")

@@ -1,0 +1,78 @@
+"""The report for people: ``report.md`` and the console table, both from ``report.json``'s fields."""
+from __future__ import annotations
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def markdown(r: dict) -> str:
+    e, s, a = r["experiment"], r["sparsity"], r["accuracy"]
+    lines = [
+        f"# Pruning report: {e['strategy']} / {e['schedule']} on {e['model']} / {e['dataset']} (seed {e['seed']})",
+        "",
+        f"Status: **{r['status']}**. Sparsity is the fraction of prunable weights ({s['prunable']}) that "
+        f"are zero, counted from the saved weights. Accuracy is top-1 on the test split.",
+        "",
+        "| metric | value |", "|---|---|",
+        f"| target sparsity | {_pct(s['target'])} |",
+        f"| achieved sparsity | {_pct(s['achieved'])} ({s['zeros']:,} of {s['prunable_weights']:,} zero) |",
+        f"| accuracy dense | {_pct(a['dense'])} |",
+        f"| accuracy pruned (before fine-tuning) | {_pct(a['pruned'])} |",
+        f"| accuracy fine-tuned | {_pct(a['finetuned'])} |",
+        f"| parameters total / nonzero | {r['params']['total']:,} / {r['params']['nonzero']:,} |",
+    ]
+    flops = r.get("flops") or {}
+    if flops:
+        lines.append(f"| multiply-adds dense / nonzero | {flops.get('dense', 0):,} / {flops.get('nonzero', 0):,} |")
+    if r.get("shrunk"):
+        lines.append(f"| parameters after shrinking | {r['shrunk'].get('params', 0):,} |")
+    for name, lat in (r.get("latency") or {}).items():
+        cells = ", ".join(f"{k.replace('_ms', '')}: {v:.3f} ms" for k, v in lat.items())
+        lines.append(f"| latency {name} | {cells} |")
+    for name, size in (r.get("size_bytes") or {}).items():
+        if size is not None:
+            lines.append(f"| size {name} | {size:,} bytes |")
+    if r.get("resumed_from"):
+        lines.append(f"| resumed from | {r['resumed_from']} |")
+    lines += ["", "## Layers", "", "| layer | shape | sparsity |" + (" units kept |" if any(
+        "units_kept" in l for l in r["layers"]) else ""), "|---|---|---|" + ("---|" if any(
+            "units_kept" in l for l in r["layers"]) else "")]
+    for layer in r["layers"]:
+        kept = f" {layer['units_kept'][0]} / {layer['units_kept'][1]} |" if "units_kept" in layer else ""
+        lines.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | {_pct(layer['sparsity'])} |{kept}")
+    lines += ["", "## Rounds", "", "| round | target | achieved | acc. after pruning | acc. after fine-tuning |",
+              "|---|---|---|---|---|"]
+    for rd in r["rounds"]:
+        lines.append(f"| {rd['round']} | {_pct(rd['target'])} | {_pct(rd['sparsity'])} | "
+                     f"{_pct(rd.get('accuracy_pruned'))} | {_pct(rd.get('accuracy'))} |")
+    lines += ["", "## Timings (seconds)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in r["timings"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def console_table(r: dict, console) -> None:
+    from rich.table import Table
+    e, s, a = r["experiment"], r["sparsity"], r["accuracy"]
+    table = Table(title=f"{e['strategy']} / {e['schedule']} on {e['model']} / {e['dataset']} (seed {e['seed']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("sparsity target / achieved", f"{_pct(s['target'])} / {_pct(s['achieved'])}")
+    table.add_row("accuracy dense", _pct(a["dense"]))
+    table.add_row("accuracy pruned", _pct(a["pruned"]))
+    table.add_row("accuracy fine-tuned", _pct(a["finetuned"]))
+    table.add_row("params total / nonzero", f"{r['params']['total']:,} / {r['params']['nonzero']:,}")
+    if r.get("flops"):
+        table.add_row("MACs dense / nonzero", f"{r['flops']['dense']:,} / {r['flops']['nonzero']:,}")
+    if r.get("shrunk"):
+        table.add_row("params after shrinking", f"{r['shrunk'].get('params', 0):,}")
+    speedup = r.get("speedup") or {}
+    if speedup.get("method", "none") != "none" and speedup.get("measured"):
+        table.add_row(f"measured speed-up ({speedup['method']})",
+                      ", ".join(f"{k.replace('_ms', '').replace('_', ' ')}: {v:.2f}x"
+                                for k, v in speedup["measured"].items()))
+    elif speedup:
+        table.add_row("measured speed-up", "none (masked weights still run dense kernels)")
+    table.add_row("cache (dense)", str(r.get("cache", {}).get("dense", "-")))
+    table.add_row("total seconds", f"{r['timings'].get('total', 0):.2f}")
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Files: atomic writes, safe loading, checkpoints, resume state, the dense and score caches."""

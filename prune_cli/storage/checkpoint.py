@@ -1,0 +1,53 @@
+"""Checkpoints: written as plain containers, read only with ``weights_only=True``.
+
+``pruned.pt`` holds ``{"state_dict", "masks", "model", "config", "report"}`` (and ``"shrunk"`` when a
+structured result was physically shrunk). ``load_checkpoint`` rebuilds the module from the spec alone.
+"""
+from __future__ import annotations
+
+from prune_cli.storage.atomic import atomic_torch_save
+from prune_cli.storage.safe_load import safe_load
+from prune_cli.errors import UsageError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path, *, state_dict, masks, spec, config, report, shrunk=None) -> None:
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "masks": masks,
+        "model": spec,
+        "config": config,
+        "report": report,
+    }
+    if shrunk is not None:
+        payload["shrunk"] = shrunk
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False):
+    """Rebuild the pruned model (eval mode) from ``pruned.pt``.
+
+    ``shrunk=True`` gives the physically smaller model of a structured run; ``sparse=True`` converts Linear
+    layers that are at least ``export.min_sparsity`` sparse to CSR (inference only).
+    """
+    import prune_cli.models as models
+    payload = safe_load(path, map_location)
+    for key in ("state_dict", "model"):
+        if key not in payload:
+            raise UsageError(f"checkpoint {path}: not a prune-cli checkpoint (no {key!r})")
+    model = models.build(payload["model"])
+    if shrunk:
+        if "shrunk" not in payload:
+            raise UsageError(f"checkpoint {path}: holds no shrunk model (structured strategies only)")
+        from prune_cli.pruning.shrink import rebuild_shrunk
+        model = rebuild_shrunk(model, payload["shrunk"]["shapes"])
+        model.load_state_dict(payload["shrunk"]["state_dict"])
+    else:
+        model.load_state_dict(payload["state_dict"])
+    if sparse:
+        from prune_cli.measure.csr import to_sparse
+        min_sparsity = float(payload.get("config", {}).get("export", {}).get("min_sparsity", 0.8))
+        model = to_sparse(model, min_sparsity)
+    return model.to(map_location).eval()

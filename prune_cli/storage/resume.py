@@ -1,0 +1,120 @@
+"""Resumable run state: ``state.pt`` in the run directory.
+
+Saved atomically at every stage boundary and, inside a stage, at an epoch end once ``every_s`` seconds have
+passed since the last save (0 = every epoch), so saving stays cheap when epochs take milliseconds. A re-run
+into the same directory skips finished stages and continues the stage in progress from its last saved epoch.
+Training randomness depends only on (seed, stage, epoch), so the resumed run computes what an uninterrupted
+one would have.
+
+The state holds the weights of whichever model the latest stage trained; the stage that continues puts them
+back (``saved_weights``), so this file knows nothing about which stages exist.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from prune_cli.pruning.masks import Masks
+from prune_cli.storage.atomic import atomic_torch_save
+from prune_cli.storage.run_dir import STATE
+from prune_cli.storage.safe_load import safe_load
+
+
+class RunState:
+    def __init__(self, run_dir: Path, fingerprint: str, every_s: float):
+        self.path = Path(run_dir) / STATE
+        self.fingerprint = fingerprint
+        self.every_s = float(every_s)
+        self.done: list[str] = []
+        self.position: Optional[dict] = None      # {"stage", "epoch", "optimizer"} of a stage in progress
+        self.model_state: Optional[dict] = None
+        self.masks: Optional[dict] = None
+        self.record: dict = {}                    # the run record's fields, as plain data
+        self.extra: dict = {}                     # tensors later stages need (initial weights, width, ...)
+        self.resumed_from: Optional[dict] = None
+        self.rng: Optional[dict] = None           # global RNG states at the last save
+        self.snapshot: Callable[[], dict] = lambda: self.record  # what to save as the record
+        self._last_save = time.monotonic()
+        self.saves = 0
+        self.save_seconds = 0.0
+
+    def load(self) -> "RunState":
+        """Read ``state.pt`` if there is one (the caller has checked it belongs to this config)."""
+        if not self.path.exists():
+            return self
+        saved = safe_load(self.path)
+        self.done = list(saved["done"])
+        self.position = saved.get("position")
+        self.model_state, self.masks = saved.get("model"), saved.get("masks")
+        self.record, self.extra = saved.get("record", {}), saved.get("extra", {})
+        self.rng = saved.get("rng")
+        if self.position is not None:
+            self.resumed_from = {"stage": self.position["stage"], "epoch": int(self.position["epoch"])}
+        elif self.done:
+            self.resumed_from = {"stage": self.done[-1], "epoch": None}
+        return self
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.done
+
+    def in_progress(self, stage: str) -> bool:
+        """Saved in the middle of ``stage`` (or of one of its sub-stages: ``round2`` covers ``round2.finetune``)."""
+        return self.position is not None and (self.position["stage"] == stage
+                                              or self.position["stage"].startswith(f"{stage}."))
+
+    def start_of(self, stage: str) -> tuple[int, Optional[dict]]:
+        """(epoch to start from, optimizer state) for a stage about to run."""
+        if self.position is not None and self.position["stage"] == stage:
+            return int(self.position["epoch"]), self.position.get("optimizer")
+        return 0, None
+
+    def _write(self, model, masks: Optional[Masks]) -> None:
+        start = time.perf_counter()
+        atomic_torch_save({
+            "fingerprint": self.fingerprint, "done": self.done, "position": self.position,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "masks": masks.cpu_state() if masks else None,
+            "record": self.snapshot(), "extra": self.extra, "rng": _rng_state(),
+        }, self.path)
+        self._last_save = time.monotonic()
+        self.saves += 1
+        self.save_seconds += time.perf_counter() - start
+
+    def epoch_end(self, stage: str, epoch: int, model, optimizer, masks: Optional[Masks]) -> None:
+        """Maybe save mid-stage progress (throttled by ``every_s``)."""
+        if time.monotonic() - self._last_save < self.every_s:
+            return
+        self.position = {"stage": stage, "epoch": epoch, "optimizer": optimizer.state_dict()}
+        self._write(model, masks)
+
+    def boundary(self, stage: str, model, masks: Optional[Masks]) -> None:
+        """A stage finished: always saved."""
+        self.done.append(stage)
+        self.position = None
+        self._write(model, masks)
+
+    def saved_weights(self) -> Optional[dict]:
+        """The weights of the model the latest saved stage trained, once: the stage that continues takes them."""
+        weights, self.model_state = self.model_state, None
+        return weights
+
+    def saved_masks(self, device) -> Optional[Masks]:
+        return Masks.from_state(self.masks, device) if self.masks else None
+
+    def restore_rng(self) -> None:
+        if self.rng:
+            # Shuffles have their own generators; the global RNG still drives dropout and the like.
+            torch.set_rng_state(self.rng["cpu"])
+            if torch.cuda.is_available() and self.rng.get("cuda"):
+                torch.cuda.set_rng_state_all(self.rng["cuda"])
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _rng_state() -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

@@ -1,0 +1,33 @@
+"""Top-1 accuracy, and the one eval-mode helper everything that runs a model outside training uses."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run in eval mode (no batch-norm statistics updates, no dropout), then give every submodule back the
+    mode it came in: a caller may hold a model whose parts are deliberately in different modes."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split, batch_size: int = 1024) -> float:
+    """Top-1 accuracy on ``split``; one host-device sync at the end."""
+    correct = torch.zeros((), dtype=torch.long, device=next(model.parameters()).device)
+    total = 0
+    with eval_mode(model):
+        for x, y in split.batches(batch_size):
+            correct += (model(x).argmax(dim=1) == y).sum()
+            total += len(y)
+    return float(correct) / total if total else 0.0

@@ -1,0 +1,106 @@
+"""One fit() for every training phase: dense training, fine-tuning, constrained training.
+
+The loop is deliberately plain: batches come from in-memory tensors, masks are re-applied in place after each
+optimizer step (no forward hooks), and nothing waits on the device inside an epoch. Per-step losses stay on the
+device and are checked once per epoch, which finds the first non-finite step without a per-step sync.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prune_cli.errors import RunFailed
+from prune_cli.pruning.masks import Masks
+from prune_cli.training.settings import StageSettings, make_optimizer
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """Each stage draws its shuffles from its own seed, so resuming one stage does not shift another."""
+    return (seed * 1_000_003 + zlib.crc32(stage.encode())) % (2 ** 31)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffle order of an epoch depends only on (seed, epoch), so a resumed run replays it exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: int,
+        masks: Optional[Masks] = None,
+        loss_fn: LossFn = cross_entropy,
+        regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None,
+        after_step: Optional[Callable[[int], Optional[Masks]]] = None,
+        start_epoch: int = 0, optimizer_state: Optional[dict] = None,
+        on_epoch_end: Optional[Callable[[int, torch.optim.Optimizer, Optional[Masks]], None]] = None,
+        progress=None) -> Optional[Masks]:
+    """Train ``model`` in place for ``settings.epochs`` epochs; returns the masks in force at the end.
+
+    ``after_step(global_step)`` may return new masks (gradual pruning, hard-threshold projection); they are
+    applied at once and used from then on. ``on_epoch_end`` lets the pipeline save resumable state.
+    """
+    optimizer = make_optimizer(model, settings)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    steps_per_epoch = train.num_batches(settings.batch_size)
+    pairs = _mask_pairs(model, masks)
+    model.train()
+    task = progress.add_task(stage, total=settings.epochs, completed=start_epoch) if progress else None
+    for epoch in range(start_epoch, settings.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr_at(epoch)
+        step_losses = []  # kept on the device; checked once per epoch (no per-step sync)
+        batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
+        for i, (x, y) in enumerate(batches):
+            loss = loss_fn(model(x), x, y)
+            if regularizer is not None:
+                loss = loss + regularizer(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for param, mask in pairs:
+                    param.mul_(mask)
+                step_losses.append(loss.detach())
+            if after_step is not None:
+                new_masks = after_step(epoch * steps_per_epoch + i + 1)
+                if new_masks is not None:
+                    masks = new_masks
+                    pairs = _mask_pairs(model, masks)
+                    with torch.no_grad():
+                        for param, mask in pairs:
+                            param.mul_(mask)
+        losses = torch.stack(step_losses)
+        _check_finite(losses, stage, epoch, steps_per_epoch)
+        if task is not None:
+            progress.update(task, advance=1, description=f"{stage} loss {float(losses.mean()):.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, optimizer, masks)
+    if task is not None:
+        progress.remove_task(task)
+    return masks
+
+
+def _mask_pairs(model: nn.Module, masks: Optional[Masks]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if not masks:
+        return []
+    params = dict(model.named_parameters())
+    return [(params[name], mask.to(params[name].device)) for name, mask in masks.items()]
+
+
+def _check_finite(losses: torch.Tensor, stage: str, epoch: int, steps_per_epoch: int) -> None:
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        step = epoch * steps_per_epoch + first + 1
+        raise RunFailed(f"non-finite loss in stage {stage!r} at epoch {epoch + 1}, step {step} "
+                        f"(try a smaller lr)")

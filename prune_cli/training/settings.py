@@ -1,0 +1,57 @@
+"""``train.*`` and ``finetune.*`` as typed settings, the optimizers they name, and the lr at each epoch."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StageSettings:
+    """``train.*`` or ``finetune.*`` from the config."""
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_decay: str = "none"               # none | cosine | step
+    lr_milestones: tuple = (0.5, 0.75)   # step: fractions of the epochs where lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+
+    @classmethod
+    def from_cfg(cls, cfg, epochs: Optional[int] = None) -> "StageSettings":
+        return cls(epochs=int(cfg.epochs if epochs is None else epochs), lr=float(cfg.lr),
+                   batch_size=int(cfg.batch_size), optimizer=str(cfg.optimizer),
+                   momentum=float(cfg.get("momentum", 0.9)), weight_decay=float(cfg.get("weight_decay", 0.0)),
+                   lr_decay=str(cfg.get("lr_decay", "none")),
+                   lr_milestones=tuple(float(m) for m in cfg.get("lr_milestones", (0.5, 0.75))),
+                   lr_gamma=float(cfg.get("lr_gamma", 0.1)))
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of an epoch: a pure function of the epoch, so a resumed run gets the same one."""
+        if self.lr_decay == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, self.epochs)))
+        if self.lr_decay == "step":
+            passed = sum(1 for m in self.lr_milestones if epoch >= m * self.epochs)
+            return self.lr * self.lr_gamma ** passed
+        return self.lr
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_DECAYS = ("none", "cosine", "step")
+
+
+def make_optimizer(model: nn.Module, settings: StageSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
