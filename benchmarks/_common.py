@@ -139,19 +139,12 @@ def trained_lenet300(epochs: int = 20, seed: int = 0):
 
 def interleaved(contenders: Mapping[str, Callable[[], float]], repeats: int,
                 setup: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Run each contender once per round, in turn, ``repeats`` rounds; the order alternates each round
-    (A,B,C / C,B,A / ...) so no contender always runs right after the same neighbour.
-
-    Each callable returns the seconds it measured (so it can exclude its own setup)."""
-    names = list(contenders)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            if setup is not None:
-                setup()
-            times[name].append(contenders[name]())
-    return times
+    """Each contender once per round, ``repeats`` rounds, the order alternating (A,B,C / C,B,A / ...):
+    prune-cli's own side-by-side timer (``prune_cli.measure.latency.time_side_by_side``). Each callable
+    returns the seconds it measured (so it can exclude its own setup)."""
+    from prune_cli.measure.latency import time_side_by_side
+    return time_side_by_side(contenders, repeats=repeats, warmup=0, min_repeats=repeats, self_timed=True,
+                             setup=setup)
 
 
 def median(values: Sequence[float]) -> float:

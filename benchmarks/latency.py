@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import torch
 from torch import nn
 
 from _common import add_common_args, begin, machine, table, write_results
+from prune_cli.measure.latency import time_side_by_side
 
 INPUT = (1, 28, 28)
 
@@ -47,24 +47,11 @@ def build(name):
 @torch.inference_mode()
 def interleaved_latency(models: dict[str, nn.Module], batch: int, rounds: int, per_round: int,
                         budget_s: float) -> dict[str, list[float]]:
-    """Per-pass seconds of each model, rounds interleaved; stops early (after 3 rounds) past ``budget_s``."""
+    """Per-pass seconds of each model, interleaved by prune-cli's own timer; stops (after 3 rounds) past
+    ``budget_s``."""
     x = torch.rand(batch, *INPUT)
-    for m in models.values():  # warm-up
-        for _ in range(2):
-            m(x)
-    samples = {name: [] for name in models}
-    deadline = time.perf_counter() + budget_s
-    names = list(models)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            m = models[name]
-            for _ in range(per_round):
-                start = time.perf_counter()
-                m(x)
-                samples[name].append(time.perf_counter() - start)
-        if r >= 2 and time.perf_counter() > deadline:
-            break
-    return samples
+    calls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+    return time_side_by_side(calls, repeats=rounds, warmup=2, max_time_s=budget_s, per_turn=per_round)
 
 
 def half_units_shrunk(model):

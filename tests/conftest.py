@@ -51,3 +51,60 @@ def prune_run(args, cwd, env=None, timeout=300):
 
 def read_report(run_dir) -> dict:
     return json.loads((Path(run_dir) / "report.json").read_text())
+
+
+def options(group: str) -> list[str]:
+    """Every option of a config group, from the YAML files in conf/: tests parametrised over these cover a
+    new option without being edited."""
+    from prune_cli.config import CONFIG_DIR
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def strategy_kind(overrides) -> str:
+    """"unstructured", "structured" or "smaller_model": what the composed strategy config builds."""
+    from prune_cli.config import compose_config, instantiate
+    strategy = instantiate(compose_config(list(overrides)).strategy, "strategy")
+    if strategy.loop == "smaller_model":
+        return "smaller_model"
+    return "structured" if strategy.structured else "unstructured"
+
+
+def largest_unit(overrides) -> int:
+    """The most prunable weights removing one unit zeroes (its row and the columns reading it), over every
+    layer whose units can be removed: the exact tolerance of whole-unit selection."""
+    from prune_cli.config import compose_config, plain
+    from prune_cli.data import load_dataset
+    from prune_cli.models import build_for
+    from prune_cli.pruning.masks import prunable_names
+    from prune_cli.pruning.units import unit_layers, unit_masks, zeroed_weight_count
+    cfg = compose_config(list(overrides))
+    info = load_dataset(cfg.dataset).info
+    model, _ = build_for(plain(cfg.model), info)
+    example = torch.zeros(1, *info.input_shape)
+    layers = unit_layers(model, example)
+    prunable = prunable_names(model)
+    return max(zeroed_weight_count(unit_masks(model, example, {layer.name: [0]}, layers=layers), prunable)
+               for layer in layers)
+
+
+def check_sparsity(report, run_dir, overrides) -> None:
+    """The sparsity counted from ``pruned.pt`` is exactly what the strategy's kind can reach, and the
+    report says so: round(s * n) zeros (unstructured), the closest whole-unit count (structured), at most
+    (1 - s) of the dense weights kept (a smaller model)."""
+    from prune_cli.storage.safe_load import safe_load
+    target = report["sparsity"]["target"]
+    state = safe_load(Path(run_dir) / "pruned.pt")["state_dict"]
+    names = [layer["name"] for layer in report["layers"]]
+    total = sum(state[n].numel() for n in names)
+    zeros = sum(int((state[n] == 0).sum()) for n in names)
+    kind = strategy_kind(overrides)
+    if kind == "smaller_model":
+        dense = report["compress"]["dense_prunable_weights"]
+        assert report["compress"]["prunable_weights"] == total <= (1 - target) * dense
+        assert report["sparsity"]["achieved"] == 1 - total / dense
+        return
+    assert report["sparsity"]["achieved"] == zeros / total
+    if kind == "unstructured":
+        assert zeros == round(target * total)
+    else:
+        assert abs(zeros - target * total) <= largest_unit(overrides)

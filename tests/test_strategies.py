@@ -9,56 +9,31 @@ from prune_cli.pruning.masks import Masks, prunable_names
 from prune_cli.pruning.strategies import ScoringContext
 from prune_cli.pruning.strategies.activation import APoZ, Activation
 from prune_cli.pruning.strategies.weight import Gradient, Magnitude
+from prune_cli.config import compose_config
 from prune_cli.pruning.units import unit_layers
 
-FAST = ["train.epochs=2", "finetune.epochs=1", "strategy.epochs=1"]
-UNSTRUCTURED = ["magnitude", "gradient", "random", "l1", "l0"]
-STRUCTURED = ["activation", "apoz", "magnitude_structured"]
+from conftest import check_sparsity, options, strategy_kind
+
+# Every strategy option in conf/, plus structured magnitude (a granularity of the magnitude option).
+STRATEGIES = [[f"strategy={name}"] for name in options("strategy")] + \
+    [["strategy=magnitude", "strategy.granularity=structured"]]
 
 
-def strategy_overrides(name):
-    if name == "magnitude_structured":
-        return ["strategy=magnitude", "strategy.granularity=structured"]
-    extra = [] if name in ("l1", "l0") else []
-    return [f"strategy={name}", *extra]
-
-
-def units_worth(report):
-    """The most prunable weights one unit can carry: its row plus its column in the next layer."""
-    shapes = [layer["shape"] for layer in report["layers"]]
-    row = max(int(torch.tensor(s[1:]).prod()) for s in shapes)
-    col = max(s[0] for s in shapes) * 25  # a conv channel feeds up to 5x5 positions of the next Linear
-    return (row + col) / report["sparsity"]["prunable_weights"]
-
-
-@pytest.mark.parametrize("sparsity", [0.5, 0.9])
-@pytest.mark.parametrize("model", ["mlp", "lenet300", "lenet5"])
-@pytest.mark.parametrize("strategy", UNSTRUCTURED + STRUCTURED + ["compress"])
+# Each model once and each sparsity at least once per strategy: the cross product would add runs, not cases.
+@pytest.mark.parametrize("model,sparsity", [("mlp", 0.9), ("lenet300", 0.5), ("lenet5", 0.9)])
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda o: "-".join(v.split("=")[1] for v in o))
 def test_every_strategy_end_to_end(run_api, strategy, model, sparsity):
-    overrides = strategy_overrides(strategy) + [f"model={model}", f"sparsity={sparsity}", "train.epochs=2",
-                                                "finetune.epochs=1"]
-    if strategy in ("l1", "l0"):
+    overrides = strategy + [f"model={model}", f"sparsity={sparsity}", "train.epochs=2", "finetune.epochs=1"]
+    if "epochs" in compose_config(strategy).strategy:
         overrides.append("strategy.epochs=1")
-    report, run_dir = run_api(*overrides, name=f"{strategy}-{model}-{sparsity}", tiny=False)
+    report, run_dir = run_api(*overrides, name="-".join(overrides).replace("/", "_")[:120], tiny=False)
     assert report["status"] == "completed"
-    state = safe_load(run_dir / "pruned.pt")["state_dict"]
-    names = [layer["name"] for layer in report["layers"]]
-    total = sum(state[n].numel() for n in names)
-    zeros = sum(int((state[n] == 0).sum()) for n in names)
-    if strategy in UNSTRUCTURED:
-        assert zeros == round(sparsity * total)
-    elif strategy == "compress":
-        dense = report["compress"]["dense_prunable_weights"]
-        assert report["sparsity"]["achieved"] == 1 - total / dense
-        assert abs(report["sparsity"]["achieved"] - sparsity) < 0.02
-    else:
-        assert abs(zeros / total - sparsity) <= units_worth(report)
+    check_sparsity(report, run_dir, overrides)
+    if strategy_kind(overrides) == "structured":
         assert report["shrunk"]["matches_masked"] is True
         assert report["shrunk"]["params"] < report["params"]["total"]
         for layer in report["layers"]:
             assert layer["units_kept"][0] >= 1
-    if strategy != "compress":
-        assert report["sparsity"]["achieved"] == zeros / total
 
 
 def tiny_context(model, train, masks=None, batch_size=16):
@@ -124,17 +99,26 @@ def test_activation_and_apoz_score_units_by_what_they_fire():
 
 def test_structured_masks_are_whole_units(run_api):
     report, run_dir = run_api("strategy=activation", "sparsity=0.7", "model=lenet5")
-    ckpt = safe_load(run_dir / "pruned.pt")
-    for name, mask in ckpt["masks"].items():
-        if name.endswith(".weight") and mask.dim() >= 2:
-            rows = mask.flatten(1)
-            full_or_empty = rows.all(dim=1) | ~rows.any(dim=1)
-            cols = mask.flatten(2).any(dim=2) if mask.dim() > 2 else mask
-            # Every row is all kept or all removed, except for input columns zeroed for removed upstream units.
-            kept_cols = cols.any(dim=0)
-            assert bool((rows[:, :][:, kept_cols.repeat_interleave(rows.shape[1] // cols.shape[1])].all(dim=1)
-                         | ~rows.any(dim=1)).all()), name
-    classifier = [layer for layer in report["layers"]][-1]
+    masks = safe_load(run_dir / "pruned.pt")["masks"]
+    removed = {}
+    for layer in report["layers"][:-1]:  # the classifier keeps every output
+        name = layer["name"]
+        rows = masks[name].flatten(1)
+        # A unit's row of the mask is kept or removed whole (columns of removed inputs aside).
+        kept_rows = rows.any(dim=1)
+        removed[name] = ~kept_rows
+        assert int(kept_rows.sum()) == layer["units_kept"][0] < layer["units_kept"][1]
+        live_columns = rows[kept_rows].any(dim=0)
+        assert bool(rows[kept_rows][:, live_columns].all()), name
+        assert not bool(rows[~kept_rows].any()), name
+    # The next layer reads nothing from a removed unit: its input slices are masked too.
+    names = [layer["name"] for layer in report["layers"]]
+    for upstream, downstream in zip(names, names[1:]):
+        columns = masks[downstream].flatten(2).any(dim=2) if masks[downstream].dim() > 2 else masks[downstream]
+        per_unit = columns.shape[1] // removed[upstream].numel()
+        dead_inputs = removed[upstream].repeat_interleave(per_unit)
+        assert not bool(columns[:, dead_inputs].any()), downstream
+    classifier = report["layers"][-1]
     assert classifier["units_kept"][0] == classifier["units_kept"][1]
 
 
@@ -148,13 +132,28 @@ def test_shrunk_checkpoint_matches_the_masked_model(run_api):
     assert torch.allclose(masked(x), small(x), atol=1e-5)
 
 
-def test_l0_projection_keeps_target_and_l1_penalty_shrinks_weights(run_api):
+def test_l0_and_l1_prune_to_exactly_the_target(run_api):
     plain, _ = run_api("strategy=magnitude", "sparsity=0.8", name="plain")
     l1, _ = run_api("strategy=l1", "strategy.l1=1e-3", "strategy.epochs=2", "sparsity=0.8", name="l1")
     l0, _ = run_api("strategy=l0", "strategy.epochs=2", "sparsity=0.8", name="l0")
     for r in (l1, l0):
-        assert r["sparsity"]["zeros"] == plain["sparsity"]["zeros"]
+        assert r["sparsity"]["zeros"] == plain["sparsity"]["zeros"] == round(0.8 * plain["sparsity"]["prunable_weights"])
     assert "l1" in l1["timings"] and "l0" in l0["timings"]
+
+
+def test_l1_penalty_shrinks_weights(run_api):
+    """The same constrained training with and without the penalty: the penalised weights are smaller."""
+    def l1_norm(run_dir, names):
+        state = safe_load(run_dir / "pruned.pt")["state_dict"]
+        return sum(float(state[n].abs().sum()) for n in names)
+
+    # sparsity 0 and no fine-tuning: the saved weights are exactly what the constrained training left.
+    common = ["strategy=l1", "strategy.epochs=2", "sparsity=0.0", "finetune.epochs=0"]
+    report, free_dir = run_api(*common, "strategy.l1=0.0", name="free")
+    _, penalised_dir = run_api(*common, "strategy.l1=1e-3", name="penalised")
+    names = [layer["name"] for layer in report["layers"]]
+    # The size of the effect depends on the optimiser's path; its direction is the claim (measured: 0.76x).
+    assert l1_norm(penalised_dir, names) < l1_norm(free_dir, names)
 
 
 def test_compress_trains_a_genuinely_smaller_model(run_api):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -19,23 +19,39 @@ from prune_cli.measure.timing import synchronize
 from prune_cli.training.evaluate import eval_mode
 
 
-def time_side_by_side(calls: Mapping[str, Callable[[], object]], device, warmup: int = 3, repeats: int = 30,
-                      max_time_s: float = 0.5, min_repeats: int = 3) -> dict[str, list[float]]:
-    """Seconds of each call, per repeat, the calls interleaved; stops after ``max_time_s`` once every call
-    has ``min_repeats`` samples. Benchmarks time training steps with it, reports time forward passes."""
-    for call in calls.values():
+def time_side_by_side(calls: Mapping[str, Callable[[], object]], device="cpu", *, repeats: int = 30,
+                      warmup: int = 3, max_time_s: float = float("inf"), min_repeats: int = 3, per_turn: int = 1,
+                      self_timed: bool = False, setup: Optional[Callable[[], None]] = None
+                      ) -> dict[str, list[float]]:
+    """Seconds of each call, one sample per call per turn, the calls interleaved.
+
+    Every round gives each call a turn, the order reversed every other round (A B C, C B A, ...) so that no
+    call always runs right after the same neighbour. A turn times ``per_turn`` calls one by one (short
+    calls, e.g. batch-1 forward passes, need many samples). After ``min_repeats`` rounds, timing stops
+    once ``max_time_s`` is spent. ``self_timed``: each call returns the seconds it measured itself (so it
+    can leave its own setup out); ``setup`` runs untimed before every turn. Benchmarks time whole training
+    runs with it, reports time forward passes.
+    """
+    names = list(calls)
+    for name in names:
         for _ in range(max(0, warmup)):
-            call()
+            calls[name]()
     synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times: dict[str, list[float]] = {name: [] for name in names}
     deadline = time.perf_counter() + max_time_s
     for index in range(max(min_repeats, repeats)):
-        for name, call in calls.items():
-            synchronize(device)
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+        for name in (names if index % 2 == 0 else names[::-1]):
+            if setup is not None:
+                setup()
+            for _ in range(per_turn):
+                if self_timed:
+                    times[name].append(float(calls[name]()))
+                    continue
+                synchronize(device)
+                start = time.perf_counter()
+                calls[name]()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
         if index + 1 >= min_repeats and time.perf_counter() > deadline:
             break
     return times
@@ -58,7 +74,7 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: Sequence[int],
         for batch_size in batch_sizes:
             inputs = {name: example_input(m, input_shape, batch_size, device) for name, m in models.items()}
             calls = {name: (lambda m=m, x=inputs[name]: m(x)) for name, m in models.items()}
-            times = time_side_by_side(calls, device, warmup, repeats, max_time_s)
+            times = time_side_by_side(calls, device, repeats=repeats, warmup=warmup, max_time_s=max_time_s)
             for name in models:
                 results[name][f"batch_{batch_size}_ms"] = statistics.median(times[name]) * 1e3
     return results
