@@ -154,7 +154,7 @@ def main():
           f"median ms per forward pass, contenders interleaved")
     print("\nstructured: half of every hidden layer's units removed by prune_cli.shrink")
     print(table(["model", "batch", "dense ms", "shrunk ms", "speed-up", "speed-up (minima)", "samples"], rows_s))
-    print("\nunstructured MLP 784-1024-1024-10, every Linear at the sparsity, CSR export (prune_cli.sparse_export)")
+    print("\nunstructured MLP 784-1024-1024-10, every Linear at the sparsity, CSR export (prune_cli.measure.csr)")
     print(table(["sparsity", "batch", "dense ms", "CSR ms", "speed-up", "speed-up (minima)", "samples"], rows_u))
     print(contention.line())
     path = write_results("latency", {"machine": info, "settings": vars(args), "results": results}, tag=args.tag)
