@@ -1,4 +1,4 @@
-"""Measured inference latency: structured pruning shrunk with prune_cli.shrink, and the CSR sparse export.
+"""Measured inference latency: structured pruning shrunk with prune_cli.pruning.shrink, and the CSR sparse export.
 
 1. Structured: half the units of every hidden layer (lowest L1 norm) masked with prune_cli.pruning.units.unit_masks,
    then physically removed with prune_cli.pruning.shrink.shrink (which checks the small model computes what the masked
@@ -152,7 +152,7 @@ def main():
     info["contention"] = contention.result
     print(f"\nlatency: float32, inference_mode, {info['threads']} threads, torch {info['torch']}; "
           f"median ms per forward pass, contenders interleaved")
-    print("\nstructured: half of every hidden layer's units removed by prune_cli.shrink")
+    print("\nstructured: half of every hidden layer's units removed by prune_cli.pruning.shrink")
     print(table(["model", "batch", "dense ms", "shrunk ms", "speed-up", "speed-up (minima)", "samples"], rows_s))
     print("\nunstructured MLP 784-1024-1024-10, every Linear at the sparsity, CSR export (prune_cli.measure.csr)")
     print(table(["sparsity", "batch", "dense ms", "CSR ms", "speed-up", "speed-up (minima)", "samples"], rows_u))

@@ -75,7 +75,7 @@ CORRUPT = {
 def test_a_bad_entry_is_never_trusted_and_is_removed(cache, caplog, damage):
     cache.dir.mkdir(parents=True)
     CORRUPT[damage](cache.path("k"))
-    with caplog.at_level(logging.WARNING, logger="prune_cli.cache"):
+    with caplog.at_level(logging.WARNING, logger="prune_cli.storage.cache"):
         assert cache.load("k") is None
     assert "cache entry dense-k.pt is unusable" in caplog.text and "rebuilding it" in caplog.text
     assert not cache.path("k").exists()
@@ -96,7 +96,7 @@ def test_a_failed_write_costs_reuse_not_the_run(cache, caplog, monkeypatch):
     def disk_full(obj, path):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr("prune_cli.storage.cache.atomic_torch_save", disk_full)
-    with caplog.at_level(logging.WARNING, logger="prune_cli.cache"), cache.locked("k"):
+    with caplog.at_level(logging.WARNING, logger="prune_cli.storage.cache"), cache.locked("k"):
         cache.store("k", ENTRY)
     assert "could not write cache entry dense-k.pt (No space left on device)" in caplog.text
     assert cache.load("k") is None
@@ -123,7 +123,7 @@ def test_a_corrupt_entry_is_rebuilt_by_the_next_run(run_api, tmp_path, monkeypat
     entry = tmp_path / "cache" / f"dense-{first['cache']['key']}.pt"
     data = entry.read_bytes()
     entry.write_bytes(data[: len(data) // 3])  # as if a writer had bypassed the temp file and died
-    with caplog.at_level(logging.WARNING, logger="prune_cli.cache"):
+    with caplog.at_level(logging.WARNING, logger="prune_cli.storage.cache"):
         second, _ = run_api(*QUICK, "sparsity=0.9", name="second", tiny=False)
     assert second["status"] == "completed" and second["cache"]["dense"] == "computed"
     assert "is unusable" in caplog.text

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from prune_cli import config as checks
+from prune_cli import config
 from prune_cli.validate import validate
 from prune_cli.config import compose_config
 from prune_cli.config import CONFIG_DIR
@@ -30,7 +30,7 @@ def test_option_composes_and_resolves(group, option):
     assert cfg[group].name == option
     validate(cfg)
     if group in ("strategy", "schedule"):
-        instance = checks.instantiate(cfg[group], group)
+        instance = config.instantiate(cfg[group], group)
         assert instance.name == option
         # Each names a loop the pipeline has (a strategy may leave it to its schedule).
         from prune_cli.pipeline.loops import LOOPS

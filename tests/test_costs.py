@@ -11,7 +11,7 @@ from prune_cli.measure.flops import count_flops
 from prune_cli.measure.latency import measure_latency
 from prune_cli.measure.sizes import checkpoint_sizes, decode_sparse, encode_sparse, file_size
 from prune_cli.pruning.sparsity import param_counts
-from prune_cli.measure.csr import SparseLinear, sparse_export_if_faster, to_sparse
+from prune_cli.measure.csr import SparseLinear, sparse_is_faster, sparse_layer_names, to_sparse
 
 # Hand-computed multiply-adds for one example:
 LINEAR_MACS = 64 * 300                   # Linear(64, 300): one MAC per weight
@@ -173,16 +173,19 @@ def test_to_sparse_converts_only_sparse_linears():
         torch.testing.assert_close(clone(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_sparse_export_if_faster_reports_both_latencies():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256))
+def test_sparse_is_kept_only_when_faster_at_the_largest_batch():
+    """The one rule for the CSR export: the throughput case (largest batch) decides, batch 1 does not."""
+    assert sparse_is_faster({"batch_1_ms": 1.0, "batch_256_ms": 4.0}, {"batch_1_ms": 9.0, "batch_256_ms": 3.0})
+    assert not sparse_is_faster({"batch_1_ms": 9.0, "batch_256_ms": 3.0},
+                                {"batch_1_ms": 1.0, "batch_256_ms": 4.0})
+    assert not sparse_is_faster({"batch_32_ms": 2.0}, {"batch_32_ms": 2.0})  # a tie keeps the dense model
+
+
+def test_to_sparse_converts_only_layers_sparse_enough():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
     with torch.no_grad():
         model[1].weight.mul_((torch.rand_like(model[1].weight) >= 0.95).float())
-    exported, info = sparse_export_if_faster(model, (1, 8, 8), "cpu", batch_sizes=(1, 32))
-    assert info["sparse_layers"] == ["1"]
-    assert set(info["dense_ms"]) == set(info["sparse_ms"]) == {"batch_1_ms", "batch_32_ms"}
-    assert info["used"] == (exported is not None)
-    assert info["used"] == (info["sparse_ms"]["batch_32_ms"] < info["dense_ms"]["batch_32_ms"])
-
-    dense_only, info = sparse_export_if_faster(nn.Sequential(nn.Flatten(), nn.Linear(64, 8)), (1, 8, 8), "cpu")
-    assert dense_only is None and info == {"used": False, "sparse_layers": [], "dense_ms": None,
-                                           "sparse_ms": None}
+    sparse = to_sparse(model, min_sparsity=0.8)
+    assert sparse_layer_names(sparse) == ["1"] and type(model[1]) is nn.Linear  # the original is untouched
+    x = torch.rand(5, 1, 8, 8)
+    torch.testing.assert_close(sparse(x), model(x), rtol=1e-5, atol=1e-5)

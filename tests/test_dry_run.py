@@ -26,7 +26,7 @@ def test_dry_run_after_a_run_says_the_dense_model_would_be_reused_and_matches_th
     after = make_plan(compose_config(overrides))
     assert after["dense"].startswith("cached (dense-") and after["dense"].endswith("would be reused")
     assert report["cache"]["key"] in after["dense"]
-    plan = after["rounds"]
+    plan = after["loop"]
     if plan["kind"] == "rounds":
         assert [(r["target"], r["finetune_epochs"]) for r in plan["rounds"]] == \
             [(r["target"], r["epochs"]) for r in report["rounds"]]

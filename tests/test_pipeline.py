@@ -168,3 +168,20 @@ def test_scores_are_not_shared_with_gradual_or_other_batch_sizes(run_api):
     small, _ = run_api("strategy=gradient", "sparsity=0.5", "finetune.batch_size=16", name="small")
     large, _ = run_api("strategy=gradient", "sparsity=0.5", "finetune.batch_size=256", name="large")
     assert small["cache"]["scores"] == large["cache"]["scores"] == "computed"
+
+
+def test_validation_split_is_evaluated_and_reported(run_api):
+    report, run_dir = run_api("dataset.val_fraction=0.1", "sparsity=0.8")
+    data = load_dataset(prune_cli.config.compose_config(["dataset.val_fraction=0.1"]).dataset)
+    assert (len(data.train), len(data.val), len(data.test)) == (1293, 144, 360)  # 10% of 1,437, rounded up
+    model = prune_cli.load_checkpoint(run_dir / "pruned.pt")
+    assert report["val_accuracy"]["finetuned"] == evaluate(model, data.val)
+    assert report["accuracy"]["finetuned"] == evaluate(model, data.test)
+    assert set(report["val_accuracy"]) == {"dense", "pruned", "finetuned"}
+    assert all(0.0 <= v <= 1.0 for v in report["val_accuracy"].values())
+    assert report["rounds"][0]["val_accuracy"] == report["val_accuracy"]["finetuned"]
+
+
+def test_no_validation_split_no_val_accuracy(run_api):
+    report, _ = run_api("sparsity=0.5")
+    assert "val_accuracy" not in report and "val_accuracy" not in report["rounds"][0]

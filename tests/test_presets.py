@@ -93,9 +93,9 @@ def test_plan_of_a_preset_on_generated_files(generated, capsys):
     assert plan["dataset"]["missing"] is None
     assert (plan["dataset"]["train"], plan["dataset"]["test"]) == (120, 40)
     assert plan["model"]["params"] == 266_610 and plan["model"]["macs"] == 266_200
-    targets = [r["target"] for r in plan["rounds"]["rounds"]]
+    targets = [r["target"] for r in plan["loop"]["rounds"]]
     assert len(targets) == 5 and targets[-1] == 0.92 and targets == sorted(targets)
-    assert sum(r["finetune_epochs"] for r in plan["rounds"]["rounds"]) == 30
+    assert sum(r["finetune_epochs"] for r in plan["loop"]["rounds"]) == 30
     out = capsys.readouterr().out
     assert "prune-run plan" in out and "Han et al. 2015" in out and "266,610" in out
 

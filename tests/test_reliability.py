@@ -161,3 +161,31 @@ def test_runs_are_deterministic_on_cpu(run_api):
             assert a[key] == b[key]
     sa, sb = safe_load(dir_a / "pruned.pt")["state_dict"], safe_load(dir_b / "pruned.pt")["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("loop", [["schedule=iterative", "schedule.rounds=2"], ["schedule=gradual"],
+                                  ["strategy=compress"], ["strategy=activation", "sparsity=0.5"]],
+                         ids=["rounds", "gradual", "smaller_model", "structured"])
+def test_a_run_stopped_after_its_last_stage_finishes_with_the_same_weights(tmp_path, run_api, loop):
+    """Killed after the loop's last boundary, before pruned.pt was written: the re-run only finishes, with
+    the weights the loop left (not a fresh model), so the checkpoint equals an uninterrupted run's."""
+    from omegaconf import OmegaConf
+    from conftest import TINY
+    from prune_cli.config import compose_config
+    from prune_cli.pipeline import dense
+    from prune_cli.pipeline.experiment import Experiment
+    cfg = compose_config([*TINY, "measure.latency=false", *loop])
+    OmegaConf.resolve(cfg)
+    stopped = Experiment(cfg, tmp_path / "stopped")
+    dense.train_dense(stopped)
+    stopped.loop.run(stopped)          # every stage done and saved; finish never ran
+    assert (tmp_path / "stopped" / "state.pt").exists() and not (tmp_path / "stopped" / "pruned.pt").exists()
+    resumed = Experiment(cfg, tmp_path / "stopped").run()
+    whole, whole_dir = run_api("measure.latency=false", *loop, name="whole")
+    a, b = safe_load(tmp_path / "stopped" / "pruned.pt"), safe_load(whole_dir / "pruned.pt")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for key in ("sparsity", "accuracy", "layers", "rounds"):
+        assert resumed[key] == whole[key] if key != "rounds" else \
+            [dict(r, seconds=0) for r in resumed[key]] == [dict(r, seconds=0) for r in whole[key]]
+    assert resumed["resumed_from"]["epoch"] is None and not (tmp_path / "stopped" / "state.pt").exists()

@@ -71,7 +71,7 @@ def run_experiment(tmp_path, *overrides):
     from prune_cli.config import compose_config
     cfg = compose_config([*TINY, *overrides])
     OmegaConf.resolve(cfg)
-    experiment = Experiment(cfg, tmp_path / "run")
+    experiment = Experiment(cfg, tmp_path / "run", keep_round_masks=True)
     report = experiment.run()
     return experiment, report
 

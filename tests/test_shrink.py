@@ -1,4 +1,4 @@
-"""Unit coupling, structured selection and physical shrinking (prune_cli/structure.py, prune_cli/shrink.py)."""
+"""Unit coupling, structured selection and physical shrinking (prune_cli/pruning/units.py, prune_cli/pruning/shrink.py)."""
 import io
 
 import pytest

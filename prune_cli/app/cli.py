@@ -83,7 +83,7 @@ def run_job(cfg: DictConfig) -> dict | None:
 def _fail(message: str, code: int, multirun: bool, job: str):
     print(message, file=sys.stderr)
     if multirun:
-        return None  # the sweep goes on; prune_cli.callbacks.SweepSummary names the job and exits non-zero
+        return None  # the sweep goes on; prune_cli.app.callbacks.SweepSummary names the job and exits non-zero
     sys.exit(code)
 
 

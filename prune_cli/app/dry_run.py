@@ -25,7 +25,7 @@ def _dataset(cfg) -> tuple[dict, DataFacts]:
     """Shape, classes and split sizes; for torchvision sets with missing files, what is missing instead."""
     from prune_cli.data import load_dataset
     from prune_cli.data import files
-    from prune_cli.data.splits import DataInfo
+    from prune_cli.data.splits import DataInfo, split_sizes
     name = str(cfg.dataset.name)
     out: dict[str, Any] = {"name": name, "missing": None}
     source = files.SOURCES.get(name)
@@ -42,9 +42,11 @@ def _dataset(cfg) -> tuple[dict, DataFacts]:
                                    "(needs network access)")
             info = DataInfo(name, source.shape, source.num_classes, (0.5,) * source.shape[0],
                             (0.25,) * source.shape[0])
-            out.update(input_shape=source.shape, num_classes=source.num_classes, train=source.sizes[0],
-                       test=source.sizes[1], val=None, notes=[], download=download)
-            return out, DataFacts(info, source.sizes[0], source.sizes[1])
+            # The standard sizes, with the validation split carved out of train as the run would.
+            train, val = split_sizes(source.sizes[0], float(cfg.dataset.get("val_fraction") or 0.0))
+            out.update(input_shape=source.shape, num_classes=source.num_classes, train=train,
+                       test=source.sizes[1], val=val or None, notes=[], download=download)
+            return out, DataFacts(info, train, source.sizes[1], val or None)
     data = load_dataset(cfg.dataset)
     facts = DataFacts.of(data)
     out.update(input_shape=tuple(data.info.input_shape), num_classes=data.info.num_classes, train=facts.train_size,
@@ -56,16 +58,16 @@ def _model(cfg, facts: DataFacts, strategy) -> dict:
     from prune_cli.measure.flops import count_flops
     from prune_cli.models import build_for
     from prune_cli.pruning.masks import prunable_names
+    from prune_cli.pruning.sparsity import model_sparsity
     model_cfg = plain(cfg.model)
     # Pretrained weights are an initialisation: counting needs only the architecture (and no download).
     model, spec = build_for({k: v for k, v in model_cfg.items() if k != "pretrained"}, facts.info)
     prunable = prunable_names(model, include_classifier=strategy.prune_classifier)
-    params = dict(model.named_parameters())
     input_shape = tuple(facts.info.input_shape)
-    out = {"name": model_cfg.get("name", spec["target"]), "target": spec["target"],
+    out = {"name": model_cfg.get("name", model_cfg.get("_target_")), "target": spec["target"],
            "options": {k: v for k, v in model_cfg.items() if k not in ("_target_", "name")},
            "params": sum(p.numel() for p in model.parameters()),
-           "prunable_weights": sum(params[n].numel() for n in prunable), "prunable_layers": len(prunable),
+           "prunable_weights": model_sparsity(model, prunable)[2], "prunable_layers": len(prunable),
            "macs": int(count_flops(model, input_shape)["dense"])}
     if strategy.structured:
         import torch
@@ -105,7 +107,7 @@ def make_plan(cfg: DictConfig) -> dict:
     data, facts = _dataset(cfg)
     plan = {"device": str(device), "seed": int(cfg.seed), "sparsity": float(cfg.sparsity), "dataset": data,
             "model": _model(cfg, facts, strategy), "strategy": strategy.describe(),
-            "schedule": schedule.describe(), "rounds": loop.plan(cfg, strategy, schedule, facts),
+            "schedule": schedule.describe(), "loop": loop.plan(cfg, strategy, schedule, facts),
             "train": _stage(cfg.train), "finetune": _stage(cfg.finetune), "dense": _dense_cache(cfg, schedule, device),
             "reference": plain(cfg.get("reference"))}
     return plan
@@ -123,7 +125,7 @@ def print_plan(cfg: DictConfig, console=None) -> dict:
 
     plan = make_plan(cfg)
     console = console or Console()
-    d, m, r = plan["dataset"], plan["model"], plan["rounds"]
+    d, m, r = plan["dataset"], plan["model"], plan["loop"]
     table = Table(title="prune-run plan (dry run: nothing is trained)", show_header=False,
                   title_justify="left")
     table.add_column(style="bold")

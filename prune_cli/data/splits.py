@@ -12,10 +12,25 @@ shuffle order depends only on the generator, so a resumed run replays the same b
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
+
+
+def batch_count(size: int, batch_size: int) -> int:
+    """Batches of an epoch over ``size`` examples: the last one may be short."""
+    return -(-int(size) // int(batch_size))
+
+
+def split_sizes(size: int, fraction: float) -> tuple[int, int]:
+    """(kept, held out) when ``fraction`` of ``size`` examples is held out, as ``stratified_split`` does it
+    (scikit-learn rounds the held-out part up)."""
+    if not fraction:
+        return int(size), 0
+    held_out = math.ceil(float(fraction) * int(size))
+    return int(size) - held_out, held_out
 
 
 @dataclass
@@ -52,7 +67,7 @@ class TensorSplit:
                 yield self.x[start:start + batch_size], self.y[start:start + batch_size]
 
     def num_batches(self, batch_size: int) -> int:
-        return -(-len(self.y) // batch_size)
+        return batch_count(len(self.y), batch_size)
 
 
 @dataclass
@@ -154,7 +169,7 @@ class AugmentedSplit:
         return AugmentedSplit(self.x.to(device), self.y.to(device), self.padding, self.flip)
 
     def num_batches(self, batch_size: int) -> int:
-        return -(-len(self.y) // batch_size)
+        return batch_count(len(self.y), batch_size)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -199,7 +214,7 @@ class LoaderSplit:
         return LoaderSplit(self.x, self.y, self.workers, self.augmented, device, self.padding)
 
     def num_batches(self, batch_size: int) -> int:
-        return -(-len(self.y) // batch_size)
+        return batch_count(len(self.y), batch_size)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

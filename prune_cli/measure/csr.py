@@ -2,19 +2,18 @@
 
 A pruned weight stored densely runs at dense speed. Stored as CSR, a 1024x1024 Linear on a quiet 2-core CPU
 was 1.75x / 2.8x / 4.4x faster than dense at batch 256 and 0.96x / 1.4x / 2.4x at batch 1, at 90 / 95 / 99%
-sparsity; below that, or for small layers, the sparse kernel's overhead wins. So ``sparse_export_if_faster``
-measures both on the actual model and keeps the sparse one only when it is faster.
+sparsity; below that, or for small layers, the sparse kernel's overhead wins. So a run with
+``export.sparse=true`` times both on the actual model, side by side, and keeps the sparse one only when
+``sparse_is_faster`` says so.
 """
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from prune_cli.measure.latency import measure_latency
 from prune_cli.pruning.sparsity import zero_count
 
 
@@ -88,27 +87,6 @@ def to_sparse(model: nn.Module, min_sparsity: float = 0.8) -> nn.Module:
 
 def sparse_layer_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, SparseLinear)]
-
-
-def sparse_export_if_faster(model: nn.Module, input_shape: Sequence[int], device,
-                            batch_sizes: Sequence[int] = (1, 256),
-                            min_sparsity: float = 0.8) -> tuple[nn.Module | None, dict]:
-    """Measure the model dense and with CSR Linear layers; return the sparse one only if it is faster at
-    the largest batch size (the throughput case the CSR kernels are meant for).
-
-    The model must be on ``device``. Returns ``(sparse_model or None, info)`` with
-    ``info = {"used", "sparse_layers", "dense_ms": {...}, "sparse_ms": {...}}``; when no layer is sparse
-    enough to convert, nothing is timed and the latencies are None.
-    """
-    sparse = to_sparse(model, min_sparsity)
-    layers = sparse_layer_names(sparse)
-    info = {"used": False, "sparse_layers": layers, "dense_ms": None, "sparse_ms": None}
-    if not layers:
-        return None, info
-    timed = measure_latency({"dense": model, "sparse": sparse}, input_shape, device, batch_sizes)
-    info["dense_ms"], info["sparse_ms"] = timed["dense"], timed["sparse"]
-    info["used"] = sparse_is_faster(info["dense_ms"], info["sparse_ms"])
-    return (sparse if info["used"] else None), info
 
 
 def sparse_is_faster(dense_ms: dict, sparse_ms: dict) -> bool:

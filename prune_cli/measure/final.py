@@ -9,6 +9,7 @@ import torch
 from prune_cli.measure.flops import count_flops
 from prune_cli.measure.latency import measure_latency
 from prune_cli.measure.sizes import checkpoint_sizes
+from prune_cli.training.evaluate import eval_mode
 
 log = logging.getLogger("prune_cli")
 EXACT = 1e-5  # largest output difference between masked and shrunk models that counts as the same model
@@ -17,8 +18,14 @@ EXACT = 1e-5  # largest output difference between masked and shrunk models that 
 def measure_final(model, *, masks, structured: bool, compressed: bool, example: torch.Tensor, test, device,
                   dense_twin, measure_cfg, export_cfg) -> dict:
     """``{"flops", "latency", "shrunk", "size_bytes", "speedup", ["export"], ["shrunk_payload"]}``."""
+    with eval_mode(model):
+        return _measure(model, masks, structured, compressed, example, test, device, dense_twin, measure_cfg,
+                        export_cfg)
+
+
+def _measure(model, masks, structured, compressed, example, test, device, dense_twin, measure_cfg,
+             export_cfg) -> dict:
     example_shape = tuple(example.shape[1:])
-    model.eval()
     masks = dict(masks) if masks else None
     out = {"flops": count_flops(model, example_shape, masks)}
     timed = {"masked": model, "dense": dense_twin}
@@ -58,7 +65,6 @@ def measure_final(model, *, masks, structured: bool, compressed: bool, example: 
     out["size_bytes"] = checkpoint_sizes(model.state_dict(), masks or {},
                                          out.get("shrunk_payload", {}).get("state_dict"))
     out["speedup"] = _speedups(out, compressed)
-    model.train()
     return out
 
 

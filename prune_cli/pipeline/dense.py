@@ -52,7 +52,8 @@ def train_dense(exp) -> None:
             source = "reused"
             log.info("dense model reused from the cache (%s)", cache.path(key).name)
     exp.record.cache = {"dense": source, "key": key}
-    exp.record.set_accuracy("dense", entry["accuracy"], exp.evaluate_val())
+    val = entry.get("val_accuracy") if "val_accuracy" in entry else exp.evaluate()[1]  # older entries lack it
+    exp.record.set_accuracy("dense", entry["accuracy"], val)
     exp.record.timings["train"] = entry["seconds"] if source != "reused" else 0.0
     if exp.schedule.rewind:
         exp.state.extra["rewind"] = entry["rewind"]
@@ -73,5 +74,6 @@ def _train(exp) -> dict:
     exp.fit("train", StageSettings.from_cfg(exp.cfg.train), masks=None, each_epoch=keep_rewind_point)
     seconds = time.perf_counter() - started
     rewind = exp.state.extra.get("rewind_point") if rewind_epoch else exp.state.extra["initial"]
+    test, val = exp.evaluate()
     return {"trained": {k: v.detach().cpu() for k, v in exp.model.state_dict().items()},
-            "rewind": rewind, "accuracy": exp.evaluate()[0], "seconds": seconds}
+            "rewind": rewind, "accuracy": test, "val_accuracy": val, "seconds": seconds}

@@ -43,8 +43,11 @@ SMALL_MODEL_MACS = 5_000_000  # per example; LeNets and MLPs on digits/MNIST are
 class Experiment:
     """One run: what its stages share, and the steps every loop uses."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, progress=None):
+    def __init__(self, cfg: DictConfig, run_dir: Path, progress=None, keep_round_masks: bool = False):
+        """``keep_round_masks``: the record keeps every round's masks in memory (for inspection; a gradual
+        run prunes hundreds of times, so it is off by default)."""
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.keep_round_masks = keep_round_masks
         validate(cfg)
         self.device = resolve_device(cfg.device)
         self.strategy = instantiate(cfg.strategy, "strategy")
@@ -68,7 +71,7 @@ class Experiment:
             from prune_cli.pruning.units import check_reachable, unit_layers
             self.unit_layers = unit_layers(self.model, self.example)
             check_reachable(self.model, self.example, self.prunable, float(cfg.sparsity), self.strategy.name,
-                            cfg.model.get("name", "?"), layers=self.unit_layers)
+                            cfg.model.get("name", cfg.model.get("_target_")), layers=self.unit_layers)
         self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
         self.state.restore_rng()
         self.masks: Optional[Masks] = self.state.saved_masks(self.device)
@@ -120,15 +123,6 @@ class Experiment:
             val = evaluate(model, self.data.val, batch) if self.data.val is not None else None
         self.record.add_time("evaluate", t.seconds)
         return test, val
-
-    def evaluate_val(self, model=None) -> Optional[float]:
-        """Validation accuracy, or None when there is no validation split."""
-        if self.data.val is None:
-            return None
-        with Timer(self.device) as t:
-            val = evaluate(model or self.model, self.data.val, int(self.cfg.eval_batch_size))
-        self.record.add_time("evaluate", t.seconds)
-        return val
 
     def fit(self, stage: str, settings: StageSettings, model=None, each_epoch=None, **kwargs) -> Optional[Masks]:
         """fit() with resume: starts at the saved epoch of this stage, saves progress at epoch ends."""
@@ -192,6 +186,10 @@ class Experiment:
             masks.apply_(self.model)
         self.record.add_time("prune", t.seconds)
         return masks
+
+    def round_masks(self) -> Optional[dict]:
+        """What a round record keeps of the masks: a CPU copy when asked for (``keep_round_masks``)."""
+        return self.masks.cpu_state() if self.keep_round_masks and self.masks is not None else None
 
     def achieved(self) -> float:
         """Sparsity of the prunable weights now, counted from the weights."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from prune_cli.data.splits import batch_count
+
 
 @dataclass
 class DataFacts:
@@ -22,4 +24,4 @@ class DataFacts:
                    len(dataset.val) if dataset.val is not None else None)
 
     def train_batches(self, batch_size: int) -> int:
-        return -(-self.train_size // int(batch_size))
+        return batch_count(self.train_size, batch_size)

@@ -13,6 +13,8 @@ from prune_cli.storage.checkpoint import save_checkpoint
 
 
 def finish(exp) -> dict:
+    if exp.state.weights_pending:
+        raise RuntimeError("the loop never restored the saved weights of the run it resumed")
     measured = measure_final(exp.model, masks=exp.masks, structured=exp.record.structured,
                              compressed=exp.record.compress is not None, example=exp.example, test=exp.data.test,
                              device=exp.device, dense_twin=_dense_twin(exp), measure_cfg=exp.cfg.get("measure", {}),

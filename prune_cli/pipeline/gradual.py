@@ -22,9 +22,9 @@ def plan(cfg, strategy, schedule, data) -> dict:
 
 def run(exp) -> None:
     state, record = exp.state, exp.record
+    exp.restore_saved_weights(exp.model)
     if state.is_done(f"{STAGE}.finetune"):
         return
-    exp.restore_saved_weights(exp.model)
     settings = StageSettings.from_cfg(exp.cfg.finetune)
     prunes = {p["step"]: p["target"] for p in plan(exp.cfg, exp.strategy, exp.schedule, exp.facts)["prunes"]}
     final = float(exp.cfg.sparsity)
@@ -45,7 +45,7 @@ def run(exp) -> None:
         test, val = exp.evaluate()
         record.rounds.append(Round(round=index, step=step, target=target, sparsity=exp.achieved(),
                                    accuracy_pruned=test, val_accuracy_pruned=val,
-                                   seconds=time.perf_counter() - started, masks=exp.masks.cpu_state()))
+                                   seconds=time.perf_counter() - started, masks=exp.round_masks()))
         return exp.masks
 
     exp.fit(f"{STAGE}.finetune", settings, after_step=after_step)

@@ -16,5 +16,6 @@ LOOPS: dict[str, ModuleType] = {"rounds": rounds, "gradual": gradual, "smaller_m
 def loop_for(strategy, schedule) -> ModuleType:
     name = strategy.loop or schedule.loop
     if name not in LOOPS:
-        raise UsageError(f"schedule={schedule.name}: names loop {name!r}; loops: {', '.join(LOOPS)}")
+        who = f"strategy={strategy.name}" if strategy.loop else f"schedule={schedule.name}"
+        raise UsageError(f"{who}: names loop {name!r}; the loops are {', '.join(LOOPS)}")
     return LOOPS[name]

@@ -44,7 +44,7 @@ def run(exp) -> None:
                 rewind(exp, index)
             record.rounds.append(Round(round=index, target=target, sparsity=exp.achieved(), accuracy_pruned=test,
                                        val_accuracy_pruned=val, epochs=epochs,
-                                       seconds=time.perf_counter() - started, masks=exp.masks.cpu_state()))
+                                       seconds=time.perf_counter() - started, masks=exp.round_masks()))
             state.boundary(f"{name}.prune", exp.model, exp.masks)
         if not state.is_done(f"{name}.finetune"):
             started = time.perf_counter()

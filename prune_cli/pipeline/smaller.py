@@ -30,8 +30,8 @@ def plan(cfg, strategy, schedule, data) -> dict:
 def run(exp) -> None:
     state, record = exp.state, exp.record
     started = state.is_done(STAGE) or state.in_progress(STAGE)
-    if started:
-        exp.model.load_state_dict(state.extra["teacher"])   # the saved weights are the small model's
+    if started:  # the saved weights are the small model's; the teacher has its own copy
+        exp.model.load_state_dict(state.extra["teacher"] if "teacher" in state.extra else state.extra["dense"])
     else:
         exp.restore_saved_weights(exp.model)
         state.extra["teacher"] = {k: v.detach().cpu().clone() for k, v in exp.model.state_dict().items()}
@@ -55,6 +55,7 @@ def run(exp) -> None:
     record.compress = {"width": facts["width"], "dense_prunable_weights": facts["dense_prunable_weights"],
                        "prunable_weights": kept}
     record.rounds = [Round(round=1, target=float(exp.cfg.sparsity),
-                           sparsity=1.0 - kept / facts["dense_prunable_weights"], accuracy=test, val_accuracy=val)]
+                           sparsity=1.0 - kept / facts["dense_prunable_weights"], accuracy=test, val_accuracy=val,
+                           epochs=facts["epochs"], seconds=record.timings.get(STAGE, 0.0))]
     if not state.is_done(STAGE):
         state.boundary(STAGE, small, None)

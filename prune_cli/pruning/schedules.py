@@ -23,7 +23,6 @@ class Schedule:
     rewind = False          # lottery: reset surviving weights after each prune
     rewind_epoch = 0        # the epoch of dense training rewinding goes back to (0: initialisation)
     reinit = False          # lottery control: fresh weights instead of the rewind point
-    rounds = 1
 
     def __init__(self, name: Optional[str] = None):
         if name:
@@ -150,9 +149,6 @@ class Gradual(Schedule):
             return float(final)
         progress = (step - t0) / (t_end - t0)
         return final + (self.initial_sparsity - final) * (1.0 - progress) ** 3
-
-    def targets(self, sparsity):
-        return [float(sparsity)]
 
     def check_budget(self, train_epochs, finetune_epochs):
         if finetune_epochs < 1:

@@ -101,6 +101,11 @@ class RunState:
         weights, self.model_state = self.model_state, None
         return weights
 
+    @property
+    def weights_pending(self) -> bool:
+        """Saved weights that no stage has taken back yet (a loop that forgot to would save a fresh model)."""
+        return self.model_state is not None
+
     def saved_masks(self, device) -> Optional[Masks]:
         return Masks.from_state(self.masks, device) if self.masks else None
 

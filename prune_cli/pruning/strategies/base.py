@@ -28,7 +28,7 @@ class ScoringContext:
     batch_size: int
     target: float = 0.0      # the cumulative sparsity this round prunes to
     previous_target: float = 0.0  # what the previous round pruned to (0 before the first)
-    # fit(model, settings_override: dict, stage, regularizer=None, after_step=None) for strategies that train.
+    # fit(epochs=, stage=, regularizer=None, after_step=None) for strategies that train before scoring.
     fit: Optional[Callable] = None
     unit_layers: list = field(default_factory=list)
 
@@ -48,9 +48,6 @@ class Strategy:
     """Base class. ``structured`` strategies score units (one value per output unit of each layer)."""
     name = "strategy"
     structured = False
-    # True when ``prepare`` trains the model before scoring (l1, l0): its scores then belong to this run
-    # alone and are never shared through the score cache.
-    trains_before_scoring = False
     # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
     # train-a-smaller-model baseline replaces pruning altogether.
     loop = None
@@ -68,6 +65,12 @@ class Strategy:
             self.name = name
         if granularity == "structured":
             self.structured = True
+
+    @property
+    def trains_before_scoring(self) -> bool:
+        """Whether ``prepare`` changes the model before scoring (l1, l0): its scores then belong to this run
+        alone and are never shared through the score cache. True whenever a class overrides ``prepare``."""
+        return type(self).prepare is not Strategy.prepare
 
     def prepare(self, ctx: ScoringContext) -> None:
         """Train before scoring (sparsity-constrained strategies). Default: nothing."""

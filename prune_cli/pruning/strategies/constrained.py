@@ -15,7 +15,6 @@ from prune_cli.pruning.strategies.base import ScoringContext, Strategy
 class L1(Strategy):
     """Train with loss + ``l1`` * sum|w| over the prunable weights, so small weights go towards zero."""
     name = "l1"
-    trains_before_scoring = True
 
     def __init__(self, l1: float = 1e-4, epochs: int = 5, **kwargs):
         super().__init__(**kwargs)
@@ -46,7 +45,6 @@ class L0(Strategy):
     (``ramp`` of them; the rest train at the final k), which avoids destroying the model in one projection.
     """
     name = "l0"
-    trains_before_scoring = True
 
     def __init__(self, epochs: int = 5, ramp: float = 0.5, **kwargs):
         super().__init__(**kwargs)
