@@ -7,7 +7,7 @@ channel statistics.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -15,11 +15,60 @@ from torch import nn
 from prune_cli.errors import UsageError
 
 
+OWN_MODELS = "prune_cli.models."
+
+
 def build(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate a model from its spec. Only importable classes are used; nothing is unpickled."""
+    """Instantiate a model from the spec of a run's own config (the user chose its target)."""
     module_name, _, class_name = spec["target"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**spec["kwargs"])
+
+
+def _within(target: str, prefix: str) -> bool:
+    """``mypkg.`` and ``mypkg`` both cover ``mypkg.models.Net``; ``mypkg.models.Net`` covers itself."""
+    prefix = prefix.rstrip(".")
+    return target == prefix or target.startswith(prefix + ".")
+
+
+def build_trusted(spec: Any, trusted: Sequence[str] = (), where: str = "checkpoint") -> nn.Module:
+    """Build a model from a spec read from a file, which is data and never a way to run code.
+
+    Only the package's own model classes are built, plus classes or factories from the modules the caller
+    trusts (``trusted=("mypkg.",)``). The target is checked before anything is imported, and what it names
+    must be defined inside the trusted module (so ``mypkg.utils.system``, re-exported from ``os``, is
+    refused). Anything else: one line naming the target.
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("target"), str) or not isinstance(
+            spec.get("kwargs", {}), dict):
+        raise UsageError(f"{where}: its model spec is not {{'target': str, 'kwargs': dict}}")
+    trusted = (trusted,) if isinstance(trusted, str) else tuple(trusted)
+    target, kwargs = spec["target"], spec.get("kwargs", {})
+    own = target.startswith(OWN_MODELS)
+    prefixes = [OWN_MODELS] if own else [p for p in trusted if _within(target, p)]
+    hint = (f"model target {target!r} is refused: it is not one of prune-cli's models, and no trusted= "
+            f"module covers it (pass trusted=(\"{target.rpartition('.')[0] or target}.\",) if you trust that code)")
+    if not prefixes or not all(part.isidentifier() for part in target.split(".")):
+        raise UsageError(f"{where}: {hint}")
+    module_name, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        raise UsageError(f"{where}: model target {target!r} cannot be imported here") from None
+    defined_in = str(getattr(obj, "__module__", "") or "")
+    if own:
+        ok = isinstance(obj, type) and issubclass(obj, nn.Module) and _within(defined_in, "prune_cli.models")
+    else:
+        # Trusting a module covers what it defines; trusting the exact target covers that object.
+        ok = callable(obj) and any(p.rstrip(".") == target or _within(defined_in, p) for p in prefixes)
+    if not ok:
+        raise UsageError(f"{where}: model target {target!r} is refused: it names "
+                         f"{type(obj).__name__} from {defined_in or 'an unknown module'}, not a model class of "
+                         f"the trusted module")
+    model = obj(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{where}: model target {target!r} built a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def make_spec(model_cfg: dict[str, Any], info, width: float = 1.0) -> dict[str, Any]:

@@ -5,6 +5,8 @@ structured result was physically shrunk). ``load_checkpoint`` rebuilds the modul
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from prune_cli.storage.atomic import atomic_torch_save
 from prune_cli.storage.safe_load import safe_load
 from prune_cli.errors import UsageError
@@ -26,18 +28,24 @@ def save_checkpoint(path, *, state_dict, masks, spec, config, report, shrunk=Non
     atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False):
+def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False,
+                    trusted: Sequence[str] = ()):
     """Rebuild the pruned model (eval mode) from ``pruned.pt``.
 
+    A checkpoint is data: it is read with ``weights_only=True``, and its model is built only from the
+    package's own classes or from modules named in ``trusted`` (e.g. ``("mymodels.",)`` for your own model,
+    or the ``_target_`` of the config that trained it); any other target is refused with one line.
     ``shrunk=True`` gives the physically smaller model of a structured run; ``sparse=True`` converts Linear
     layers that are at least ``export.min_sparsity`` sparse to CSR (inference only).
     """
-    import prune_cli.models as models
+    from prune_cli.models.spec import build_trusted
     payload = safe_load(path, map_location)
+    if not isinstance(payload, dict):
+        raise UsageError(f"checkpoint {path}: not a prune-cli checkpoint (holds a {type(payload).__name__})")
     for key in ("state_dict", "model"):
         if key not in payload:
             raise UsageError(f"checkpoint {path}: not a prune-cli checkpoint (no {key!r})")
-    model = models.build(payload["model"])
+    model = build_trusted(payload["model"], trusted, where=f"checkpoint {path}")
     if shrunk:
         if "shrunk" not in payload:
             raise UsageError(f"checkpoint {path}: holds no shrunk model (structured strategies only)")
