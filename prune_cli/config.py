@@ -6,7 +6,6 @@ it here with the same overrides, from the same directory.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -41,17 +40,12 @@ def compose_config(overrides: Sequence[str] = (), config_dir: str | None = None)
 
 
 def instantiate(node: DictConfig, group: str):
-    """Build a strategy or schedule from ``_target_`` + parameters; constructor errors become one line."""
+    """Build a strategy or schedule from ``_target_`` + parameters, after checking them against its schema;
+    constructor errors become one line too."""
+    from prune_cli.schema import check_class_group, resolve_target
     params = OmegaConf.to_container(node, resolve=True)
-    target = params.pop("_target_", None)
-    if not target:
-        raise UsageError(f"{group}: has no _target_ naming the class to use")
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise UsageError(f"{group}._target_={target}: no such class (is its module importable from here?)") \
-            from None
+    check_class_group(group, params)
+    cls = resolve_target(params.pop("_target_"), group)
     try:
         return cls(**params)
     except TypeError as err:

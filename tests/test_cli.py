@@ -38,7 +38,7 @@ BAD_INPUTS = [
     (["device=tpu"], "device='tpu': must be one of auto, cpu, cuda"),
     (["schedule=iterative", "schedule.rounds=0"], "schedule.rounds=0: must be a positive integer"),
     (["schedule=iterative", "schedule.rounds=4", "finetune.epochs=2"], "schedule.rounds=4: needs finetune.epochs"),
-    (["strategy.scope=everywhere"], "strategy.scope=everywhere: must be 'global' or 'layer'"),
+    (["strategy.scope=everywhere"], "strategy.scope='everywhere': must be one of global, layer"),
     (["model=lenet5", "dataset=synthetic", "dataset.shape=[1,2,2]"], "model=lenet5 cannot take dataset=synthetic"),
     (["strategy=activation", "sparsity=0.9999"], "sparsity=0.9999: strategy=activation removes whole units and "
                                                  "can reach at most 0.9961"),
@@ -50,7 +50,8 @@ BAD_INPUTS = [
     (["strategy=compress", "sparsity=0.998", "train.epochs=1"],
      "sparsity=0.998: strategy=compress cannot reach it: the narrowest model removes at most 0.9961"),
     (["threads=0"], "threads=0: must be auto or a positive integer"),
-    (["model.hidden=abc"], "model=mlp: cannot be built with hidden=abc"),
+    (["model.hidden=abc"], "model.hidden='abc': must be a list of items, each a positive integer"),
+    (["sparsity=0.99999999"], "sparsity=0.99999999: would prune all 18,944 prunable weights of model=mlp"),
     (["schedule=gradual", "finetune.epochs=0"], "finetune.epochs=0: schedule=gradual prunes during fine-tuning"),
 ]
 

@@ -96,5 +96,14 @@ def test_an_unknown_key_for_a_users_strategy_is_one_line(tmp_path, monkeypatch):
     result = prune_run(["--config-dir", str(conf), "strategy=mine", "+strategy.colour=red",
                         f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("prune-run: strategy:")
-    assert "colour" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "prune-run: strategy.colour='red': unknown key; strategy=mine takes _target_, granularity, name, power, "
+        "prune_classifier, scope"]
+
+
+def test_a_users_strategy_keys_are_typed_by_their_defaults(tmp_path):
+    conf = user_project(tmp_path)
+    result = prune_run(["--config-dir", str(conf), "strategy=mine", "strategy.power=abc",
+                        f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["prune-run: strategy.power='abc': must be a finite number"]

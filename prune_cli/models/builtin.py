@@ -16,6 +16,10 @@ import torch
 from torch import nn
 
 from prune_cli.errors import UsageError
+from prune_cli.schema import WIDTH, Int, ListOf
+
+UNITS = Int(1, 1 << 20)  # a layer width
+CHANNELS = Int(1, 1 << 14)
 
 
 class Normalize(nn.Module):
@@ -36,6 +40,7 @@ def _scaled(size: int, width: float) -> int:
 
 class MLP(nn.Module):
     """Fully connected network: Flatten -> [Linear -> ReLU] * len(hidden) -> Linear classifier."""
+    config_schema = {"width": WIDTH, "hidden": ListOf(UNITS)}
 
     def __init__(self, input_shape, num_classes, mean, std, hidden=(256,), width: float = 1.0):
         super().__init__()
@@ -53,6 +58,7 @@ class MLP(nn.Module):
 
 class LeNet5(nn.Module):
     """LeNet-5 (conv 6-16, fc 120-84). The second conv is padded on inputs too small for the classic layout."""
+    config_schema = {"width": WIDTH, "channels": ListOf(CHANNELS, 2, 2), "hidden": ListOf(UNITS, 2, 2)}
 
     def __init__(self, input_shape, num_classes, mean, std, channels=(6, 16), hidden=(120, 84),
                  width: float = 1.0):
@@ -102,6 +108,7 @@ def _mlp_head(n_in: int, hidden, num_classes: int, width: float, batchnorm: bool
 class ConvNet(nn.Module):
     """Frankle & Carbin (2019)'s VGG-like Conv-2/4/6: pairs of 3x3 convs (padding 1, ReLU), a 2x2 max-pool
     after each pair, then fully connected ``hidden`` layers and the classifier. No BatchNorm, as in the paper."""
+    config_schema = {"width": WIDTH, "channels": ListOf(CHANNELS, 1), "hidden": ListOf(UNITS)}
 
     def __init__(self, input_shape, num_classes, mean, std, channels=(64, 64), hidden=(256, 256),
                  width: float = 1.0):
@@ -166,6 +173,8 @@ class VGG(nn.Module):
     Pools that would shrink the map below 1x1 are left out, so 28x28 and 8x8 inputs also fit.
     """
 
+    config_schema = {"width": WIDTH, "depth": Int(1, 1000), "hidden": ListOf(UNITS)}
+
     def __init__(self, input_shape, num_classes, mean, std, depth: int = 16, hidden=(512,),
                  width: float = 1.0):
         super().__init__()
@@ -217,6 +226,8 @@ class CIFARResNet(nn.Module):
     """He et al. (2016)'s CIFAR ResNet-(6n+2): a 3x3 conv of 16 channels, three stages of n basic blocks
     (16, 32, 64 channels; stride 2 entering stages 2 and 3), global average pooling, one Linear classifier.
     depth 20 has 0.27M parameters, 56 has 0.85M (with option-B shortcuts a few thousand more)."""
+
+    config_schema = {"width": WIDTH, "depth": Int(8, 10_000), "channels": ListOf(CHANNELS, 3, 3)}
 
     def __init__(self, input_shape, num_classes, mean, std, depth: int = 20, channels=(16, 32, 64),
                  width: float = 1.0):

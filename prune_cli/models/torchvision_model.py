@@ -6,6 +6,7 @@ from torch import nn
 
 from prune_cli.errors import UsageError
 from prune_cli.models.builtin import Normalize
+from prune_cli.schema import WIDTH, Bool, Free, Int, Optional_, Text
 
 _PROBE_SIZES = (32, 64, 96, 128, 160, 224, 299)
 
@@ -26,6 +27,9 @@ class TorchvisionModel(nn.Module):
       stays the architecture, so a checkpoint is rebuilt without any download.
     ``options`` are extra constructor keywords (e.g. ``{dropout: 0.2}``).
     """
+
+    config_schema = {"arch": Text(r"[a-z0-9_]+", "a torchvision model name such as resnet18"),
+                     "pretrained": Bool(), "input_size": Optional_(Int(8, 4096)), "options": Free(mapping=True), "width": WIDTH}
 
     WIDTH_KNOBS = {"mobilenet_v2": "width_mult", "mobilenet_v3_small": "width_mult",
                    "mobilenet_v3_large": "width_mult", "mnasnet0_5": "alpha", "mnasnet0_75": "alpha",

@@ -27,7 +27,7 @@ from prune_cli.pipeline.loops import loop_for
 from prune_cli.pipeline.record import RunRecord
 from prune_cli.pipeline.scores import first_round_scores
 from prune_cli.pruning.masks import Masks, prunable_names, topk_masks
-from prune_cli.pruning.sparsity import model_sparsity
+from prune_cli.pruning.sparsity import check_leaves_a_weight, model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
 from prune_cli.storage.resume import RunState
 from prune_cli.storage.run_dir import completed_report, refuse_other_config
@@ -67,6 +67,8 @@ class Experiment:
         self.prunable = prunable_names(self.model, include_classifier=self.strategy.prune_classifier)
         self.example = torch.zeros(1, *self.data.info.input_shape, device=self.device)
         self.unit_layers = []
+        check_leaves_a_weight(float(cfg.sparsity), model_sparsity(self.model, self.prunable)[2],
+                              cfg.model.get("name", cfg.model.get("_target_")))
         if self.strategy.structured:
             from prune_cli.pruning.units import check_reachable, unit_layers
             self.unit_layers = unit_layers(self.model, self.example)

@@ -9,7 +9,7 @@ import math
 from typing import Optional
 
 from prune_cli.errors import UsageError
-from prune_cli.validate import positive_int
+from prune_cli.schema import Bool, Choice, Int, Num, Optional_
 
 
 class Schedule:
@@ -57,13 +57,11 @@ class Iterative(Schedule):
     round (lottery-ticket style); ``linear`` adds the same sparsity each round."""
     name = "iterative"
 
+    config_schema = {"rounds": Int(1, 10_000), "spacing": Choice(("geometric", "linear")),
+                     "epochs_per_round": Optional_(Int(1, 100_000))}
+
     def __init__(self, rounds: int = 5, spacing: str = "geometric", epochs_per_round: Optional[int] = None, **kw):
         super().__init__(**kw)
-        positive_int(rounds, "schedule.rounds")
-        if spacing not in ("geometric", "linear"):
-            raise ValueError(f"schedule.spacing={spacing}: must be 'geometric' or 'linear'")
-        if epochs_per_round is not None:
-            positive_int(epochs_per_round, "schedule.epochs_per_round")
         self.rounds, self.spacing = int(rounds), spacing
         self.fixed_epochs = None if epochs_per_round is None else int(epochs_per_round)
 
@@ -98,9 +96,10 @@ class Lottery(Iterative):
     name = "lottery"
     rewind = True
 
+    config_schema = {"rewind_epoch": Int(0, 100_000), "reinit": Bool()}
+
     def __init__(self, rewind_epoch: int = 0, reinit: bool = False, **kw):
         super().__init__(**kw)
-        positive_int(rewind_epoch, "schedule.rewind_epoch", minimum=0)
         self.rewind_epoch, self.reinit = int(rewind_epoch), bool(reinit)
 
     def check_budget(self, train_epochs, finetune_epochs):
@@ -119,15 +118,14 @@ class Gradual(Schedule):
     final mask for the remaining steps."""
     name = "gradual"
     loop = "gradual"
+    config_schema = {"frequency": Int(1, 10_000_000), "start": Num(0.0, 1.0), "end": Num(0.0, 1.0),
+                     "initial_sparsity": Num(0.0, 1.0, hi_open=True)}
 
     def __init__(self, frequency: int = 10, start: float = 0.0, end: float = 0.7,
                  initial_sparsity: float = 0.0, **kw):
         super().__init__(**kw)
-        positive_int(frequency, "schedule.frequency")
         if not 0.0 <= float(start) < float(end) <= 1.0:
             raise ValueError(f"schedule.start={start}, schedule.end={end}: need 0 <= start < end <= 1")
-        if not 0.0 <= float(initial_sparsity) < 1.0:
-            raise ValueError(f"schedule.initial_sparsity={initial_sparsity}: must be in [0, 1)")
         self.frequency, self.start, self.end = int(frequency), float(start), float(end)
         self.initial_sparsity = float(initial_sparsity)
 

@@ -10,6 +10,14 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 
+def check_leaves_a_weight(sparsity: float, total: int, model_name: str) -> None:
+    """Exact thresholding zeroes round(sparsity * total) weights: refuse a target that would zero them all."""
+    from prune_cli.errors import UsageError
+    if round(float(sparsity) * total) >= total:
+        raise UsageError(f"sparsity={sparsity}: would prune all {total:,} prunable weights of model={model_name}; "
+                         f"at most {(total - 1) / total:.6f} leaves one")
+
+
 def zero_count(tensor: torch.Tensor, mask: Optional[torch.Tensor] = None) -> int:
     """Entries of ``tensor`` that are zero, or that ``mask`` zeroes."""
     tensor = tensor.detach()

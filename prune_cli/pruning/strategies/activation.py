@@ -9,17 +9,18 @@ from __future__ import annotations
 import torch
 
 from prune_cli.training.evaluate import eval_mode
-from prune_cli.validate import positive_int
+from prune_cli.schema import Int
 from prune_cli.pruning.strategies.base import ScoringContext, Strategy
 
 
 class _UnitStatistic(Strategy):
     structured = True
 
+    config_schema = {"batches": Int(1, 1_000_000)}
+
     def __init__(self, batches: int = 8, scope: str = "layer", **kwargs):
         kwargs.pop("granularity", None)
         super().__init__(scope=scope, granularity="structured", **kwargs)
-        positive_int(batches, "strategy.batches")
         self.batches = int(batches)
 
     def statistic(self, activation: torch.Tensor) -> torch.Tensor:

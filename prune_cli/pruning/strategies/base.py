@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from prune_cli.pruning.masks import Masks
+from prune_cli.schema import Bool, Choice
 
 
 @dataclass
@@ -48,16 +49,15 @@ class Strategy:
     """Base class. ``structured`` strategies score units (one value per output unit of each layer)."""
     name = "strategy"
     structured = False
+    # The config keys every strategy takes (subclasses add theirs; see prune_cli/schema.py).
+    config_schema = {"scope": Choice(("global", "layer")), "prune_classifier": Bool(),
+                     "granularity": Choice(("unstructured", "structured"))}
     # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
     # train-a-smaller-model baseline replaces pruning altogether.
     loop = None
 
     def __init__(self, scope: str = "global", prune_classifier: bool = True, name: Optional[str] = None,
                  granularity: str = "unstructured"):
-        if scope not in ("global", "layer"):
-            raise ValueError(f"strategy.scope={scope}: must be 'global' or 'layer'")
-        if granularity not in ("unstructured", "structured"):
-            raise ValueError(f"strategy.granularity={granularity}: must be 'unstructured' or 'structured'")
         self.scope = scope
         self.prune_classifier = prune_classifier
         self.granularity = granularity

@@ -10,19 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from prune_cli.pruning.strategies.base import Strategy
+from prune_cli.schema import Bool, Num
 
 
 class Compress(Strategy):
     name = "compress"
     loop = "smaller_model"
 
+    config_schema = {"distill": Bool(), "temperature": Num(0.0, 1000.0, lo_open=True), "alpha": Num(0.0, 1.0)}
+
     def __init__(self, distill: bool = False, temperature: float = 4.0, alpha: float = 0.5, **kwargs):
         kwargs.pop("scope", None)
         super().__init__(**kwargs)
-        if float(temperature) <= 0:
-            raise ValueError(f"strategy.temperature={temperature}: must be > 0")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"strategy.alpha={alpha}: must be in [0, 1]")
         self.distill, self.temperature, self.alpha = bool(distill), float(temperature), float(alpha)
 
     def describe(self) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from prune_cli.pruning.masks import Masks, topk_masks
-from prune_cli.validate import positive_int
+from prune_cli.schema import Int, Num
 from prune_cli.pruning.strategies.base import ScoringContext, Strategy
 
 
@@ -16,11 +16,10 @@ class L1(Strategy):
     """Train with loss + ``l1`` * sum|w| over the prunable weights, so small weights go towards zero."""
     name = "l1"
 
+    config_schema = {"l1": Num(0.0, 1.0), "epochs": Int(1, 100_000)}
+
     def __init__(self, l1: float = 1e-4, epochs: int = 5, **kwargs):
         super().__init__(**kwargs)
-        if float(l1) < 0:
-            raise ValueError(f"strategy.l1={l1}: must be >= 0")
-        positive_int(epochs, "strategy.epochs")
         self.l1, self.epochs = float(l1), int(epochs)
 
     def prepare(self, ctx: ScoringContext) -> None:
@@ -46,11 +45,10 @@ class L0(Strategy):
     """
     name = "l0"
 
+    config_schema = {"epochs": Int(1, 100_000), "ramp": Num(0.0, 1.0, lo_open=True)}
+
     def __init__(self, epochs: int = 5, ramp: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        positive_int(epochs, "strategy.epochs")
-        if not 0.0 < float(ramp) <= 1.0:
-            raise ValueError(f"strategy.ramp={ramp}: must be in (0, 1]")
         self.epochs, self.ramp = int(epochs), float(ramp)
 
     def prepare(self, ctx: ScoringContext) -> None:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from prune_cli.training.evaluate import eval_mode
-from prune_cli.validate import positive_int
+from prune_cli.schema import Int
 from prune_cli.pruning.strategies.base import ScoringContext, Strategy, unit_norms
 
 
@@ -36,9 +36,10 @@ class Gradient(Strategy):
     """First-order Taylor saliency |w * dL/dw|, summed over ``batches`` batches of *training* data."""
     name = "gradient"
 
+    config_schema = {"batches": Int(1, 1_000_000)}
+
     def __init__(self, batches: int = 8, **kwargs):
         super().__init__(**kwargs)
-        positive_int(batches, "strategy.batches")
         self.batches = int(batches)
 
     def score(self, ctx: ScoringContext):
