@@ -1,6 +1,8 @@
 """prune-run as a user runs it: a subprocess, its exit code, what it prints, what it leaves behind."""
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,12 +119,81 @@ def test_help_is_quick_and_lists_groups(tmp_path):
         assert f"{group}:" in result.stdout
 
 
-def test_existing_run_dir_with_other_config_is_not_touched(tmp_path):
-    run_dir = tmp_path / "run"
-    first = prune_run([*TINY, "sparsity=0.5", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+def snapshot(directory):
+    """Every file under ``directory`` with its bytes: what "nothing was changed" means."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A completed run, in its own directory."""
+    cwd = tmp_path_factory.mktemp("finished")
+    run_dir = cwd / "run"
+    first = prune_run([*TINY, "sparsity=0.5", f"hydra.run.dir={run_dir}"], cwd=cwd)
     assert first.returncode == 0, first.stderr
-    before = (run_dir / "report.json").read_bytes(), (run_dir / "pruned.pt").read_bytes()
-    again = prune_run([*TINY, "sparsity=0.6", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert again.returncode == 2
-    assert "holds a completed run with a different config" in again.stderr
-    assert before == ((run_dir / "report.json").read_bytes(), (run_dir / "pruned.pt").read_bytes())
+    return cwd, run_dir
+
+
+@pytest.mark.parametrize("spelling,extra,message", [
+    ("hydra.run.dir={d}", ["sparsity=0.6"], "holds a completed run with a different config"),
+    ("++hydra.run.dir={d}", ["sparsity=0.6"], "holds a completed run with a different config"),
+    ("hydra.run.dir={d}", ["-cd", "{cwd}", "sparsity=0.6"], "holds a completed run with a different config"),
+    ("hydra.run.dir={d}", ["train.lr=nan"], "holds a completed run with a different config"),
+    ("hydra.run.dir={d}", ["--config-dir={cwd}", "train.lr=nan"], "holds a completed run with a different config"),
+])
+def test_a_refused_command_changes_no_file_of_an_existing_run(finished_run, spelling, extra, message):
+    cwd, run_dir = finished_run
+    before = snapshot(run_dir)
+    options = [e.format(cwd=cwd) for e in extra if e.startswith("-") or e == "{cwd}"]  # options go first
+    rest = [e for e in extra if not (e.startswith("-") or e == "{cwd}")]
+    args = [*options, *TINY, "sparsity=0.5", *rest, spelling.format(d=run_dir)]
+    again = prune_run(args, cwd=cwd)
+    assert again.returncode == 2, again.stderr
+    assert again.stderr.strip().splitlines() == [
+        f"prune-run: hydra.run.dir={run_dir}: {message}; choose another directory (nothing was changed)"]
+    assert snapshot(run_dir) == before
+
+
+def test_the_same_completed_run_again_changes_nothing(finished_run):
+    cwd, run_dir = finished_run
+    before = snapshot(run_dir)
+    again = prune_run([*TINY, "sparsity=0.5", "progress=false", f"++hydra.run.dir={run_dir}"], cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert f"already complete in {run_dir}; nothing was changed" in again.stderr
+    assert "90.00%" not in again.stdout and "50.00%" in again.stdout  # its own report, shown again
+    assert snapshot(run_dir) == before
+
+
+def test_an_unfinished_run_refused_for_a_bad_value_is_left_as_it_was(tmp_path):
+    import torch
+    from prune_cli.config import compose_config, fingerprint
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"fingerprint": fingerprint(compose_config([*TINY])), "done": [], "position": None,
+                "model": None, "masks": None, "record": {}, "extra": {}}, run_dir / "state.pt")
+    before = snapshot(run_dir)
+    for bad in (["device=cuda"], ["strategy=activation", "sparsity=0.9999"]):
+        result = prune_run([*TINY, *bad, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert snapshot(run_dir) == before
+
+
+def test_names_that_become_paths_stay_inside_outputs(tmp_path):
+    result = prune_run([*TINY, "strategy.name=/../../escaped"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "strategy.name='/../../escaped': must be a name of" in result.stderr
+    assert not (tmp_path.parent / "escaped").exists() and not any(tmp_path.parent.glob("*escaped*"))
+    made = [p for p in (tmp_path / "outputs" / "runs").iterdir()]
+    assert len(made) == 1 and "escaped" in made[0].name and made[0].parent == tmp_path / "outputs" / "runs"
+
+
+def test_default_run_directories_are_unique_per_process_and_safe():
+    from prune_cli.app.resolvers import path_part, run_id
+    from prune_cli.config import CONFIG_DIR
+    from omegaconf import OmegaConf
+    hydra = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra, resolve=False)
+    assert "${prune_cli.run_id:}" in hydra["run"]["dir"]
+    assert "${prune_cli.path_part:${strategy.name}}" in hydra["run"]["dir"]
+    assert "${prune_cli.run_id:}" in hydra["sweep"]["dir"]
+    assert run_id() == str(os.getpid())
+    assert path_part("/../../x") == "_.._.._x" and path_part("..") == "_.." and "/" not in path_part("a/b")

@@ -26,7 +26,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import prune_cli.app.resolvers  # noqa: F401  (the path resolvers of conf/config.yaml)
+
 REPORT = "report.json"
+JOBS = ".jobs"  # <sweep dir>/.jobs/<job number>: the job's output directory
 NAME_LIMIT = 240  # bytes; most filesystems refuse a name over 255 ("File name too long")
 
 
@@ -37,12 +40,18 @@ def job_dirname(num, override_dirname) -> str:
     sweep with many settings easily passes the filesystem's 255-byte limit; Hydra would then crash the whole
     sweep on the first job. The job number keeps shortened names unique; the hash tells the full list apart.
     """
-    name = f"{num}_{override_dirname}"
+    name = path_part_keeping_length(f"{num}_{override_dirname}")
     raw = name.encode()
     if len(raw) <= NAME_LIMIT:
         return name
     digest = hashlib.sha256(str(override_dirname).encode()).hexdigest()[:8]
     return raw[: NAME_LIMIT - 10].decode(errors="ignore") + f"~{digest}"
+
+
+def path_part_keeping_length(name: str) -> str:
+    """Override values may hold path separators (``strategy.name=/../../x``): a job directory never nests or
+    escapes the sweep directory."""
+    return name.replace("/", "_").replace("\\", "_").replace("\0", "_")
 
 
 # Registered on import: Hydra instantiates the callbacks (importing this module) in the process that starts the
@@ -61,6 +70,19 @@ class SweepSummary(Callback):
         # Hydra composes each job's config (and rejects e.g. strategy=magnitude,nonexistent) only after this
         # hook, so a sweep counts as started once a job directory exists, not yet here.
         SweepSummary.started = _JobsLaunched(Path(config.hydra.sweep.dir))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Every job of a sweep leaves its directory's name in the sweep directory, so the summary counts it
+        wherever the job wrote (an override can move a job's directory)."""
+        if _mode(config) != RunMode.MULTIRUN:
+            return
+        hydra = config.hydra
+        marker = Path(hydra.sweep.dir) / JOBS / f"{hydra.job.num}"
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(hydra.runtime.output_dir))
+        except OSError as err:  # the job itself will report what is wrong with the directory
+            print(f"prune-run: cannot record job {hydra.job.num} in {marker.parent}: {err.strerror}", file=sys.stderr)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or _mode(config) != RunMode.MULTIRUN:
@@ -94,9 +116,9 @@ def sweep_problems(sweep_dir: Path) -> list[tuple[str, str]]:
     process was killed). Directories are found recursively because an override value with a ``/`` in it
     nests the job's directory.
     """
-    problems = []
+    problems, root = [], sweep_dir.resolve()
     for job_dir in _job_dirs(sweep_dir):
-        name = str(job_dir.relative_to(sweep_dir))
+        name = str(job_dir.relative_to(root)) if job_dir.is_relative_to(root) else str(job_dir)
         report = job_dir / REPORT
         if not report.exists():
             problems.append((name, f"no {REPORT}: the job did not finish (killed, or crashed before starting)"))
@@ -122,9 +144,13 @@ class _JobsLaunched:
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
-    dirs = {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
-    dirs |= {p.parent for p in sweep_dir.rglob(REPORT)}  # also a job run with hydra.output_subdir=null
-    return sorted(dirs, key=lambda d: _job_order(d.relative_to(sweep_dir)))
+    dirs = {p.parent.resolve() for p in sweep_dir.rglob(".hydra") if p.is_dir()}
+    dirs |= {p.parent.resolve() for p in sweep_dir.rglob(REPORT)}  # also a job run with hydra.output_subdir=null
+    jobs = sweep_dir / JOBS
+    if jobs.is_dir():  # jobs whose directory is elsewhere (or was never created) are counted too
+        dirs |= {Path(m.read_text().strip()).resolve() for m in jobs.iterdir() if m.is_file()}
+    root = sweep_dir.resolve()
+    return sorted(dirs, key=lambda d: _job_order(d.relative_to(root)) if d.is_relative_to(root) else (2, 0, str(d)))
 
 
 def _job_order(relative: Path):

@@ -92,34 +92,6 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     return run_job(cfg)
 
 
-def _guard_existing_run(argv: list[str]) -> None:
-    """Refuse, before Hydra writes anything, to reuse a run directory that holds another config's run.
-
-    Hydra rewrites ``DIR/.hydra/`` as soon as it starts, so this check has to come first. The same config
-    is fine: a finished run is left as it is, an unfinished one resumes. The rule itself is
-    ``storage.run_dir.refuse_other_config``, which the pipeline applies again.
-    """
-    if "-m" in argv or "--multirun" in argv or any(a.startswith("-") for a in argv):
-        return
-    run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
-    if not run_dirs:
-        return
-    from prune_cli.storage.run_dir import recorded_fingerprint, refuse_other_config
-    run_dir = Path(run_dirs[-1])
-    if recorded_fingerprint(run_dir) is None:
-        return
-    from prune_cli.config import compose_config, fingerprint
-    try:
-        current = fingerprint(compose_config([a for a in argv if not a.startswith("hydra.")]))
-    except Exception:
-        return  # let Hydra report the bad override in its own words
-    try:
-        refuse_other_config(run_dir, current)
-    except UsageError as err:
-        print(f"prune-run: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main() -> None:
     global _composed
     _composed = False
@@ -129,7 +101,8 @@ def main() -> None:
         sys.path.append(os.getcwd())
     from prune_cli.app.callbacks import SweepSummary
     SweepSummary.started = False
-    _guard_existing_run(sys.argv[1:])
+    from prune_cli.app.guard import guard
+    guard(sys.argv[1:])
     try:
         _hydra_main()
     except SystemExit as exit_:

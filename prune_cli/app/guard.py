@@ -1,0 +1,98 @@
+"""Before Hydra writes anything: the run directory a command would use, resolved as Hydra will resolve it,
+and the one rule for a directory that already holds a run.
+
+Hydra writes ``DIR/.hydra/`` and its log as soon as it starts, so these checks come first and see the
+command's own spelling of the directory (``hydra.run.dir=``, ``++hydra.run.dir=``, a ``--config-dir`` whose
+config sets it, the default). A directory holding a run:
+- of another config: refused (exit 2), nothing touched;
+- of this config, completed: its report is shown, nothing touched (exit 0);
+- of this config, unfinished: the whole config is checked first, as the run would check it, so a command
+  refused for a bad value leaves the directory byte for byte as it was; then the run resumes.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from prune_cli.errors import UsageError
+
+
+def _parsed(argv: list[str]):
+    from hydra._internal.utils import get_args_parser
+    try:
+        return get_args_parser().parse_args(argv)
+    except SystemExit:
+        return None  # Hydra will print its own usage message
+
+
+def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
+    """(run directory, composed run config) of a single-run command, or None (a sweep, --help, ...)."""
+    args = _parsed(argv)
+    if args is None or args.multirun or args.help or args.hydra_help or args.cfg or args.info \
+            or args.shell_completion or args.experimental_rerun:
+        return None
+    if not (args.config_dir or args.config_name or any("hydra" in o for o in args.overrides)):
+        # The default directory is new (its name has the time and this process's id): nothing to guard,
+        # and nothing to compose before Hydra does.
+        return Path("outputs") / "runs" / "new", None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+    from prune_cli.config import CONFIG_DIR
+    import prune_cli.app.resolvers  # noqa: F401
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name=args.config_name or "config", overrides=overrides, return_hydra_config=True)
+        run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        with open_dict(cfg):
+            cfg.pop("hydra")
+    except Exception:  # noqa: BLE001 - a bad override: Hydra reports it in its own words
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    return run_dir, cfg
+
+
+def guard(argv: list[str]) -> None:
+    """Apply the rule above; exits (2, or 0 for a completed run) when Hydra must not start."""
+    found = resolved_run_dir(argv)
+    if found is None:
+        return
+    run_dir, cfg = found
+    from prune_cli.storage.run_dir import completed_report, recorded_fingerprint, refuse_other_config
+    if cfg is None or recorded_fingerprint(run_dir) is None:
+        _check_writable(run_dir)
+        return
+    from prune_cli.config import fingerprint
+    try:
+        refuse_other_config(run_dir, fingerprint(cfg))
+        finished = completed_report(run_dir)
+        if finished is None:
+            from prune_cli.app.dry_run import make_plan
+            make_plan(cfg)  # every check the run makes before training, with the same functions
+    except UsageError as err:
+        print(f"prune-run: {err}", file=sys.stderr)
+        sys.exit(2)
+    if finished is not None:
+        from rich.console import Console
+        from prune_cli.report.render import console_table
+        console_table(finished, Console())
+        print(f"prune-run: this run is already complete in {run_dir}; nothing was changed", file=sys.stderr)
+        sys.exit(0)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """A run directory that cannot be created is one line, not Hydra's traceback."""
+    import os
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        what = "is not a directory" if not existing.is_dir() else "is not writable"
+        print(f"prune-run: hydra.run.dir={run_dir}: {existing} {what}; choose another directory", file=sys.stderr)
+        sys.exit(2)
