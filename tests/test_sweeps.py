@@ -78,6 +78,15 @@ def test_a_bad_job_is_named_the_others_complete_and_the_sweep_exits_1(tmp_path):
     assert statuses == ["failed", "completed"]
 
 
+def test_a_job_writing_outside_the_sweep_directory_is_still_counted(tmp_path):
+    """The summary counts every job Hydra launched, not only those whose directory it finds below the sweep."""
+    result, sweep_dir, _ = sweep(tmp_path, "sparsity=0.5,1.5", "hydra.sweep.subdir=../elsewhere_${hydra.job.num}")
+    assert result.returncode == 1, result.stderr
+    named = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert len(named) == 1 and "elsewhere_1" in named[0] and "must be a number in [0, 1)" in named[0]
+    assert sorted(p.name for p in (sweep_dir / ".jobs").iterdir()) == ["0", "1"]
+
+
 def test_an_unknown_option_in_a_sweep_list_is_bad_input_before_any_job(tmp_path):
     result, sweep_dir, _ = sweep(tmp_path, "strategy=magnitude,nonexistent")
     assert result.returncode == 2, result.stderr
