@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from prune_cli.storage.cache import DenseCache, cache_key
+from prune_cli.storage.safe_load import safe_load
 
 ENTRY = {"trained": {"fc.weight": torch.ones(3, 2)}, "rewind": None, "accuracy": 0.5, "seconds": 1.0}
 
@@ -130,6 +131,30 @@ def test_a_corrupt_entry_is_rebuilt_by_the_next_run(run_api, tmp_path, monkeypat
     assert second["accuracy"]["dense"] == first["accuracy"]["dense"]  # same config, same dense model
     rebuilt = DenseCache(str(tmp_path / "cache")).load(first["cache"]["key"])  # what the next run reuses
     assert rebuilt is not None and rebuilt["accuracy"] == first["accuracy"]["dense"]
+
+
+@pytest.mark.parametrize("kind", ["dense", "scores"])
+def test_an_entry_of_the_right_key_but_wrong_shapes_is_rebuilt(run_api, tmp_path, monkeypatch, caplog, one_thread,
+                                                                kind):
+    """A crafted (or stale-format) entry with the right name must cost one rebuild, never every later run."""
+    monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path / "cache"))
+    first, first_dir = run_api(*QUICK, "sparsity=0.5", name="first", tiny=False)
+    entries = sorted((tmp_path / "cache").glob(f"{kind}-*.pt"))
+    assert len(entries) == 1
+    entry = torch.load(entries[0], weights_only=True)
+    tensors = entry["trained"] if kind == "dense" else entry["scores"]
+    name = sorted(tensors)[-1]
+    tensors[name] = torch.zeros(3, 3)  # the right key, a tensor of the wrong shape
+    torch.save(entry, entries[0])
+    with caplog.at_level(logging.WARNING, logger="prune_cli.storage.cache"):
+        second, second_dir = run_api(*QUICK, "sparsity=0.5", name="second", tiny=False)
+    assert second["status"] == "completed" and second["cache"][kind] == "computed"
+    assert "is unusable" in caplog.text and "another shape" in caplog.text
+    third, _ = run_api(*QUICK, "sparsity=0.5", name="third", tiny=False)
+    assert third["cache"][kind] == "reused"  # the rebuilt entry serves the next run
+    a = safe_load(first_dir / "pruned.pt")["state_dict"]
+    b = safe_load(second_dir / "pruned.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_job_killed_while_training_leaves_no_entry_and_no_stale_lock(run_api, tmp_path, monkeypatch,

@@ -197,3 +197,27 @@ def test_default_run_directories_are_unique_per_process_and_safe():
     assert "${prune_cli.run_id:}" in hydra["sweep"]["dir"]
     assert run_id() == str(os.getpid())
     assert path_part("/../../x") == "_.._.._x" and path_part("..") == "_.." and "/" not in path_part("a/b")
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = prune_run([*TINY, f"hydra.run.dir={blocker / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"prune-run: hydra.run.dir={blocker / 'run'}: {blocker} is not a directory; choose another directory"]
+
+
+def test_a_full_disk_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    import errno
+    import prune_cli.storage.resume as resume
+
+    def disk_full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(resume, "atomic_torch_save", disk_full)
+    code, out, err = run_in_process([*TINY, f"hydra.run.dir={tmp_path / 'run'}"], capsys, monkeypatch, tmp_path)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (f"prune-run: run could not write its files ({tmp_path / 'run' / 'state.pt'}): "
+                                           f"No space left on device")
+    assert "Traceback" not in err
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["status"] == "failed"

@@ -92,6 +92,30 @@ def test_corrupt_report_is_skipped_with_a_warning(sweep, caplog):
     assert str(bad) in caplog.text and "list" in caplog.text
 
 
+@pytest.mark.parametrize("damage,why", [
+    (lambda r: r["accuracy"].update(finetuned=[0.9, 0.8]), "accuracy.finetuned is list, not a number"),
+    (lambda r: r["sparsity"].update(target="high"), "sparsity.target is str, not a number"),
+    (lambda r: r.update(experiment=["magnitude"]), "'experiment' is not a mapping of plain values"),
+    (lambda r: r["experiment"].update(strategy={"name": "x"}), "'experiment' is not a mapping of plain values"),
+    (lambda r: r.update(accuracy=None), "'accuracy' is not a mapping"),
+])
+def test_a_malformed_report_is_skipped_with_one_warning_naming_it_and_the_rest_compared(sweep, tmp_path, caplog,
+                                                                                         damage, why):
+    good = next(sweep.rglob("report.json"))
+    report = json.loads(good.read_text())
+    damage(report)
+    bad = sweep / "damaged" / "report.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps(report))
+    with caplog.at_level(logging.WARNING, logger="prune_cli.comparison"):
+        code = cmp.main([str(sweep), "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"skipping {bad.resolve()}: {why}"]
+    rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    assert sum(int(r["n"]) for r in rows) == 12  # every good run, and only those
+
+
 def test_failed_and_interrupted_runs_are_excluded_by_default(sweep):
     make_report(sweep / "failed", "magnitude", 0.5, seed=7, status="failed", accuracy={"dense": 0.97})
     make_report(sweep / "interrupted", "magnitude", 0.5, seed=3, status="interrupted")

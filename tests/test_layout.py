@@ -82,9 +82,8 @@ def test_pipeline_never_inspects_which_strategy_or_schedule_it_runs():
     for path in (PACKAGE / "pipeline").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             function = getattr(node.func, "id", None) if isinstance(node, ast.Call) else None
-            if function in ("isinstance", "type") or (
-                    function in ("getattr", "hasattr")
-                    and ("strategy" in ast.unparse(node.args[0]) or "schedule" in ast.unparse(node.args[0]))):
+            if function in ("isinstance", "type", "getattr", "hasattr") and node.args and (
+                    "strategy" in ast.unparse(node.args[0]) or "schedule" in ast.unparse(node.args[0])):
                 offenders.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
             if isinstance(node, ast.Compare):
                 text = ast.unparse(node)

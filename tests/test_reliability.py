@@ -42,7 +42,8 @@ def wait_for_finetune_epoch(run_dir: Path, proc, at_least: int = 2, timeout: flo
     raise AssertionError("the run never reached fine-tuning")
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "SIGTERM"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, stop):
     env = dict(os.environ)
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     reference = prune_run([*SLOW_FINETUNE, f"hydra.run.dir={reference_dir}"], cwd=tmp_path, env=env)
@@ -50,9 +51,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     proc = start([*SLOW_FINETUNE, f"hydra.run.dir={killed_dir}"], tmp_path, env)
     epoch = wait_for_finetune_epoch(killed_dir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed_dir / "report.json").exists()
+    proc.send_signal(stop)
+    _, stderr = proc.communicate(timeout=60)
+    if stop == signal.SIGKILL:
+        assert not (killed_dir / "report.json").exists()
+    else:  # a scheduler's preemption: recorded like Ctrl-C, with the signal's exit code
+        assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+        assert read_report(killed_dir)["status"] == "interrupted"
 
     resumed = prune_run([*SLOW_FINETUNE, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
@@ -66,16 +71,18 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert not (killed_dir / "state.pt").exists()
 
 
-def test_ctrl_c_records_interrupted_and_exits_130(tmp_path):
+@pytest.mark.parametrize("stop,named", [(signal.SIGINT, "by the user (Ctrl-C)"), (signal.SIGTERM, "by SIGTERM"),
+                                        (signal.SIGUSR1, "by SIGUSR1")], ids=["SIGINT", "SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_records_interrupted_and_exits_128_plus_it(tmp_path, stop, named):
     run_dir = tmp_path / "run"
     proc = start([*SLOW_FINETUNE, f"hydra.run.dir={run_dir}"], tmp_path, dict(os.environ))
     wait_for_finetune_epoch(run_dir, proc, at_least=1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert "Traceback" not in stderr
+    assert proc.returncode == 128 + stop
+    assert "Traceback" not in stderr and f"prune-run: interrupted {named}; state kept in" in stderr
     report = read_report(run_dir)
-    assert report["status"] == "interrupted" and "resume" in report["error"]
+    assert report["status"] == "interrupted" and "resume" in report["error"] and named in report["error"]
     assert (run_dir / "state.pt").exists() and not (run_dir / "pruned.pt").exists()
 
 
@@ -189,3 +196,29 @@ def test_a_run_stopped_after_its_last_stage_finishes_with_the_same_weights(tmp_p
         assert resumed[key] == whole[key] if key != "rounds" else \
             [dict(r, seconds=0) for r in resumed[key]] == [dict(r, seconds=0) for r in whole[key]]
     assert resumed["resumed_from"]["epoch"] is None and not (tmp_path / "stopped" / "state.pt").exists()
+
+
+def test_files_a_killed_process_left_are_removed_when_the_run_resumes_or_finishes(tmp_path, run_api):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    leftovers = [run_dir / ".state.pt.deadbeef.tmp", run_dir / ".report.json.0123abcd.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    keep = run_dir / "notes.tmp"  # not one of ours: never touched
+    keep.write_text("mine")
+    report, _ = run_api("sparsity=0.5", name="run")
+    assert report["status"] == "completed"
+    assert not any(p.exists() for p in leftovers) and keep.read_text() == "mine"
+    assert not any(p.name.endswith(".tmp") and p.name.startswith(".") for p in run_dir.iterdir())
+
+
+def test_a_state_left_beside_a_completed_report_is_removed_on_the_next_command(tmp_path):
+    from conftest import TINY
+    run_dir = tmp_path / "run"
+    first = prune_run([*TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run_dir / "state.pt").write_bytes(b"as if the kill landed after the report")
+    again = prune_run([*TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "removed what a killed process left: state.pt" in again.stderr
+    assert not (run_dir / "state.pt").exists() and read_report(run_dir)["status"] == "completed"

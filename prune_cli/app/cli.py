@@ -5,8 +5,10 @@ Exit codes: 0 completed, 1 failed (e.g. a non-finite loss, or a sweep with faile
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -52,22 +54,33 @@ def run_job(cfg: DictConfig) -> dict | None:
     try:
         progress = _progress(cfg, multirun)
         from prune_cli.pipeline.experiment import Experiment
-        if progress is not None:
-            with progress:
-                result = Experiment(cfg, run_dir, progress).run()
-        else:
-            result = Experiment(cfg, run_dir).run()
+        with stop_signals():
+            if progress is not None:
+                with progress:
+                    result = Experiment(cfg, run_dir, progress).run()
+            else:
+                result = Experiment(cfg, run_dir).run()
     except UsageError as err:
         reporting.write_status(run_dir, "failed", str(err))
         return _fail(f"prune-run: {err}", 2, multirun, job)
     except RunFailed as err:
         reporting.write_status(run_dir, "failed", str(err))
         return _fail(f"prune-run: {job} failed: {err}", 1, multirun, job)
-    except KeyboardInterrupt:
-        reporting.write_status(run_dir, "interrupted", "interrupted by the user (Ctrl-C); re-run the same "
-                               "command with the same hydra.run.dir to resume")
-        print(f"prune-run: interrupted; state kept in {run_dir} for resuming", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Stopped) else signal.SIGINT
+        why = "by the user (Ctrl-C)" if signum == signal.SIGINT else f"by {signal.Signals(signum).name}"
+        reporting.write_status(run_dir, "interrupted", f"interrupted {why}; re-run the same command with the "
+                               f"same hydra.run.dir to resume")
+        print(f"prune-run: interrupted {why}; state kept in {run_dir} for resuming", file=sys.stderr)
+        sys.exit(128 + int(signum))
+    except OSError as err:  # an unwritable or full run directory: one line, never a traceback
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"prune-run: {job} could not write its files{where}: {err.strerror or err}", file=sys.stderr)
+        try:
+            reporting.write_status(run_dir, "failed", f"could not write its files: {err.strerror or err}")
+        except OSError:
+            pass
+        return _fail("", 1, multirun, job)
     except Exception as err:
         # A bug, not bad input: keep the traceback (Hydra prints it), but never leave a run looking finished.
         reporting.write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
@@ -80,8 +93,37 @@ def run_job(cfg: DictConfig) -> dict | None:
     return result
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop signal other than Ctrl-C (SIGTERM from a scheduler, SIGUSR1 before a time limit)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM and SIGUSR1 end a run like Ctrl-C: the resume state on disk stays, the report says
+    ``interrupted``, the exit code is 128 + the signal. Only signals nobody else handles are taken: under
+    submitit's launcher its own handlers stay, and requeue the job, which then resumes from that state."""
+    taken = {}
+    for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+            taken[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, previous in taken.items():
+            signal.signal(signum, previous)
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
 def _fail(message: str, code: int, multirun: bool, job: str):
-    print(message, file=sys.stderr)
+    if message:
+        print(message, file=sys.stderr)
     if multirun:
         return None  # the sweep goes on; prune_cli.app.callbacks.SweepSummary names the job and exits non-zero
     sys.exit(code)

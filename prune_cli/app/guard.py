@@ -81,8 +81,12 @@ def guard(argv: list[str]) -> None:
     if finished is not None:
         from rich.console import Console
         from prune_cli.report.render import console_table
+        from prune_cli.storage.run_dir import remove_leftovers
         console_table(finished, Console())
-        print(f"prune-run: this run is already complete in {run_dir}; nothing was changed", file=sys.stderr)
+        removed = remove_leftovers(run_dir, completed=True)
+        note = f"; removed what a killed process left: {', '.join(removed)}" if removed else \
+            "; nothing was changed"
+        print(f"prune-run: this run is already complete in {run_dir}{note}", file=sys.stderr)
         sys.exit(0)
 
 

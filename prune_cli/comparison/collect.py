@@ -69,5 +69,35 @@ def _read_report(path: Path) -> dict | None:
     if not isinstance(report, dict):
         log.warning("skipping %s: not a JSON object", path)
         return None
+    problem = malformed(report)
+    if problem:
+        log.warning("skipping %s: %s", path, problem)
+        return None
     report["report_path"] = str(path)
     return report
+
+
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def malformed(report: dict) -> str | None:
+    """What keeps a report from being compared (a list where a number belongs, ...), or None.
+
+    A failed or interrupted run's report holds only its status and error; a completed one must have the
+    fields the summary reads, each of the right kind."""
+    if not isinstance(report.get("status"), str):
+        return "no status"
+    if report["status"] != "completed":
+        return None
+    experiment = report.get("experiment")
+    if not isinstance(experiment, dict) or not all(isinstance(v, _SCALAR) for v in experiment.values()):
+        return "'experiment' is not a mapping of plain values"
+    for section, fields in (("sparsity", ("target", "achieved")), ("accuracy", ("dense", "pruned", "finetuned"))):
+        values = report.get(section)
+        if not isinstance(values, dict):
+            return f"{section!r} is not a mapping"
+        for field in fields:
+            value = values.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"{section}.{field} is {type(value).__name__}, not a number"
+    return None

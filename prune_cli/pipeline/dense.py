@@ -42,7 +42,7 @@ def train_dense(exp) -> None:
     key = dense_key(exp.cfg, exp.schedule, exp.device.type)
     cache = run_cache(exp.cfg)
     with cache.locked(key):
-        entry = cache.load(key)
+        entry = cache.load(key, check=lambda e: _misfit(exp.model, e))
         if entry is None:
             entry = _train(exp)
             cache.store(key, entry)
@@ -58,6 +58,21 @@ def train_dense(exp) -> None:
     if exp.schedule.rewind:
         exp.state.extra["rewind"] = entry["rewind"]
     exp.state.boundary("train", exp.model, exp.masks)
+
+
+def _misfit(model, entry: dict) -> str | None:
+    """What keeps a cache entry's weights from loading into this model (another shape, a missing tensor)."""
+    own = model.state_dict()
+    for field in ("trained", "rewind"):
+        state = entry.get(field)
+        if state is None and field == "rewind":
+            continue
+        if not isinstance(state, dict) or state.keys() != own.keys():
+            return f"its {field} weights do not name this model's tensors"
+        for name, tensor in state.items():
+            if not hasattr(tensor, "shape") or tuple(tensor.shape) != tuple(own[name].shape):
+                return f"its {field} weights give {name} another shape than this model's"
+    return None
 
 
 def _train(exp) -> dict:

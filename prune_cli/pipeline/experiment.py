@@ -30,7 +30,7 @@ from prune_cli.pruning.masks import Masks, prunable_names, topk_masks
 from prune_cli.pruning.sparsity import check_leaves_a_weight, model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
 from prune_cli.storage.resume import RunState
-from prune_cli.storage.run_dir import completed_report, refuse_other_config
+from prune_cli.storage.run_dir import completed_report, refuse_other_config, remove_leftovers
 from prune_cli.training.evaluate import evaluate
 from prune_cli.training.loop import fit, stage_seed
 from prune_cli.training.settings import StageSettings
@@ -74,6 +74,7 @@ class Experiment:
             self.unit_layers = unit_layers(self.model, self.example)
             check_reachable(self.model, self.example, self.prunable, float(cfg.sparsity), self.strategy.name,
                             cfg.model.get("name", cfg.model.get("_target_")), layers=self.unit_layers)
+        remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
         self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
         self.state.restore_rng()
         self.masks: Optional[Masks] = self.state.saved_masks(self.device)

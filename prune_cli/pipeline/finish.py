@@ -10,6 +10,7 @@ from prune_cli.models import build
 from prune_cli.report.build import build_report
 from prune_cli.report.files import write_report
 from prune_cli.storage.checkpoint import save_checkpoint
+from prune_cli.storage.run_dir import remove_leftovers
 
 
 def finish(exp) -> dict:
@@ -33,6 +34,7 @@ def finish(exp) -> dict:
     report["size_bytes"]["checkpoint"] = path.stat().st_size
     write_report(exp.run_dir, report)
     exp.state.remove()
+    remove_leftovers(exp.run_dir, completed=True)
     return report
 
 

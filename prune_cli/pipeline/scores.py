@@ -12,6 +12,17 @@ from prune_cli.pipeline.dense import run_cache
 from prune_cli.storage.cache import cache_key
 
 
+def _misfit(exp, scores) -> str | None:
+    """Scores of other names or shapes than this run's (one per weight entry, or one per unit)."""
+    params = dict(exp.model.named_parameters())
+    expected = ({layer.name: (layer.num_units,) for layer in exp.unit_layers} if exp.strategy.structured
+                else {name: tuple(params[name].shape) for name in exp.prunable})
+    if not isinstance(scores, dict) or scores.keys() != expected.keys():
+        return "its scores do not name this run's layers"
+    wrong = [n for n, shape in expected.items() if tuple(getattr(scores[n], "shape", ())) != shape]
+    return f"its scores for {wrong[0]} have another shape" if wrong else None
+
+
 def first_round_scores(exp, ctx) -> dict:
     dense_entry = exp.record.cache.get("key")
     if exp.masks is not None or exp.strategy.trains_before_scoring or not dense_entry or not exp.cfg.cache.enabled:
@@ -20,7 +31,7 @@ def first_round_scores(exp, ctx) -> dict:
                      "prunable": exp.prunable, "batch_size": ctx.batch_size})
     cache = run_cache(exp.cfg, kind="scores", required=("scores",))
     with cache.locked(key):
-        entry = cache.load(key)
+        entry = cache.load(key, check=lambda e: _misfit(exp, e["scores"]))
         if entry is None:
             scores = exp.strategy.score(ctx)
             cache.store(key, {"scores": {k: v.detach().cpu() for k, v in scores.items()}})

@@ -50,7 +50,11 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     import torch  # lazily: this module is also used by tools that never need torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch reports a failed write (a full disk) as a RuntimeError
+            raise OSError(getattr(err, "errno", None) or 28, f"could not write {path} ({str(err).splitlines()[0][:120]})",
+                          str(path)) from None
 
 
 def _create_temp(path: Path) -> Path:

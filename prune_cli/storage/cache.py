@@ -94,8 +94,11 @@ class DenseCache:
             log.info("removing %s, left by a job that was killed while writing it", orphan.name)
             orphan.unlink(missing_ok=True)
 
-    def load(self, key: str) -> Optional[dict]:
-        """The entry, or None when there is none or it is unusable (then it is deleted, to be rebuilt)."""
+    def load(self, key: str, check=None) -> Optional[dict]:
+        """The entry, or None when there is none or it is unusable (then it is deleted, to be rebuilt).
+
+        ``check(entry)`` returns what is wrong with an entry that reads fine (e.g. tensors of other shapes
+        than the model's), or None."""
         if not self.enabled or not self.path(key).exists():
             return None
         try:
@@ -107,6 +110,9 @@ class DenseCache:
                 raise UsageError(f"incomplete entry, no {', '.join(missing)}")
             if entry["key"] != key:
                 raise UsageError(f"holds entry {entry['key']}")
+            problem = check(entry) if check is not None else None
+            if problem:
+                raise UsageError(problem)
             return entry
         except Exception as err:  # whatever is wrong with the file, the cure is the same: train again
             log.warning("cache entry %s is unusable (%s); rebuilding it", self.path(key).name, err)

@@ -7,6 +7,7 @@ before Hydra writes ``.hydra/``, the pipeline again before it reads ``state.pt``
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +40,24 @@ def recorded_fingerprint(run_dir) -> Optional[tuple[str, str]]:
             return None  # unreadable: the run reports it when it loads the state
         return "unfinished", str(saved.get("fingerprint")) if isinstance(saved, dict) else ""
     return None
+
+
+# storage/atomic.py's temporary names: ".<final name>.<8 hex digits>.tmp".
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_leftovers(run_dir, completed: bool) -> list[str]:
+    """Files a killed process left behind: half-written temporary files, and the resume state of a run that
+    completed (the kill landed between the report and the state's removal). Returns their names."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    removed = [p for p in run_dir.iterdir() if p.is_file() and _TEMPORARY.fullmatch(p.name)]
+    if completed and (run_dir / STATE).exists():
+        removed.append(run_dir / STATE)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return [p.name for p in removed]
 
 
 def refuse_other_config(run_dir, fingerprint: str) -> None:
