@@ -309,7 +309,7 @@ def check_config(cfg: Mapping) -> None:
         if group not in cfg:
             raise UsageError(f"{group}: missing from the config")
     dataset = cfg["dataset"]
-    if not isinstance(dataset, dict) or dataset.get("name") not in DATASETS:
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str) or dataset["name"] not in DATASETS:
         from prune_cli.data import DATASETS as REGISTERED
         name = dataset.get("name") if isinstance(dataset, dict) else dataset
         raise UsageError(f"dataset.name={name!r}: unknown dataset; built-in: {', '.join(REGISTERED)}")

@@ -27,17 +27,17 @@ def _parsed(argv: list[str]):
 
 
 def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
-    """(run directory, composed run config) of a single-run command, or None (a sweep, --help, ...)."""
+    """(run directory, composed run config) of a single-run command, or None (a sweep, --help, ...).
+
+    An override Hydra cannot parse or apply is bad input: one line and exit 2, before Hydra prints its
+    several. An unknown group option is left to Hydra, whose message lists the options there are."""
     args = _parsed(argv)
     if args is None or args.multirun or args.help or args.hydra_help or args.cfg or args.info \
             or args.shell_completion or args.experimental_rerun:
         return None
-    if not (args.config_dir or args.config_name or any("hydra" in o for o in args.overrides)):
-        # The default directory is new (its name has the time and this process's id): nothing to guard,
-        # and nothing to compose before Hydra does.
-        return Path("outputs") / "runs" / "new", None
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf, open_dict
     from prune_cli.config import CONFIG_DIR
     import prune_cli.app.resolvers  # noqa: F401
@@ -51,11 +51,22 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
         run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
         with open_dict(cfg):
             cfg.pop("hydra")
-    except Exception:  # noqa: BLE001 - a bad override: Hydra reports it in its own words
+    except MissingConfigException:
         return None
+    except Exception as err:  # noqa: BLE001 - Hydra's override and composition errors
+        _bad_override(err)
     finally:
         GlobalHydra.instance().clear()
     return run_dir, cfg
+
+
+def _bad_override(err: Exception) -> None:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("See https://", "full_key", "object_type"))]
+    override = getattr(err, "override", None)  # Hydra's OverrideParseException names the override
+    head = f"{override}: cannot be parsed: " if override else ""
+    print(f"prune-run: {head}{'; '.join(lines[:2]) or type(err).__name__}", file=sys.stderr)
+    sys.exit(2)
 
 
 def guard(argv: list[str]) -> None:
@@ -65,7 +76,9 @@ def guard(argv: list[str]) -> None:
         return
     run_dir, cfg = found
     from prune_cli.storage.run_dir import completed_report, recorded_fingerprint, refuse_other_config
-    if cfg is None or recorded_fingerprint(run_dir) is None:
+    if recorded_fingerprint(run_dir) is None:
+        if not cfg.get("dry_run"):
+            _refuse_bad_values(cfg)  # before Hydra makes the directory: bad input leaves nothing behind
         _check_writable(run_dir)
         return
     from prune_cli.config import fingerprint
@@ -88,6 +101,15 @@ def guard(argv: list[str]) -> None:
             "; nothing was changed"
         print(f"prune-run: this run is already complete in {run_dir}{note}", file=sys.stderr)
         sys.exit(0)
+
+
+def _refuse_bad_values(cfg) -> None:
+    from prune_cli.validate import validate
+    try:
+        validate(cfg)
+    except UsageError as err:
+        print(f"prune-run: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _check_writable(run_dir: Path) -> None:
