@@ -141,15 +141,16 @@ def finished_run(tmp_path_factory):
     ("hydra.run.dir={d}", ["train.lr=nan"], "holds a completed run with a different config"),
     ("hydra.run.dir={d}", ["--config-dir={cwd}", "train.lr=nan"], "holds a completed run with a different config"),
 ])
-def test_a_refused_command_changes_no_file_of_an_existing_run(finished_run, spelling, extra, message):
+def test_a_refused_command_changes_no_file_of_an_existing_run(finished_run, spelling, extra, message, capsys,
+                                                             monkeypatch):
     cwd, run_dir = finished_run
     before = snapshot(run_dir)
     options = [e.format(cwd=cwd) for e in extra if e.startswith("-") or e == "{cwd}"]  # options go first
     rest = [e for e in extra if not (e.startswith("-") or e == "{cwd}")]
     args = [*options, *TINY, "sparsity=0.5", *rest, spelling.format(d=run_dir)]
-    again = prune_run(args, cwd=cwd)
-    assert again.returncode == 2, again.stderr
-    assert again.stderr.strip().splitlines() == [
+    code, _, err = run_in_process(args, capsys, monkeypatch, cwd)  # refused before Hydra: in-process is the same
+    assert code == 2, err
+    assert err.strip().splitlines() == [
         f"prune-run: hydra.run.dir={run_dir}: {message}; choose another directory (nothing was changed)"]
     assert snapshot(run_dir) == before
 
@@ -164,7 +165,7 @@ def test_the_same_completed_run_again_changes_nothing(finished_run):
     assert snapshot(run_dir) == before
 
 
-def test_an_unfinished_run_refused_for_a_bad_value_is_left_as_it_was(tmp_path):
+def test_an_unfinished_run_refused_for_a_bad_value_is_left_as_it_was(tmp_path, capsys, monkeypatch):
     import torch
     from prune_cli.config import compose_config, fingerprint
     run_dir = tmp_path / "run"
@@ -173,8 +174,8 @@ def test_an_unfinished_run_refused_for_a_bad_value_is_left_as_it_was(tmp_path):
                 "model": None, "masks": None, "record": {}, "extra": {}}, run_dir / "state.pt")
     before = snapshot(run_dir)
     for bad in (["device=cuda"], ["strategy=activation", "sparsity=0.9999"]):
-        result = prune_run([*TINY, *bad, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        code, _, err = run_in_process([*TINY, *bad, f"hydra.run.dir={run_dir}"], capsys, monkeypatch, tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert snapshot(run_dir) == before
 
 
