@@ -9,22 +9,17 @@ import pytest
 from conftest import TINY, prune_run, read_report
 
 
-def test_run_writes_report_and_checkpoint(tmp_path):
-    run_dir = tmp_path / "run"
-    result = prune_run(["strategy=magnitude", "sparsity=0.9", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+def test_run_writes_report_and_checkpoint_under_outputs_by_default(tmp_path):
+    result = prune_run(["strategy=magnitude", "sparsity=0.9", *TINY], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert {"report.json", "report.md", "pruned.pt"} <= {p.name for p in run_dir.iterdir()}
+    runs = list((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.endswith(f"_magnitude_0.9")
+    run_dir = runs[0]
+    assert {"report.json", "report.md", "pruned.pt", "prune-run.log"} <= {p.name for p in run_dir.iterdir()}
     assert (run_dir / ".hydra" / "config.yaml").exists()
     report = read_report(run_dir)
     assert report["status"] == "completed" and report["sparsity"]["target"] == 0.9
     assert "accuracy fine-tuned" in result.stdout  # the rich summary table
-
-
-def test_outputs_go_under_outputs_by_default(tmp_path):
-    result = prune_run([*TINY, "sparsity=0.5"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    reports = list((tmp_path / "outputs" / "runs").glob("*/report.json"))
-    assert len(reports) == 1
 
 
 BAD_INPUTS = [
