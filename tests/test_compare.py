@@ -350,3 +350,27 @@ def test_runs_with_other_settings_are_not_averaged_as_seeds():
     assert [(r["variant"], r["n"]) for r in rows] == [("aaaa", 2), ("bbbb", 1)]
     same = cmp.summarize([fake("aaaa", 0.9), fake("aaaa", 0.8)])
     assert len(same) == 1 and "variant" not in same[0]
+
+
+def test_the_budget_of_each_row_is_shown_and_unequal_budgets_are_warned_about(tmp_path, caplog):
+    for seed in (0, 1):
+        make_report(tmp_path / f"m{seed}", "magnitude", 0.9, seed, budget={"epochs": {"finetune": 10},
+                                                                             "total_epochs": 10})
+        make_report(tmp_path / f"l{seed}", "l1", 0.9, seed, budget={"epochs": {"l1": 5, "finetune": 10},
+                                                                      "total_epochs": 15})
+    with caplog.at_level(logging.WARNING, logger="prune_cli.comparison"):
+        rows = cmp.compare([tmp_path], out_dir=tmp_path / "out")
+    assert {row["strategy"]: row["budget_epochs"] for row in rows} == {"magnitude": "10", "l1": "15"}
+    assert "different training budgets after the dense stage (10, 15 epochs)" in caplog.text
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "| epochs |" in table.splitlines()[0]
+    csv_rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    assert sorted(r["budget_epochs"] for r in csv_rows) == ["10", "15"]
+
+
+def test_equal_budgets_are_not_warned_about(tmp_path, caplog):
+    for strategy in ("magnitude", "random"):
+        make_report(tmp_path / strategy, strategy, 0.9, 0, budget={"epochs": {"finetune": 10}, "total_epochs": 10})
+    with caplog.at_level(logging.WARNING, logger="prune_cli.comparison"):
+        cmp.compare([tmp_path])
+    assert "budget" not in caplog.text

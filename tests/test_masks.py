@@ -78,3 +78,26 @@ def test_validate_rejects_wrong_shapes_names_and_values():
         Masks({"1.weight": torch.ones(3)}).validate(model)
     with pytest.raises(ValueError, match="0 and 1"):
         Masks({"1.weight": torch.full((6, 8), 0.5)}).validate(model)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_layer_rates_set_some_layers_and_the_rest_reach_the_exact_total(scope):
+    torch.manual_seed(0)
+    scores = {"a": torch.rand(100), "b": torch.rand(300), "head": torch.rand(40)}
+    masks = topk_masks(scores, 0.8, scope, layer_rates={"head": 0.4})
+    zeros = {n: int((m == 0).sum()) for n, m in masks.items()}
+    assert zeros["head"] == 16                                   # round(0.4 * 40), exactly
+    assert sum(zeros.values()) == round(0.8 * 440) == 352        # the total is still exact
+    if scope == "layer":                                         # the others share the rest evenly
+        share = (352 - 16) / 400
+        assert (zeros["a"], zeros["b"]) == (round(share * 100), round(share * 300))
+    else:                                                        # ... or globally, by score
+        rest = torch.cat([scores["a"], scores["b"]])
+        assert zeros["a"] + zeros["b"] == 336
+        assert float(rest[torch.cat([masks["a"], masks["b"]]) == 0].max()) <= \
+            float(rest[torch.cat([masks["a"], masks["b"]]) == 1].min())
+
+
+def test_layer_rates_that_cannot_be_completed_are_refused():
+    with pytest.raises(ValueError, match="cannot be completed"):
+        topk_masks({"a": torch.rand(10), "b": torch.rand(10)}, 0.1, "global", layer_rates={"a": 0.9})

@@ -153,7 +153,8 @@ def test_cost_fields_are_measured(run_api):
     assert report["speedup"]["method"] == "none"
 
 
-def test_first_round_scores_are_shared_across_sparsities(run_api):
+def test_first_round_scores_are_shared_across_sparsities(run_api, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path / "cache"))  # its own: other tests score the same
     a, _ = run_api("strategy=activation", "sparsity=0.5", name="a")
     b, _ = run_api("strategy=activation", "sparsity=0.7", name="b")
     fresh, _ = run_api("strategy=activation", "sparsity=0.7", "cache.enabled=false", name="fresh")
@@ -185,3 +186,17 @@ def test_validation_split_is_evaluated_and_reported(run_api):
 def test_no_validation_split_no_val_accuracy(run_api):
     report, _ = run_api("sparsity=0.5")
     assert "val_accuracy" not in report and "val_accuracy" not in report["rounds"][0]
+
+
+@pytest.mark.parametrize("overrides,epochs", [
+    (["finetune.epochs=2"], {"finetune": 2}),
+    (["finetune.epochs=0"], {}),
+    (["strategy=l1", "strategy.epochs=1", "finetune.epochs=2"], {"l1": 1, "finetune": 2}),
+    (["strategy=l0", "strategy.epochs=3", "schedule=gradual", "finetune.epochs=2"], {"l0": 3, "finetune": 2}),
+    (["schedule=iterative", "schedule.rounds=3", "finetune.epochs=4"], {"finetune": 4}),
+    (["schedule=iterative", "schedule.rounds=3", "schedule.epochs_per_round=2"], {"finetune": 6}),
+    (["strategy=compress", "train.epochs=3", "finetune.epochs=2"], {"compress": 5}),
+])
+def test_every_report_shows_the_training_budget_after_the_dense_stage(run_api, overrides, epochs):
+    report, _ = run_api(*overrides, "measure.latency=false")
+    assert report["budget"] == {"epochs": epochs, "total_epochs": sum(epochs.values())}

@@ -1,4 +1,6 @@
 """Schedules: targets, the gradual formula, masks that only shrink, lottery rewinding, and composition."""
+import math
+
 import pytest
 import torch
 
@@ -35,8 +37,22 @@ def test_geometric_rounds_remove_the_same_fraction_of_what_remains():
 
 
 def test_fine_tune_epochs_are_split_over_rounds():
-    assert Iterative(rounds=3).epochs_per_round(10, 3) == [4, 3, 3]
-    assert Iterative(rounds=3, epochs_per_round=5).epochs_per_round(10, 3) == [5, 5, 5]
+    assert Iterative(rounds=3).epochs_per_round(10, 3, 20) == [4, 3, 3]
+    assert Iterative(rounds=3, epochs_per_round=5).epochs_per_round(10, 3, 20) == [5, 5, 5]
+
+
+def test_lottery_retrains_for_the_full_training_length_every_round():
+    assert Lottery(rounds=3).epochs_per_round(10, 3, 20) == [20, 20, 20]
+    assert Lottery(rounds=3, epochs_per_round=4).epochs_per_round(10, 3, 20) == [4, 4, 4]
+
+
+def test_lottery_classifier_rate_keeps_the_total_exact():
+    sizes = {"fc1.weight": 1000, "fc2.weight": 300, "head.weight": 100}
+    rates = Lottery(classifier_rate=0.5).layer_rates(0.6, sizes, "head.weight")
+    others = 0.6 * 1400 / (1300 + 0.5 * 100)
+    assert rates == {"head.weight": pytest.approx(0.5 * others)}
+    assert 1300 * others + 100 * rates["head.weight"] == pytest.approx(0.6 * 1400)
+    assert Lottery().layer_rates(0.6, sizes, "head.weight") is None
 
 
 def test_gradual_formula_matches_zhu_and_gupta():
@@ -112,7 +128,8 @@ def initial_weights(*overrides):
 def test_lottery_rewinds_survivors_to_their_reference_values(run_api, rewind_epoch):
     # One round and no retraining: what is saved is exactly the rewound ticket.
     _, ticket_dir = run_api("schedule=lottery", "schedule.rounds=1", f"schedule.rewind_epoch={rewind_epoch}",
-                            "sparsity=0.8", "train.epochs=3", "finetune.epochs=0", name="ticket")
+                            "schedule.epochs_per_round=0", "sparsity=0.8", "train.epochs=3", "finetune.epochs=0",
+                            name="ticket")
     _, pruned_dir = run_api("sparsity=0.8", "train.epochs=3", "finetune.epochs=0", name="pruned")
     if rewind_epoch == 0:
         reference = initial_weights()
@@ -129,15 +146,34 @@ def test_lottery_rewinds_survivors_to_their_reference_values(run_api, rewind_epo
     assert not torch.equal(ticket["state_dict"]["layers.1.weight"], pruned["state_dict"]["layers.1.weight"])
 
 
-def test_lottery_reinit_draws_fresh_weights(run_api):
-    _, run_dir = run_api("schedule=lottery", "schedule.rounds=1", "schedule.reinit=true", "sparsity=0.5",
-                         "finetune.epochs=0")
-    ckpt = safe_load(run_dir / "pruned.pt")
-    weight, survivors = ckpt["state_dict"]["layers.1.weight"], ckpt["masks"]["layers.1.weight"]
-    initial = initial_weights()["layers.1.weight"]
-    assert int(survivors.sum()) > 0
-    assert not torch.equal(weight[survivors], initial[survivors])
-    assert bool((weight[~survivors] == 0).all())
+def test_the_random_reinit_control_trains_the_tickets_own_masks_from_fresh_weights(run_api):
+    common = ["schedule=lottery", "schedule.rounds=2", "sparsity=0.8", "train.epochs=2", "measure.latency=false"]
+    ticket, ticket_dir = run_api(*common, name="ticket")
+    control, control_dir = run_api(*common, "schedule.reinit=true", name="control")
+    a, b = safe_load(ticket_dir / "pruned.pt"), safe_load(control_dir / "pruned.pt")
+    assert a["masks"].keys() == b["masks"].keys()
+    assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])  # same masks ...
+    weight = "layers.1.weight"
+    kept = b["masks"][weight]
+    assert not torch.equal(a["state_dict"][weight][kept], b["state_dict"][weight][kept])  # ... new weights
+    assert bool((b["state_dict"][weight][~kept] == 0).all())
+    assert control["rounds"] == [dict(r, seconds=c["seconds"]) for r, c in zip(ticket["rounds"], control["rounds"])]
+    # Every round retrains for train.epochs; the control is one extra training of that length.
+    assert ticket["budget"]["epochs"] == {"finetune": 4}
+    assert control["budget"]["epochs"] == {"finetune": 4, "control": 2}
+    assert control["sparsity"] == ticket["sparsity"]
+
+
+def test_lottery_prunes_the_output_layer_at_a_fraction_of_the_others_rate(run_api):
+    report, _ = run_api("schedule=lottery", "schedule.rounds=2", "schedule.classifier_rate=0.5",
+                        "strategy.scope=layer", "sparsity=0.8", "train.epochs=1", "model=lenet300",
+                        "measure.latency=false")
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    head, others = layers.pop("layers.5.weight"), list(layers.values())
+    total = report["sparsity"]["prunable_weights"]
+    assert report["sparsity"]["zeros"] == round(0.8 * total)                   # the total is exact
+    rest = sum(o["sparsity"] * math.prod(o["shape"]) for o in others) / sum(math.prod(o["shape"]) for o in others)
+    assert head["sparsity"] == pytest.approx(0.5 * rest, abs=1 / math.prod(head["shape"]))
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

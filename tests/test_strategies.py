@@ -5,7 +5,7 @@ from torch import nn
 
 from prune_cli.storage.safe_load import safe_load
 from prune_cli.data.splits import TensorSplit
-from prune_cli.pruning.masks import Masks, prunable_names
+from prune_cli.pruning.masks import Masks, prunable_names, topk_masks
 from prune_cli.pruning.strategies import ScoringContext
 from prune_cli.pruning.strategies.activation import APoZ, Activation
 from prune_cli.pruning.strategies.weight import Gradient, Magnitude
@@ -164,3 +164,39 @@ def test_compress_trains_a_genuinely_smaller_model(run_api):
     assert hidden < 256 and report["compress"]["width"] == pytest.approx(hidden / 256, abs=0.01)
     assert report["accuracy"]["pruned"] is None
     assert report["speedup"]["method"] == "smaller model (compress)"
+
+
+def test_l0_is_iterative_hard_thresholding_weights_zeroed_once_come_back():
+    """Every step keeps the k largest of all weights, so a weight zeroed by one projection returns once it
+    is among the largest again. Here the label depends on x0 alone, yet the x0 weights start smallest: the
+    first projection zeroes them, training grows them back and shrinks the x1 weights, which then go."""
+    from prune_cli.pruning.strategies.constrained import L0
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1, 1, 2, generator=g)
+    train = TensorSplit(x, (x[:, 0, 0, 0] > 0).long())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.01, 1.0], [-0.01, -1.0]]))
+    ctx = tiny_context(model, train, batch_size=32)
+    ctx.target, ctx.previous_target = 0.5, 0.0
+    kept_columns = []
+
+    def train_for(epochs, stage, after_step=None, **kwargs):
+        def observe(step):
+            result = after_step(step)
+            kept_columns.append(tuple(int(c) for c in (model[1].weight.detach() != 0).any(dim=0).nonzero().flatten()))
+            return result
+        fit(model, train, StageSettings(epochs=epochs, lr=0.5, batch_size=32, optimizer="sgd", momentum=0.0),
+            stage=stage, seed=0, after_step=observe, **kwargs)
+    ctx.fit = train_for
+    strategy = L0(epochs=6, ramp=0.01)
+    strategy.prepare(ctx)
+    assert strategy.projections == 6 * 8 == len(kept_columns)
+    assert kept_columns[0] == (1,) and kept_columns[-1] == (0,)  # zeroed first, back at the end
+    assert strategy.reentries >= 2
+    assert int((model[1].weight != 0).sum()) == 2
+    # Scoring afterwards fixes the last projection's mask: the same weights are kept.
+    masks = topk_masks(strategy.score(ctx), 0.5, "global")
+    assert torch.equal(masks["1.weight"].bool(), model[1].weight.detach() != 0)

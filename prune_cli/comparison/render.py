@@ -12,7 +12,7 @@ from prune_cli.storage.atomic import atomic_write_text
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Raw numbers (fractions, full precision) for further analysis; empty cells for missing values."""
-    fields = _group_keys(rows) + ["n", "seeds"] + [f"{n}_{s}" for n, _, _ in METRICS for s in ("mean", "std")]
+    fields = _group_keys(rows) + ["n", "seeds", "budget_epochs"] + [f"{n}_{s}" for n, _, _ in METRICS for s in ("mean", "std")]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -28,7 +28,8 @@ def write_markdown(rows: Sequence[dict], path: str | os.PathLike) -> None:
     lines = ["| " + " | ".join(map(_md_escape, headers)) + " |",
              "|" + "|".join("---:" if _is_numeric_column(h) else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(map(_md_escape, line)) + " |" for line in cells]
-    lines += ["", "Cells: mean ± sample standard deviation over the n runs (seeds) of each row, in percent."]
+    lines += ["", "Cells: mean ± sample standard deviation over the n runs (seeds) of each row, in percent; epochs: "
+              "the training budget after the dense stage (fine-tuning, constrained training, retraining)."]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -68,10 +69,10 @@ _TERMINAL_HEADERS = {"target sparsity (%)": "target", "achieved sparsity (%)": "
 def _display(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and text cells shared by the Markdown file and the terminal table, so they never disagree."""
     keys = _group_keys(rows)
-    headers = [_key_header(k) for k in keys] + ["n"] + [header for _, _, header in METRICS]
+    headers = [_key_header(k) for k in keys] + ["n", "epochs"] + [header for _, _, header in METRICS]
     cells = []
     for row in rows:
-        line = [_key_cell(k, row.get(k)) for k in keys] + [str(row["n"])]
+        line = [_key_cell(k, row.get(k)) for k in keys] + [str(row["n"]), row.get("budget_epochs") or "n/a"]
         line += [_mean_std_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name, _, _ in METRICS]
         cells.append(line)
     return headers, cells
@@ -96,4 +97,4 @@ def _mean_std_cell(mean: float | None, std: float | None) -> str:
 
 
 def _is_numeric_column(header: str) -> bool:
-    return header == "n" or header.endswith("(%)")
+    return header in ("n", "epochs") or header.endswith("(%)")

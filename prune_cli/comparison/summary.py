@@ -23,7 +23,7 @@ METRICS = (
     ("accuracy_pruned", ("accuracy", "pruned"), "pruned acc. (%)"),
     ("accuracy_finetuned", ("accuracy", "finetuned"), "fine-tuned acc. (%)"),
 )
-SUMMARY_FIELDS = {"n", "seeds"} | {f"{name}_{stat}" for name, _, _ in METRICS for stat in ("mean", "std")}
+SUMMARY_FIELDS = {"n", "seeds", "budget_epochs"} | {f"{name}_{stat}" for name, _, _ in METRICS for stat in ("mean", "std")}
 
 # Rows are listed by strategy, then sparsity; the remaining group keys break ties in the order given.
 _SORT_FIRST = ("strategy", "schedule", "target_sparsity")
@@ -49,6 +49,7 @@ def summarize(reports: Iterable[dict], by: Sequence[str] = DEFAULT_BY) -> list[d
                     "column (the config hash without seed and sparsity, in report.json)", ", ".join(by))
         return summarize(reports, (*by, "variant"))
     rows = [_summarize_group(dict(zip(by, key)), members) for key, members in groups.items()]
+    warn_unequal_budgets(rows)
     return sorted(rows, key=lambda row: _sort_key(row, by))
 
 
@@ -82,7 +83,19 @@ def _summarize_group(keys: dict, members: list[dict]) -> dict:
         values = [v for v in (number(_lookup(r, where)) for r in members) if v is not None]
         row[f"{name}_mean"] = statistics.fmean(values) if values else None
         row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+    budgets = sorted({int(v) for v in (number(_lookup(r, ("budget", "total_epochs"))) for r in members)
+                      if v is not None})
+    row["budget_epochs"] = "/".join(map(str, budgets)) if budgets else None
     return row
+
+
+def warn_unequal_budgets(rows: Sequence[dict]) -> None:
+    """Rows trained for different numbers of epochs after the dense stage are not an equal-budget
+    comparison: say so (the budget column shows each row's)."""
+    budgets = {row.get("budget_epochs") for row in rows if row.get("budget_epochs") is not None}
+    if len(budgets) > 1:
+        log.warning("the compared rows had different training budgets after the dense stage (%s epochs); "
+                    "see the 'epochs' column", ", ".join(sorted(budgets, key=lambda b: int(b.split("/")[0]))))
 
 
 def _sort_key(row: dict, by: tuple[str, ...]) -> tuple:

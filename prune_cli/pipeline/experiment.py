@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from prune_cli.config import fingerprint, instantiate, plain, resolve_device
+from prune_cli.errors import UsageError
 from prune_cli.data import load_dataset
 from prune_cli.measure.timing import Timer
 from prune_cli.models import build_for
@@ -132,6 +133,9 @@ class Experiment:
         model = model or self.model
         start, optimizer_state = self.state.start_of(stage)
         masks = kwargs.pop("masks", self.masks)
+        phase = stage.split(".")[-1]  # round2.finetune -> finetune, round1.l1 -> l1
+        if phase != "train" and start == 0:  # a resumed stage was counted by the process that began it
+            self.record.add_epochs(phase, settings.epochs)
 
         def on_epoch_end(epoch, optimizer, current_masks):
             if each_epoch is not None:
@@ -142,7 +146,7 @@ class Experiment:
             masks = fit(model, self.data.train, settings, stage=stage, seed=stage_seed(self.seed, stage),
                         masks=masks, start_epoch=start, optimizer_state=optimizer_state,
                         on_epoch_end=on_epoch_end, progress=self.progress, **kwargs)
-        self.record.add_time(stage.split(".")[-1], t.seconds)  # round2.finetune -> finetune, round1.l1 -> l1
+        self.record.add_time(phase, t.seconds)
         return masks
 
     def restore_saved_weights(self, model) -> None:
@@ -165,7 +169,8 @@ class Experiment:
                               batch_size=int(finetune.batch_size), target=target, previous_target=previous_target,
                               fit=train_for, unit_layers=self.unit_layers)
 
-    def prune_to(self, target: float, ctx: ScoringContext, share_scores: bool = False) -> Masks:
+    def prune_to(self, target: float, ctx: ScoringContext, share_scores: bool = False,
+                 layer_rates: Optional[dict] = None) -> Masks:
         """Score, then turn scores into masks at exactly ``target`` (shared thresholding), applied in place.
 
         ``share_scores``: the loop says these are the first scores of the dense model, which a sweep over
@@ -181,7 +186,11 @@ class Experiment:
                                        layers=self.unit_layers)
                 masks = Masks(unit_masks(self.model, self.example, removed, layers=self.unit_layers))
             else:
-                masks = topk_masks(scores, target, self.strategy.scope, previous=self.masks)
+                try:
+                    masks = topk_masks(scores, target, self.strategy.scope, previous=self.masks,
+                                       layer_rates=layer_rates)
+                except ValueError as err:  # per-layer rates the other layers cannot complete
+                    raise UsageError(f"sparsity={target:.6g}: {err}") from None
             masks = masks.to(self.device)
             if self.masks is not None:
                 masks = self.masks.intersect(masks)

@@ -49,7 +49,11 @@ class RunRecord:
     timings: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     compress: Optional[dict] = None                   # the smaller-model baseline's width and weight counts
+    budget: dict = field(default_factory=dict)        # epochs of each training phase after the dense stage
     resumed_from: Optional[dict] = None
+
+    def add_epochs(self, phase: str, epochs: int) -> None:
+        self.budget[phase] = self.budget.get(phase, 0) + int(epochs)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds

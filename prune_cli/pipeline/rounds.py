@@ -12,6 +12,7 @@ import torch
 
 from prune_cli.models import build
 from prune_cli.pipeline.record import Round
+from prune_cli.pruning.masks import classifier_name
 from prune_cli.training.loop import stage_seed
 from prune_cli.training.settings import StageSettings
 
@@ -19,7 +20,7 @@ from prune_cli.training.settings import StageSettings
 def plan(cfg, strategy, schedule, data) -> dict:
     """Every round's target and fine-tune epochs."""
     targets = schedule.targets(float(cfg.sparsity))
-    epochs = schedule.epochs_per_round(int(cfg.finetune.epochs), len(targets))
+    epochs = schedule.epochs_per_round(int(cfg.finetune.epochs), len(targets), int(cfg.train.epochs))
     return {"kind": "rounds", "rewind": bool(schedule.rewind),
             "rounds": [{"round": i, "target": t, "finetune_epochs": e}
                        for i, (t, e) in enumerate(zip(targets, epochs), start=1)]}
@@ -38,7 +39,10 @@ def run(exp) -> None:
             if not state.is_done(f"{name}.prepare"):
                 exp.strategy.prepare(exp.context(index, target, previous))
                 state.boundary(f"{name}.prepare", exp.model, exp.masks)
-            exp.masks = exp.prune_to(target, exp.context(index, target), share_scores=index == 1)
+            rates = None if exp.strategy.structured else exp.schedule.layer_rates(
+                target, _sizes(exp), f"{classifier_name(exp.model)}.weight")
+            exp.masks = exp.prune_to(target, exp.context(index, target), share_scores=index == 1 and not rates,
+                                     layer_rates=rates)
             test, val = exp.evaluate()
             if exp.schedule.rewind:
                 rewind(exp, index)
@@ -55,6 +59,9 @@ def run(exp) -> None:
             entry.sparsity = exp.achieved()
             entry.seconds += time.perf_counter() - started
             state.boundary(f"{name}.finetune", exp.model, exp.masks)
+    if exp.schedule.reinit:
+        control(exp, steps[-1]["finetune_epochs"])
+        return
     last = record.rounds[-1]
     # One-shot: "pruned" is the accuracy right after pruning. With several rounds it is that of the last
     # prune, before its fine-tuning, which is what a reader comparing schedules wants.
@@ -63,11 +70,28 @@ def run(exp) -> None:
 
 
 def rewind(exp, index: int) -> None:
-    """Lottery tickets: surviving weights back to their initial (or rewind-epoch) values, or fresh ones."""
-    if exp.schedule.reinit:
-        torch.manual_seed(stage_seed(exp.seed, f"reinit{index}"))
-        fresh = build(exp.spec).to(exp.device)
-        exp.model.load_state_dict(fresh.state_dict())
-    else:
-        exp.model.load_state_dict(exp.state.extra["rewind"])
+    """Lottery tickets: surviving weights back to their initial (or rewind-epoch) values."""
+    exp.model.load_state_dict(exp.state.extra["rewind"])
     exp.masks.apply_(exp.model)
+
+
+def control(exp, epochs: int) -> None:
+    """The random re-initialisation control (Frankle & Carbin 2019): the ticket's final masks on freshly
+    drawn weights, trained once for a round's length. Same masks, new weights: one extra training."""
+    state, record = exp.state, exp.record
+    if not state.is_done("control.prune"):
+        torch.manual_seed(stage_seed(exp.seed, "control"))
+        exp.model.load_state_dict(build(exp.spec).to(exp.device).state_dict())
+        exp.masks.apply_(exp.model)
+        record.set_accuracy("pruned", *exp.evaluate())
+        state.boundary("control.prune", exp.model, exp.masks)
+    if not state.is_done("control"):
+        if epochs > 0:
+            exp.fit("control", StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs))
+        record.set_accuracy("finetuned", *exp.evaluate())
+        state.boundary("control", exp.model, exp.masks)
+
+
+def _sizes(exp) -> dict:
+    params = dict(exp.model.named_parameters())
+    return {name: params[name].numel() for name in exp.prunable}

@@ -78,18 +78,24 @@ class Masks(dict):
 
 
 def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str = "global",
-               previous: Masks | None = None) -> Masks:
+               previous: Masks | None = None, layer_rates: Mapping[str, float] | None = None) -> Masks:
     """Exact unstructured thresholding: zero the ``round(sparsity * n)`` lowest-scored entries.
 
     Ties are broken by position (earliest first over the concatenated scores, layers in the given order), so the
     result is deterministic. Entries already pruned in ``previous`` are ranked lowest, which keeps masks
     shrinking across rounds. ``scope="layer"`` applies the same fraction to every tensor.
+
+    ``layer_rates`` ({name: fraction}) sets some tensors' own sparsity (``round(fraction * size)`` zeros, or
+    more when ``previous`` already zeroed more); the others share what is left of the total, so the total is
+    still exactly ``round(sparsity * n)`` (``scope="layer"``: each of the others at that shared fraction).
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     names = list(scores)
     device = next(iter(scores.values())).device if scores else torch.device("cpu")
-    flat = []
+    flat = {}
     for name in names:
         # On the scores' own device: l0 thresholds after every step, and a GPU round trip would stall it.
         score = scores[name].detach().float().flatten().to(device)
@@ -97,21 +103,32 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
             # -inf keeps already-pruned weights at the bottom of the ranking.
             score = torch.where(previous[name].flatten().to(device) == 0,
                                 torch.tensor(float("-inf"), device=device), score)
-        flat.append(score)
+        flat[name] = score
+    fixed = {}
+    for name, rate in (layer_rates or {}).items():
+        if name not in flat:
+            raise ValueError(f"layer_rates names {name!r}, which is not scored")
+        before = int(torch.isinf(flat[name]).sum())
+        fixed[name] = max(before, round(float(rate) * flat[name].numel()))
+    rest = [n for n in names if n not in fixed]
+    goal = round(sparsity * sum(flat[n].numel() for n in names))
+    left = goal - sum(fixed.values())
+    rest_size = sum(flat[n].numel() for n in rest)
+    if left < 0 or left > rest_size or (left and not rest):
+        raise ValueError(f"the per-layer rates zero {sum(fixed.values())} weights, which cannot be completed to "
+                         f"{goal} by the other {rest_size}")
+    out = {name: _bottom_k_mask(flat[name], k).view_as(scores[name]) for name, k in fixed.items()}
     if scope == "layer":
-        masks = {}
-        for name, score in zip(names, flat):
-            masks[name] = _bottom_k_mask(score, round(sparsity * score.numel())).view_as(scores[name])
-        return Masks(masks)
-    if scope != "global":
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    everything = torch.cat(flat)
-    mask = _bottom_k_mask(everything, round(sparsity * everything.numel()))
-    out, start = {}, 0
-    for name, score in zip(names, flat):
-        out[name] = mask[start:start + score.numel()].view_as(scores[name])
-        start += score.numel()
-    return Masks(out)
+        # Without per-layer rates every layer takes the target itself (as it always did); with them, the share.
+        share = float(sparsity) if not fixed else (left / rest_size if rest_size else 0.0)
+        for name in rest:
+            out[name] = _bottom_k_mask(flat[name], round(share * flat[name].numel())).view_as(scores[name])
+    elif rest:
+        mask, start = _bottom_k_mask(torch.cat([flat[n] for n in rest]), left), 0
+        for name in rest:
+            out[name] = mask[start:start + flat[name].numel()].view_as(scores[name])
+            start += flat[name].numel()
+    return Masks({name: out[name] for name in names})
 
 
 def _bottom_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:

@@ -35,7 +35,12 @@ class Schedule:
     def check_budget(self, train_epochs: int, finetune_epochs: int) -> None:
         """Refuse, before any training, epochs this schedule cannot work with (UsageError). Default: any."""
 
-    def epochs_per_round(self, finetune_epochs: int, rounds: int) -> list[int]:
+    def layer_rates(self, target: float, sizes: dict, classifier: str) -> Optional[dict]:
+        """Per-layer sparsities a round's prune must meet exactly ({name: fraction}); the other layers share
+        the rest of the round's target. Default: none."""
+        return None
+
+    def epochs_per_round(self, finetune_epochs: int, rounds: int, train_epochs: int = 0) -> list[int]:
         """Split the fine-tune budget over the rounds (earlier rounds get the remainder)."""
         base, extra = divmod(finetune_epochs, rounds)
         return [base + (1 if r < extra else 0) for r in range(rounds)]
@@ -58,7 +63,7 @@ class Iterative(Schedule):
     name = "iterative"
 
     config_schema = {"rounds": Int(1, 10_000), "spacing": Choice(("geometric", "linear")),
-                     "epochs_per_round": Optional_(Int(1, 100_000))}
+                     "epochs_per_round": Optional_(Int(0, 100_000))}
 
     def __init__(self, rounds: int = 5, spacing: str = "geometric", epochs_per_round: Optional[int] = None, **kw):
         super().__init__(**kw)
@@ -74,7 +79,7 @@ class Iterative(Schedule):
         out[-1] = float(sparsity)  # exactly, whatever the floating point did
         return out
 
-    def epochs_per_round(self, finetune_epochs, rounds):
+    def epochs_per_round(self, finetune_epochs, rounds, train_epochs=0):
         if self.fixed_epochs is not None:
             return [self.fixed_epochs] * rounds
         return super().epochs_per_round(finetune_epochs, rounds)
@@ -92,24 +97,43 @@ class Iterative(Schedule):
 class Lottery(Iterative):
     """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019): after each prune the surviving
     weights go back to their values at initialisation (or at ``rewind_epoch`` of dense training) and are
-    retrained. ``reinit=true`` gives the random re-initialisation control."""
+    retrained for the full training length, ``train.epochs``, every round (``epochs_per_round`` overrides).
+
+    ``classifier_rate``: the output layer is pruned at that fraction of the other layers' rate (the paper
+    uses 0.5), the total still exactly the round's target. ``reinit=true`` adds the paper's random
+    re-initialisation control: the ticket's own final masks, trained once more from a fresh initialisation
+    (same masks, new weights); the report's fine-tuned accuracy is then the control's."""
     name = "lottery"
     rewind = True
 
-    config_schema = {"rewind_epoch": Int(0, 100_000), "reinit": Bool()}
+    config_schema = {"rewind_epoch": Int(0, 100_000), "reinit": Bool(), "classifier_rate": Num(0.0, 1.0)}
 
-    def __init__(self, rewind_epoch: int = 0, reinit: bool = False, **kw):
+    def __init__(self, rewind_epoch: int = 0, reinit: bool = False, classifier_rate: float = 1.0, **kw):
         super().__init__(**kw)
         self.rewind_epoch, self.reinit = int(rewind_epoch), bool(reinit)
+        self.classifier_rate = float(classifier_rate)
+
+    def epochs_per_round(self, finetune_epochs, rounds, train_epochs=0):
+        if self.fixed_epochs is not None:
+            return [self.fixed_epochs] * rounds
+        return [int(train_epochs)] * rounds  # the paper's protocol: the full training length, every round
+
+    def layer_rates(self, target, sizes, classifier):
+        if self.classifier_rate == 1.0 or classifier not in sizes:
+            return None
+        total, head = sum(sizes.values()), sizes[classifier]
+        # n_other * s + n_head * rate * s = target * n_total, so the total stays exactly the target.
+        others = target * total / (total - head + self.classifier_rate * head)
+        return {classifier: self.classifier_rate * others}
 
     def check_budget(self, train_epochs, finetune_epochs):
-        super().check_budget(train_epochs, finetune_epochs)
         if self.rewind_epoch > train_epochs:
             raise UsageError(f"schedule.rewind_epoch={self.rewind_epoch}: must be at most train.epochs "
                              f"({train_epochs}), the epochs of dense training it rewinds to")
 
     def describe(self):
-        return {**super().describe(), "rewind_epoch": self.rewind_epoch, "reinit": self.reinit}
+        return {**super().describe(), "rewind_epoch": self.rewind_epoch, "reinit": self.reinit,
+                "classifier_rate": self.classifier_rate}
 
 
 class Gradual(Schedule):

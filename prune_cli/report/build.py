@@ -55,6 +55,8 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
         "layers": layers,
         "rounds": [r.as_dict() for r in record.rounds],
         "timings": dict(record.timings),
+        # Training after the dense stage, per phase: what a comparison of methods must hold equal (or show).
+        "budget": {"epochs": dict(record.budget), "total_epochs": sum(record.budget.values())},
         "cache": dict(record.cache),
         "flops": dict(measured["flops"]),
         "latency": measured["latency"],

@@ -38,10 +38,15 @@ class L1(Strategy):
 
 
 class L0(Strategy):
-    """min L(w) s.t. ||w||_0 <= k by projected training: after every step keep the k largest |w|.
+    """min L(w) s.t. ||w||_0 <= k by iterative hard thresholding: after every optimizer step, keep the k
+    largest |w| of *all* prunable weights and zero the rest.
 
-    k ramps linearly from the current number of surviving weights to the target over ``epochs`` epochs
-    (``ramp`` of them; the rest train at the final k), which avoids destroying the model in one projection.
+    Nothing is fixed while k ramps: a weight zeroed by one projection still gets its gradient step and comes
+    back as soon as it is among the k largest again (``reentries`` counts how often that happened). k ramps
+    linearly from the previous round's target to this round's over ``ramp`` of the ``epochs`` epochs, then
+    stays; the mask is only fixed after the last projection, by the shared thresholding of the scores
+    (|w|), which then keeps exactly the weights the last projection kept. Weights pruned in earlier rounds
+    stay pruned (masks only shrink across rounds).
     """
     name = "l0"
 
@@ -50,21 +55,29 @@ class L0(Strategy):
     def __init__(self, epochs: int = 5, ramp: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.epochs, self.ramp = int(epochs), float(ramp)
+        self.projections = self.reentries = 0
 
     def prepare(self, ctx: ScoringContext) -> None:
         params = dict(ctx.model.named_parameters())
-        # The ramp starts at the previous round's target, not at the masks in hand: a resumed run may hold
-        # masks from the middle of the ramp and must still follow the same one.
+        # The ramp is a function of the step alone, from the previous round's target: a resumed run follows
+        # the same one.
         start = ctx.previous_target
         steps_per_epoch = ctx.train.num_batches(ctx.batch_size)
         ramp_steps = max(1, int(self.ramp * self.epochs * steps_per_epoch))
         final = float(ctx.target)
+        last = {}
 
         def project(step: int):
             level = start + (final - start) * min(1.0, step / ramp_steps)
             scores = {name: params[name].detach().abs() for name in ctx.prunable}
-            # Previously pruned weights stay pruned, so the projection only ever grows the zero set.
-            return topk_masks(scores, level, self.scope, previous=ctx.masks).to(ctx.device)
+            masks = topk_masks(scores, level, self.scope, previous=ctx.masks).to(ctx.device)
+            masks.apply_(ctx.model)  # the projection itself: nothing carries over to the next step
+            for name, mask in masks.items():
+                if name in last:
+                    self.reentries += int(((last[name] == 0) & (mask != 0)).sum())
+                last[name] = mask
+            self.projections += 1
+            return None
 
         ctx.fit(epochs=self.epochs, stage=f"round{ctx.round}.l0", after_step=project)
 
