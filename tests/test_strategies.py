@@ -200,3 +200,30 @@ def test_l0_is_iterative_hard_thresholding_weights_zeroed_once_come_back():
     # Scoring afterwards fixes the last projection's mask: the same weights are kept.
     masks = topk_masks(strategy.score(ctx), 0.5, "global")
     assert torch.equal(masks["1.weight"].bool(), model[1].weight.detach() != 0)
+
+
+def test_activation_statistics_are_taken_after_batch_norm_where_the_relu_is():
+    """Conv -> BN -> ReLU: the network's activation is relu(bn(conv(x))), not relu(conv(x))."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3))
+    with torch.no_grad():  # a norm that reorders the channels: without it channel 0 fires most
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([3.0, 1.0, 0.5, 0.2]))
+        model[1].running_mean.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))
+        model[1].running_var.fill_(1.0)
+        model[1].weight.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+        model[1].bias.copy_(torch.tensor([-1.0, 0.0, 0.0, 0.0]))
+    g = torch.Generator().manual_seed(0)
+    train = TensorSplit(torch.rand(32, 1, 4, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
+    ctx = tiny_context(model, train, batch_size=8)
+    act = Activation(batches=4).score(ctx)["0"]
+    apoz = APoZ(batches=4).score(ctx)["0"]
+    with torch.no_grad():
+        model.eval()
+        fired = torch.cat([model[2](model[1](model[0](x))).transpose(0, 1).flatten(1)
+                           for x, _ in ctx.calibration_batches(4)], dim=1)
+    assert torch.allclose(act, fired.abs().mean(dim=1).float())
+    assert torch.allclose(apoz, 1 - (fired == 0).double().mean(dim=1).float())
+    scale = (1 + model[1].eps) ** -0.5  # the norm divides by sqrt(var + eps)
+    assert act.tolist() == pytest.approx([0.0, scale, 0.5 * scale, 0.2 * scale], abs=1e-6)  # channel 0 silent

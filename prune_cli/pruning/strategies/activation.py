@@ -1,7 +1,9 @@
 """Activation-based, structured criteria: prune the units that fire little.
 
-Each unit's activation is its layer's output passed through a ReLU, averaged over calibration batches of
-training data (all positions of a conv channel count). ``activation`` keeps the units with the largest mean
+Each unit's activation is taken where the network's own nonlinearity sees it: the layer's output, or, when a
+batch norm reads that output directly (Conv -> BN -> ReLU in VGG and ResNet), the batch norm's output; then
+passed through a ReLU and averaged over calibration batches of training data (all positions of a conv channel
+count). ``activation`` keeps the units with the largest mean
 |activation|; ``apoz`` keeps those with the smallest Average Percentage of Zeros (Hu et al. 2016).
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ class _UnitStatistic(Strategy):
         modules = dict(ctx.model.named_modules())
         totals = {layer.name: torch.zeros(layer.num_units, dtype=torch.float64) for layer in ctx.unit_layers}
         counts = {layer.name: 0 for layer in ctx.unit_layers}
+        batches = list(ctx.calibration_batches(self.batches))
+        where = self._observed_modules(ctx, modules, batches[0][0]) if batches else {}
 
         def hook_for(name):
             def hook(module, inputs, output):
@@ -40,15 +44,48 @@ class _UnitStatistic(Strategy):
                 counts[name] += rectified.shape[1]
             return hook
 
-        handles = [modules[layer.name].register_forward_hook(hook_for(layer.name)) for layer in ctx.unit_layers]
+        handles = [modules[where.get(layer.name, layer.name)].register_forward_hook(hook_for(layer.name))
+                   for layer in ctx.unit_layers]
         try:
             with eval_mode(ctx.model):
-                for x, _ in ctx.calibration_batches(self.batches):
+                for x, _ in batches:
                     ctx.model(x)
         finally:
             for handle in handles:
                 handle.remove()
         return {name: self.to_score(totals[name] / max(counts[name], 1)).float() for name in totals}
+
+    @staticmethod
+    def _observed_modules(ctx: ScoringContext, modules: dict, x: torch.Tensor) -> dict:
+        """{unit layer: the batch norm that reads its output directly}, found on one forward pass by which
+        tensor each batch norm receives (so a norm elsewhere in the network is never mistaken for it)."""
+        outputs, found, handles = {}, {}, []
+        layer_names = {layer.name for layer in ctx.unit_layers}
+
+        def remember(name):
+            def hook(module, inputs, output):
+                outputs[id(output)] = (name, output)  # the tensor kept alive so its id stays its own
+            return hook
+
+        def match(name):
+            def hook(module, inputs):
+                source = outputs.get(id(inputs[0]))
+                if source is not None and source[1] is inputs[0] and source[0] not in found:
+                    found[source[0]] = name
+            return hook
+
+        for name, module in modules.items():
+            if name in layer_names:
+                handles.append(module.register_forward_hook(remember(name)))
+            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                handles.append(module.register_forward_pre_hook(match(name)))
+        try:
+            with eval_mode(ctx.model):
+                ctx.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return found
 
     def to_score(self, mean: torch.Tensor) -> torch.Tensor:
         return mean
