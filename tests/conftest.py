@@ -108,3 +108,17 @@ def check_sparsity(report, run_dir, overrides) -> None:
         assert zeros == round(target * total)
     else:
         assert abs(zeros - target * total) <= largest_unit(overrides)
+
+
+def run_in_process(args, capsys, monkeypatch, cwd):
+    """``prune-run`` through its console entry in this process: (exit code, stdout, stderr)."""
+    from prune_cli.app import cli
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["prune-run", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, prune_run, read_report
+from conftest import TINY, prune_run, read_report, run_in_process
 
 
 def test_run_writes_report_and_checkpoint_under_outputs_by_default(tmp_path):
@@ -51,20 +51,6 @@ BAD_INPUTS = [
     (["sparsity=0.99999999"], "sparsity=0.99999999: would prune all 18,944 prunable weights of model=mlp"),
     (["schedule=gradual", "finetune.epochs=0"], "finetune.epochs=0: schedule=gradual prunes during fine-tuning"),
 ]
-
-
-def run_in_process(args, capsys, monkeypatch, cwd):
-    """``prune-run`` through its console entry in this process: (exit code, stdout, stderr)."""
-    from prune_cli.app import cli
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["prune-run", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])

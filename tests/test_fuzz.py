@@ -6,7 +6,6 @@ The keys come from the composed config of every option in conf/, so a new option
 editing this file. Drawn with hypothesis, derandomised so that CI sees the same cases every time.
 """
 import json
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +14,7 @@ from omegaconf import OmegaConf
 
 from prune_cli.config import compose_config
 
-from conftest import options
+from conftest import options, run_in_process
 
 # Small and fast wherever a drawn value is valid: a few steps of training, no latency timing.
 BASE = ["train.epochs=1", "finetune.epochs=1", "train.batch_size=512", "finetune.batch_size=512",
@@ -54,16 +53,7 @@ CASES = cases()
 
 
 def run(args, tmp_path, capsys, monkeypatch):
-    from prune_cli.app import cli
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["prune-run", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_in_process(args, capsys, monkeypatch, tmp_path)
 
 
 def test_every_group_and_key_is_fuzzed():

@@ -10,22 +10,6 @@ from prune_cli.data.splits import AugmentedSplit, DataInfo, Dataset, LoaderSplit
 from prune_cli.errors import UsageError
 
 
-def _channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (unbiased) std of uint8 images in [0, 1] units, in float64 chunks."""
-    c = x.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    squares = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, len(x), chunk):
-        part = x[start:start + chunk].to(torch.float64) / 255.0
-        total += part.sum(dim=(0, 2, 3))
-        squares += (part * part).sum(dim=(0, 2, 3))
-    count = len(x) * x.shape[2] * x.shape[3]
-    mean = total / count
-    var = (squares - count * mean * mean) / max(1, count - 1)
-    std = var.clamp_min(0).sqrt().clamp_min(1e-6)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 def _option(cfg, key: str, default):
     value = cfg.get(key, default)
     return default if value is None else value
