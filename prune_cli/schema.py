@@ -121,6 +121,18 @@ class ListOf(Spec):
 
 
 @dataclass(frozen=True)
+class MapOf(Spec):
+    """A mapping of names to values of one spec (e.g. per-layer rates)."""
+    value: Spec
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) and self.value.accepts(v) for k, v in value.items())
+
+    def describe(self) -> str:
+        return f"a mapping of names to values, each {self.value.describe()}"
+
+
+@dataclass(frozen=True)
 class AnyOf(Spec):
     options: tuple
 

@@ -1,7 +1,6 @@
 """prune-run as a user runs it: a subprocess, its exit code, what it prints, what it leaves behind."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest

@@ -200,3 +200,31 @@ def test_no_validation_split_no_val_accuracy(run_api):
 def test_every_report_shows_the_training_budget_after_the_dense_stage(run_api, overrides, epochs):
     report, _ = run_api(*overrides, "measure.latency=false")
     assert report["budget"] == {"epochs": epochs, "total_epochs": sum(epochs.values())}
+
+
+def test_layer_sparsity_sets_some_layers_and_the_rest_reaches_the_target(run_api):
+    report, _ = run_api("model=lenet300", "sparsity=0.9", "strategy.layer_sparsity={layers.5.weight:0.5}",
+                        "schedule=iterative", "schedule.rounds=2")
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert layers["layers.5.weight"]["sparsity"] == 0.5                     # exactly, at the end
+    assert report["sparsity"]["zeros"] == round(0.9 * report["sparsity"]["prunable_weights"])
+    assert report["strategy"]["layer_sparsity"] == {"layers.5.weight": 0.5}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["strategy.layer_sparsity={fc9.weight:0.5}"], "strategy.layer_sparsity: fc9.weight is not a prunable weight "
+                                                   "of this model; they are layers.1.weight, layers.3.weight"),
+    (["strategy=activation", "sparsity=0.5", "strategy.layer_sparsity={layers.1.weight:0.5}"],
+     "strategy.layer_sparsity: strategy=activation does not prune weight by weight"),
+    (["sparsity=0.1", "strategy.layer_sparsity={layers.1.weight:0.9}"],
+     "strategy.layer_sparsity: cannot reach sparsity=0.1: the given layers alone zero 14,746 weights, more than "
+     "the 1,894 it allows"),
+    (["sparsity=0.99", "strategy.layer_sparsity={layers.1.weight:0.5}"],
+     "strategy.layer_sparsity: cannot reach sparsity=0.99: the other layers would need 10,563 zeros of their "
+     "2,560 weights"),
+    (["strategy.layer_sparsity={layers.1.weight:1.5}"], "strategy.layer_sparsity={'layers.1.weight': 1.5}: must be"),
+])
+def test_bad_layer_sparsity_is_one_line(run_api, overrides, message):
+    with pytest.raises(prune_cli.errors.UsageError) as err:
+        run_api(*overrides)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -15,7 +15,7 @@ from test_models import _plain_cpu_kernels  # noqa: F401  (autouse: one thread, 
 
 EXPECTED = {
     # preset: (model, dataset, strategy, granularity, scope, schedule, sparsity, rounds)
-    "han_lenet300": ("lenet300", "mnist", "magnitude", "unstructured", "global", "iterative", 0.92, 5),
+    "han_lenet300": ("lenet300", "mnist", "magnitude", "unstructured", "global", "iterative", 0.918197, 5),
     "lottery_lenet300": ("lenet300", "mnist", "magnitude", "unstructured", "layer", "lottery", 0.865782, 9),
     "li_vgg16": ("vgg16", "cifar10", "magnitude", "structured", "layer", "oneshot", 0.64, 1),
     "li_resnet56": ("resnet56", "cifar10", "magnitude", "structured", "layer", "oneshot", 0.137, 1),
@@ -82,6 +82,13 @@ def test_preset_runs_one_tiny_step(name, generated, tmp_path):
     assert report["sparsity"]["target"] == pytest.approx(target)
     assert strategy_kind(overrides) == EXPECTED[name][3]
     check_sparsity(report, tmp_path / name, overrides)
+    layers = {layer["name"]: layer["sparsity"] for layer in report["layers"]}
+    if name == "han_lenet300":  # Han et al.'s per-layer rates, exactly: fc1 keeps 8%, fc2 9%, fc3 26%
+        assert layers == {"layers.1.weight": round(0.92 * 235200) / 235200,
+                          "layers.3.weight": round(0.91 * 30000) / 30000, "layers.5.weight": 0.74}
+    if name == "lottery_lenet300":  # the output layer at half the others' rate
+        others = (layers["layers.1.weight"] * 235200 + layers["layers.3.weight"] * 30000) / 265200
+        assert layers["layers.5.weight"] == pytest.approx(0.5 * others, abs=1 / 1000)
     if EXPECTED[name][3] == "structured":
         assert report["shrunk"]["matches_masked"]  # the physically smaller model computes the same
 
@@ -94,7 +101,7 @@ def test_plan_of_a_preset_on_generated_files(generated, capsys):
     assert (plan["dataset"]["train"], plan["dataset"]["test"]) == (120, 40)
     assert plan["model"]["params"] == 266_610 and plan["model"]["macs"] == 266_200
     targets = [r["target"] for r in plan["loop"]["rounds"]]
-    assert len(targets) == 5 and targets[-1] == 0.92 and targets == sorted(targets)
+    assert len(targets) == 5 and targets[-1] == 0.918197 and targets == sorted(targets)
     assert sum(r["finetune_epochs"] for r in plan["loop"]["rounds"]) == 30
     out = capsys.readouterr().out
     assert "prune-run plan" in out and "Han et al. 2015" in out and "266,610" in out

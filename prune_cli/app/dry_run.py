@@ -58,7 +58,7 @@ def _model(cfg, facts: DataFacts, strategy) -> dict:
     from prune_cli.measure.flops import count_flops
     from prune_cli.models import build_for
     from prune_cli.pruning.masks import prunable_names
-    from prune_cli.pruning.sparsity import check_leaves_a_weight, model_sparsity
+    from prune_cli.pruning.sparsity import check_layer_sparsity, check_leaves_a_weight, model_sparsity
     model_cfg = plain(cfg.model)
     # Pretrained weights are an initialisation: counting needs only the architecture (and no download).
     model, spec = build_for({k: v for k, v in model_cfg.items() if k != "pretrained"}, facts.info)
@@ -70,6 +70,7 @@ def _model(cfg, facts: DataFacts, strategy) -> dict:
            "prunable_weights": model_sparsity(model, prunable)[2], "prunable_layers": len(prunable),
            "macs": int(count_flops(model, input_shape)["dense"])}
     check_leaves_a_weight(float(cfg.sparsity), out["prunable_weights"], out["name"])
+    check_layer_sparsity(strategy, prunable, dict(model.named_parameters()), float(cfg.sparsity))
     if strategy.structured:
         import torch
         from prune_cli.pruning.units import check_reachable

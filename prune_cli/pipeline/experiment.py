@@ -28,7 +28,7 @@ from prune_cli.pipeline.loops import loop_for
 from prune_cli.pipeline.record import RunRecord
 from prune_cli.pipeline.scores import first_round_scores
 from prune_cli.pruning.masks import Masks, prunable_names, topk_masks
-from prune_cli.pruning.sparsity import check_leaves_a_weight, model_sparsity
+from prune_cli.pruning.sparsity import check_layer_sparsity, check_leaves_a_weight, model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
 from prune_cli.storage.resume import RunState
 from prune_cli.storage.run_dir import completed_report, refuse_other_config, remove_leftovers
@@ -70,6 +70,7 @@ class Experiment:
         self.unit_layers = []
         check_leaves_a_weight(float(cfg.sparsity), model_sparsity(self.model, self.prunable)[2],
                               cfg.model.get("name", cfg.model.get("_target_")))
+        check_layer_sparsity(self.strategy, self.prunable, dict(self.model.named_parameters()), float(cfg.sparsity))
         if self.strategy.structured:
             from prune_cli.pruning.units import check_reachable, unit_layers
             self.unit_layers = unit_layers(self.model, self.example)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from prune_cli.pipeline.record import Round
+from prune_cli.pruning.masks import round_layer_rates
 from prune_cli.training.settings import StageSettings
 
 STAGE = "gradual"
@@ -41,7 +42,8 @@ def run(exp) -> None:
             record.rounds[-1].accuracy, record.rounds[-1].val_accuracy = exp.evaluate()
         target = prunes[step]
         index = len(record.rounds) + 1
-        exp.masks = exp.prune_to(target, exp.context(index, target))
+        rates = round_layer_rates(exp.strategy.layer_sparsity, None, target, final)
+        exp.masks = exp.prune_to(target, exp.context(index, target), layer_rates=rates)
         test, val = exp.evaluate()
         record.rounds.append(Round(round=index, step=step, target=target, sparsity=exp.achieved(),
                                    accuracy_pruned=test, val_accuracy_pruned=val,

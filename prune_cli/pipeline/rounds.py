@@ -12,7 +12,7 @@ import torch
 
 from prune_cli.models import build
 from prune_cli.pipeline.record import Round
-from prune_cli.pruning.masks import classifier_name
+from prune_cli.pruning.masks import classifier_name, round_layer_rates
 from prune_cli.training.loop import stage_seed
 from prune_cli.training.settings import StageSettings
 
@@ -39,8 +39,10 @@ def run(exp) -> None:
             if not state.is_done(f"{name}.prepare"):
                 exp.strategy.prepare(exp.context(index, target, previous))
                 state.boundary(f"{name}.prepare", exp.model, exp.masks)
-            rates = None if exp.strategy.structured else exp.schedule.layer_rates(
-                target, _sizes(exp), f"{classifier_name(exp.model)}.weight")
+            rates = None if exp.strategy.structured else round_layer_rates(
+                exp.strategy.layer_sparsity, exp.schedule.layer_rates(target, _sizes(exp),
+                                                                      f"{classifier_name(exp.model)}.weight"),
+                target, float(exp.cfg.sparsity))
             exp.masks = exp.prune_to(target, exp.context(index, target), share_scores=index == 1 and not rates,
                                      layer_rates=rates)
             test, val = exp.evaluate()

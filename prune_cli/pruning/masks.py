@@ -104,17 +104,26 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
             score = torch.where(previous[name].flatten().to(device) == 0,
                                 torch.tensor(float("-inf"), device=device), score)
         flat[name] = score
-    fixed = {}
-    for name, rate in (layer_rates or {}).items():
+    layer_rates = dict(layer_rates or {})
+    for name in layer_rates:
         if name not in flat:
             raise ValueError(f"layer_rates names {name!r}, which is not scored")
-        before = int(torch.isinf(flat[name]).sum())
-        fixed[name] = max(before, round(float(rate) * flat[name].numel()))
-    rest = [n for n in names if n not in fixed]
+    rest = [n for n in names if n not in layer_rates]
     goal = round(sparsity * sum(flat[n].numel() for n in names))
+    wanted = {name: float(rate) * flat[name].numel() for name, rate in layer_rates.items()}
+    counts = {name: round(z) for name, z in wanted.items()}
+    if not rest and layer_rates:
+        # Every tensor has its own rate: round them so that they add up to the total (largest remainders).
+        counts = {name: int(z) for name, z in wanted.items()}
+        short = goal - sum(counts.values())
+        for name in sorted(wanted, key=lambda n: wanted[n] - counts[n], reverse=True)[:max(0, short)]:
+            counts[name] += 1
+    fixed = {name: max(int(torch.isinf(flat[name]).sum()), k) for name, k in counts.items()}
     left = goal - sum(fixed.values())
     rest_size = sum(flat[n].numel() for n in rest)
-    if left < 0 or left > rest_size or (left and not rest):
+    if not rest:
+        left = 0  # the tensors' own counts are the total (they meet it whenever the rates add up to it)
+    if left < 0 or left > rest_size:
         raise ValueError(f"the per-layer rates zero {sum(fixed.values())} weights, which cannot be completed to "
                          f"{goal} by the other {rest_size}")
     out = {name: _bottom_k_mask(flat[name], k).view_as(scores[name]) for name, k in fixed.items()}
@@ -148,3 +157,14 @@ def _bottom_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     ties = (score == threshold).nonzero().flatten()
     mask[ties[: k - int(below.sum())]] = 0.0
     return mask
+
+
+def round_layer_rates(layer_sparsity: Mapping[str, float], schedule_rates: Mapping[str, float] | None,
+                      target: float, final: float) -> dict[str, float] | None:
+    """The per-layer rates of a prune to ``target`` on the way to ``final``: a layer given its own final
+    sparsity (``strategy.layer_sparsity``) reaches it in proportion to the schedule (exactly at the end);
+    a rate the schedule sets (the lottery's output layer) applies where the strategy set none."""
+    rates = dict(schedule_rates or {})
+    scale = target / final if final else 0.0
+    rates.update({name: rate * scale for name, rate in layer_sparsity.items()})
+    return rates or None

@@ -18,6 +18,32 @@ def check_leaves_a_weight(sparsity: float, total: int, model_name: str) -> None:
                          f"at most {(total - 1) / total:.6f} leaves one")
 
 
+def check_layer_sparsity(strategy, prunable: list, params: Mapping, sparsity: float) -> None:
+    """``strategy.layer_sparsity`` names prunable weights of this model, is for unstructured strategies, and
+    leaves the other layers a share of the target they can take; else one line saying why not."""
+    from prune_cli.errors import UsageError
+    rates = strategy.layer_sparsity
+    if not rates:
+        return
+    if strategy.structured or strategy.loop is not None:
+        raise UsageError(f"strategy.layer_sparsity: strategy={strategy.name} does not prune weight by weight; "
+                         f"per-layer rates need an unstructured strategy")
+    unknown = [name for name in rates if name not in prunable]
+    if unknown:
+        raise UsageError(f"strategy.layer_sparsity: {unknown[0]} is not a prunable weight of this model; they are "
+                         f"{', '.join(prunable)}")
+    total = sum(params[n].numel() for n in prunable)
+    fixed = sum(round(rate * params[n].numel()) for n, rate in rates.items())
+    rest = total - sum(params[n].numel() for n in rates)
+    left = round(sparsity * total) - fixed
+    if left < 0 or left > rest or (left and not rest):
+        goal = round(sparsity * total)
+        need = (f"the given layers alone zero {fixed:,} weights, more than the {goal:,} it allows" if left < 0 else
+                f"the other layers would need {left:,} zeros of their {rest:,} weights" if rest else
+                f"the given layers zero {fixed:,} of {total:,} weights where it needs {goal:,}")
+        raise UsageError(f"strategy.layer_sparsity: cannot reach sparsity={sparsity}: {need}")
+
+
 def zero_count(tensor: torch.Tensor, mask: Optional[torch.Tensor] = None) -> int:
     """Entries of ``tensor`` that are zero, or that ``mask`` zeroes."""
     tensor = tensor.detach()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prune_cli.pruning.masks import Masks
-from prune_cli.schema import Bool, Choice
+from prune_cli.schema import AnyOf, Bool, Choice, MapOf, Null, Num
 
 
 @dataclass
@@ -51,14 +51,17 @@ class Strategy:
     structured = False
     # The config keys every strategy takes (subclasses add theirs; see prune_cli/schema.py).
     config_schema = {"scope": Choice(("global", "layer")), "prune_classifier": Bool(),
-                     "granularity": Choice(("unstructured", "structured"))}
+                     "granularity": Choice(("unstructured", "structured")),
+                     "layer_sparsity": AnyOf((MapOf(Num(0.0, 1.0, hi_open=True)), Null()))}
     # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
     # train-a-smaller-model baseline replaces pruning altogether.
     loop = None
 
     def __init__(self, scope: str = "global", prune_classifier: bool = True, name: Optional[str] = None,
-                 granularity: str = "unstructured"):
+                 granularity: str = "unstructured", layer_sparsity: Optional[dict] = None):
         self.scope = scope
+        # {weight name: final sparsity} for some layers; the others share the rest of the target.
+        self.layer_sparsity = dict(layer_sparsity or {})
         self.prune_classifier = prune_classifier
         self.granularity = granularity
         if name:
@@ -80,8 +83,11 @@ class Strategy:
         raise NotImplementedError(f"strategy {self.name!r} ({type(self).__name__}) does not define score(ctx)")
 
     def describe(self) -> dict:
-        return {"name": self.name, "scope": self.scope, "granularity": "structured" if self.structured
-                else "unstructured", "prune_classifier": self.prune_classifier}
+        out = {"name": self.name, "scope": self.scope, "granularity": "structured" if self.structured
+               else "unstructured", "prune_classifier": self.prune_classifier}
+        if self.layer_sparsity:
+            out["layer_sparsity"] = dict(self.layer_sparsity)
+        return out
 
 
 def unit_norms(ctx: ScoringContext, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
