@@ -266,7 +266,8 @@ def class_schema(cls, skip: Sequence[str] = ()) -> dict:
         if "config_schema" in vars(klass):
             merged.update(vars(klass)["config_schema"])
         elif "__init__" in vars(klass) and not str(klass.__module__).startswith(("torch", "builtins")):
-            merged.update(_from_signature(vars(klass)["__init__"]))
+            for key, spec in _from_signature(vars(klass)["__init__"]).items():
+                merged.setdefault(key, spec)  # a declared table is never loosened by a signature
     if not merged and not isinstance(cls, type):
         merged = _from_signature(cls)  # a factory function
     return {k: v for k, v in merged.items() if k not in skip}
@@ -306,8 +307,8 @@ def check_class_group(group: str, values: dict) -> None:
     if not TARGET.accepts(target):
         _fail(f"{group}._target_", target, TARGET)
     cls = resolve_target(target, group)
-    schema = dict(common)
-    schema.update(class_schema(cls, skip=FROM_DATA if group == "model" else ()))
+    schema = class_schema(cls, skip=FROM_DATA if group == "model" else ())
+    schema.update(common)  # every class's name and target obey the group's rule
     check_section(group, values, schema, f"{group}={values.get('name', target)}")
 
 

@@ -83,3 +83,26 @@ def test_a_checkpoint_that_is_not_a_dict_is_one_line(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(UsageError, match="not a prune-cli checkpoint"):
         prune_cli.load_checkpoint(path)
+
+
+def test_a_trusted_module_covers_its_model_classes_not_its_other_functions(tmp_path, monkeypatch):
+    (tmp_path / "mytools.py").write_text("def wipe(path):\n    open(path, 'w').write('wiped')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = tmp_path / "victim"
+    path = save(tmp_path / "evil.pt", "mytools.wipe", {"path": str(marker)})
+    with pytest.raises(UsageError, match="mytools.wipe.*refused"):
+        prune_cli.load_checkpoint(path, trusted=("mytools.",))
+    assert not marker.exists()
+
+
+def test_the_packages_own_models_take_no_download_and_only_their_keys(tmp_path):
+    path = save(tmp_path / "tv.pt", "prune_cli.models.TorchvisionModel",
+                {"input_shape": [3, 32, 32], "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3,
+                 "arch": "resnet18", "pretrained": True})
+    with pytest.raises(UsageError, match="pretrained weights"):
+        prune_cli.load_checkpoint(path)
+    path = save(tmp_path / "mlp.pt", "prune_cli.models.MLP",
+                {"input_shape": [1, 8, 8], "num_classes": 10, "mean": [0.5], "std": [0.25], "hidden": "abc",
+                 "colour": "red"})
+    with pytest.raises(UsageError, match=r"mlp.pt: model.hidden='abc': must be a list"):
+        prune_cli.load_checkpoint(path)

@@ -63,7 +63,7 @@ def test_every_group_and_key_is_fuzzed():
     assert len(CASES) > 80
 
 
-@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=st.sampled_from(CASES), value=st.sampled_from(VALUES))
 def test_a_run_completes_or_refuses_with_one_line(tmp_path_factory, capsys, monkeypatch, case, value):

@@ -148,7 +148,8 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     dirs |= {p.parent.resolve() for p in sweep_dir.rglob(REPORT)}  # also a job run with hydra.output_subdir=null
     jobs = sweep_dir / JOBS
     if jobs.is_dir():  # jobs whose directory is elsewhere (or was never created) are counted too
-        dirs |= {Path(m.read_text().strip()).resolve() for m in jobs.iterdir() if m.is_file()}
+        dirs |= {Path(text).resolve() for text in (m.read_text().strip() for m in jobs.iterdir() if m.is_file())
+                 if text}
     root = sweep_dir.resolve()
     return sorted(dirs, key=lambda d: _job_order(d.relative_to(root)) if d.is_relative_to(root) else (2, 0, str(d)))
 

@@ -76,10 +76,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     except OSError as err:  # an unwritable or full run directory: one line, never a traceback
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"prune-run: {job} could not write its files{where}: {err.strerror or err}", file=sys.stderr)
-        try:
-            reporting.write_status(run_dir, "failed", f"could not write its files: {err.strerror or err}")
-        except OSError:
-            pass
+        reporting.write_status(run_dir, "failed", f"could not write its files: {err.strerror or err}")
         return _fail("", 1, multirun, job)
     except Exception as err:
         # A bug, not bad input: keep the traceback (Hydra prints it), but never leave a run looking finished.

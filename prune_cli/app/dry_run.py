@@ -54,7 +54,7 @@ def _dataset(cfg) -> tuple[dict, DataFacts]:
     return out, facts
 
 
-def _model(cfg, facts: DataFacts, strategy) -> dict:
+def _model(cfg, facts: DataFacts, strategy, schedule) -> dict:
     from prune_cli.measure.flops import count_flops
     from prune_cli.models import build_for
     from prune_cli.pruning.masks import prunable_names
@@ -70,7 +70,9 @@ def _model(cfg, facts: DataFacts, strategy) -> dict:
            "prunable_weights": model_sparsity(model, prunable)[2], "prunable_layers": len(prunable),
            "macs": int(count_flops(model, input_shape)["dense"])}
     check_leaves_a_weight(float(cfg.sparsity), out["prunable_weights"], out["name"])
-    check_layer_sparsity(strategy, prunable, dict(model.named_parameters()), float(cfg.sparsity))
+    from prune_cli.pruning.masks import classifier_name
+    check_layer_sparsity(strategy, prunable, dict(model.named_parameters()), float(cfg.sparsity), schedule,
+                         f"{classifier_name(model)}.weight")
     if strategy.structured:
         import torch
         from prune_cli.pruning.units import check_reachable
@@ -108,7 +110,7 @@ def make_plan(cfg: DictConfig) -> dict:
     loop = loop_for(strategy, schedule)
     data, facts = _dataset(cfg)
     plan = {"device": str(device), "seed": int(cfg.seed), "sparsity": float(cfg.sparsity), "dataset": data,
-            "model": _model(cfg, facts, strategy), "strategy": strategy.describe(),
+            "model": _model(cfg, facts, strategy, schedule), "strategy": strategy.describe(),
             "schedule": schedule.describe(), "loop": loop.plan(cfg, strategy, schedule, facts),
             "train": _stage(cfg.train), "finetune": _stage(cfg.finetune), "dense": _dense_cache(cfg, schedule, device),
             "reference": plain(cfg.get("reference"))}

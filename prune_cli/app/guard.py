@@ -33,8 +33,8 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
     several. An unknown group option is left to Hydra, whose message lists the options there are."""
     args = _parsed(argv)
     if args is None or args.multirun or args.help or args.hydra_help or args.cfg or args.info \
-            or args.shell_completion or args.experimental_rerun:
-        return None
+            or args.shell_completion or args.experimental_rerun or args.config_path:
+        return None  # (a --config-path is resolved by Hydra from the caller: the run checks it itself)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
@@ -48,9 +48,12 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose(config_name=args.config_name or "config", overrides=overrides, return_hydra_config=True)
+        from hydra.core.hydra_config import HydraConfig
+        HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} in the run's keys resolves as in the run
         run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
         with open_dict(cfg):
             cfg.pop("hydra")
+        OmegaConf.resolve(cfg)
     except MissingConfigException:
         return None
     except Exception as err:  # noqa: BLE001 - Hydra's override and composition errors

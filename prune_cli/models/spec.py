@@ -48,23 +48,35 @@ def build_trusted(spec: Any, trusted: Sequence[str] = (), where: str = "checkpoi
     prefixes = [OWN_MODELS] if own else [p for p in trusted if _within(target, p)]
     hint = (f"model target {target!r} is refused: it is not one of prune-cli's models, and no trusted= "
             f"module covers it (pass trusted=(\"{target.rpartition('.')[0] or target}.\",) if you trust that code)")
-    if not prefixes or not all(part.isidentifier() for part in target.split(".")):
+    if not prefixes or not all(part.isidentifier() and not part.startswith("__") for part in target.split(".")):
         raise UsageError(f"{where}: {hint}")
+    if kwargs.get("pretrained"):  # weights come from the checkpoint itself, never from a download
+        raise UsageError(f"{where}: its model spec asks for pretrained weights; a checkpoint carries its own")
     module_name, _, name = target.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
         raise UsageError(f"{where}: model target {target!r} cannot be imported here") from None
     defined_in = str(getattr(obj, "__module__", "") or "")
+    is_model_class = isinstance(obj, type) and issubclass(obj, nn.Module)
     if own:
-        ok = isinstance(obj, type) and issubclass(obj, nn.Module) and _within(defined_in, "prune_cli.models")
+        ok = is_model_class and _within(defined_in, "prune_cli.models")
     else:
-        # Trusting a module covers what it defines; trusting the exact target covers that object.
-        ok = callable(obj) and any(p.rstrip(".") == target or _within(defined_in, p) for p in prefixes)
+        # Trusting a module covers the model classes it defines; trusting the exact target covers that object
+        # (a factory function, say), and nothing else.
+        ok = any(p.rstrip(".") == target for p in prefixes) and callable(obj) or \
+            is_model_class and any(_within(defined_in, p) for p in prefixes)
     if not ok:
         raise UsageError(f"{where}: model target {target!r} is refused: it names "
                          f"{type(obj).__name__} from {defined_in or 'an unknown module'}, not a model class of "
                          f"the trusted module")
+    if own:  # the package's own classes: their keys and types as the config schema has them
+        from prune_cli.schema import FROM_DATA, check_section, class_schema
+        try:
+            check_section("model", {k: v for k, v in kwargs.items() if k not in FROM_DATA}, class_schema(obj),
+                          f"model={target}")
+        except UsageError as err:
+            raise UsageError(f"{where}: {err}") from None
     model = obj(**kwargs)
     if not isinstance(model, nn.Module):
         raise UsageError(f"{where}: model target {target!r} built a {type(model).__name__}, not an nn.Module")

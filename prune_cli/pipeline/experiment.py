@@ -27,7 +27,7 @@ from prune_cli.pipeline.finish import finish
 from prune_cli.pipeline.loops import loop_for
 from prune_cli.pipeline.record import RunRecord
 from prune_cli.pipeline.scores import first_round_scores
-from prune_cli.pruning.masks import Masks, prunable_names, topk_masks
+from prune_cli.pruning.masks import Masks, classifier_name, prunable_names, topk_masks
 from prune_cli.pruning.sparsity import check_layer_sparsity, check_leaves_a_weight, model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
 from prune_cli.storage.resume import RunState
@@ -70,7 +70,8 @@ class Experiment:
         self.unit_layers = []
         check_leaves_a_weight(float(cfg.sparsity), model_sparsity(self.model, self.prunable)[2],
                               cfg.model.get("name", cfg.model.get("_target_")))
-        check_layer_sparsity(self.strategy, self.prunable, dict(self.model.named_parameters()), float(cfg.sparsity))
+        check_layer_sparsity(self.strategy, self.prunable, dict(self.model.named_parameters()), float(cfg.sparsity),
+                             self.schedule, f"{classifier_name(self.model)}.weight")
         if self.strategy.structured:
             from prune_cli.pruning.units import check_reachable, unit_layers
             self.unit_layers = unit_layers(self.model, self.example)

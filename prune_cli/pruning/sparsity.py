@@ -18,30 +18,39 @@ def check_leaves_a_weight(sparsity: float, total: int, model_name: str) -> None:
                          f"at most {(total - 1) / total:.6f} leaves one")
 
 
-def check_layer_sparsity(strategy, prunable: list, params: Mapping, sparsity: float) -> None:
-    """``strategy.layer_sparsity`` names prunable weights of this model, is for unstructured strategies, and
-    leaves the other layers a share of the target they can take; else one line saying why not."""
+def check_layer_sparsity(strategy, prunable: list, params: Mapping, sparsity: float, schedule=None,
+                         classifier: Optional[str] = None) -> None:
+    """Per-layer rates (``strategy.layer_sparsity``, and a schedule's own, such as the lottery's output-layer
+    rate) name prunable weights of this model, suit the strategy, and leave the other layers a share of the
+    target they can take; else one line saying why not. Checked before any training."""
     from prune_cli.errors import UsageError
-    rates = strategy.layer_sparsity
-    if not rates:
-        return
-    if strategy.structured or strategy.loop is not None:
-        raise UsageError(f"strategy.layer_sparsity: strategy={strategy.name} does not prune weight by weight; "
-                         f"per-layer rates need an unstructured strategy")
+    from prune_cli.pruning.masks import round_layer_rates
+    rates = dict(strategy.layer_sparsity)
+    if rates and (strategy.structured or strategy.loop is not None or not strategy.takes_layer_rates):
+        raise UsageError(f"strategy.layer_sparsity: strategy={strategy.name} does not take per-layer rates (they "
+                         f"need an unstructured strategy that thresholds once, after training)")
     unknown = [name for name in rates if name not in prunable]
     if unknown:
         raise UsageError(f"strategy.layer_sparsity: {unknown[0]} is not a prunable weight of this model; they are "
                          f"{', '.join(prunable)}")
-    total = sum(params[n].numel() for n in prunable)
-    fixed = sum(round(rate * params[n].numel()) for n, rate in rates.items())
-    rest = total - sum(params[n].numel() for n in rates)
+    sizes = {n: params[n].numel() for n in prunable}
+    own = schedule.layer_rates(sparsity, sizes, classifier) if schedule is not None and classifier \
+        and not strategy.structured else None
+    final = round_layer_rates(rates, own, sparsity, sparsity)
+    if not final:
+        return
+    key = "strategy.layer_sparsity" if rates else "schedule.classifier_rate"
+    total = sum(sizes.values())
+    fixed = sum(round(rate * sizes[n]) for n, rate in final.items())
+    rest = total - sum(sizes[n] for n in final)
     left = round(sparsity * total) - fixed
-    if left < 0 or left > rest or (left and not rest):
+    if any(rate >= 1.0 for rate in final.values()) or left < 0 or left > rest or (left and not rest):
         goal = round(sparsity * total)
-        need = (f"the given layers alone zero {fixed:,} weights, more than the {goal:,} it allows" if left < 0 else
+        need = (f"a layer would have to lose every weight" if any(r >= 1.0 for r in final.values()) else
+                f"the given layers alone zero {fixed:,} weights, more than the {goal:,} it allows" if left < 0 else
                 f"the other layers would need {left:,} zeros of their {rest:,} weights" if rest else
                 f"the given layers zero {fixed:,} of {total:,} weights where it needs {goal:,}")
-        raise UsageError(f"strategy.layer_sparsity: cannot reach sparsity={sparsity}: {need}")
+        raise UsageError(f"{key}: cannot reach sparsity={sparsity}: {need}")
 
 
 def zero_count(tensor: torch.Tensor, mask: Optional[torch.Tensor] = None) -> int:

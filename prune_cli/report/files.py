@@ -17,7 +17,12 @@ def write_report(run_dir: Path, result: dict) -> None:
 
 
 def write_status(run_dir: Path, status: str, error: str) -> None:
-    """A failed or interrupted run still says so, unless a completed report is already there to keep."""
+    """A failed or interrupted run still says so, unless a completed report is already there to keep. A
+    directory that cannot take even this (a full disk) is left as it is: the caller has its one line."""
     if completed_report(run_dir) is not None:
         return
-    atomic_write_text(Path(run_dir) / REPORT, json.dumps(jsonable({"status": status, "error": error}), indent=2) + "\n")
+    try:
+        atomic_write_text(Path(run_dir) / REPORT,
+                          json.dumps(jsonable({"status": status, "error": error}), indent=2) + "\n")
+    except OSError:
+        pass

@@ -56,6 +56,9 @@ class Strategy:
     # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
     # train-a-smaller-model baseline replaces pruning altogether.
     loop = None
+    # Whether per-layer rates (strategy.layer_sparsity) apply: not for a strategy whose training already
+    # thresholds the weights itself (l0 projects every step).
+    takes_layer_rates = True
 
     def __init__(self, scope: str = "global", prune_classifier: bool = True, name: Optional[str] = None,
                  granularity: str = "unstructured", layer_sparsity: Optional[dict] = None):

@@ -49,6 +49,7 @@ class L0(Strategy):
     stay pruned (masks only shrink across rounds).
     """
     name = "l0"
+    takes_layer_rates = False
 
     config_schema = {"epochs": Int(1, 100_000), "ramp": Num(0.0, 1.0, lo_open=True)}
 
