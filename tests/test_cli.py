@@ -12,7 +12,7 @@ def test_run_writes_report_and_checkpoint_under_outputs_by_default(tmp_path):
     result = prune_run(["strategy=magnitude", "sparsity=0.9", *TINY], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = list((tmp_path / "outputs" / "runs").iterdir())
-    assert len(runs) == 1 and runs[0].name.endswith(f"_magnitude_0.9")
+    assert len(runs) == 1 and runs[0].name.endswith("_magnitude_0.9")
     run_dir = runs[0]
     assert {"report.json", "report.md", "pruned.pt", "prune-run.log"} <= {p.name for p in run_dir.iterdir()}
     assert (run_dir / ".hydra" / "config.yaml").exists()

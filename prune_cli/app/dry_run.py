@@ -11,7 +11,6 @@ still writes its usual ``.hydra/`` config into the run directory).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig

@@ -6,7 +6,7 @@ import io
 import os
 from collections.abc import Sequence
 
-from prune_cli.comparison.summary import DEFAULT_BY, METRICS, group_keys as _group_keys, number as _number
+from prune_cli.comparison.summary import METRICS, group_keys as _group_keys, number as _number
 from prune_cli.storage.atomic import atomic_write_text
 
 

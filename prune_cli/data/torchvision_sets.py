@@ -1,8 +1,6 @@
 """MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 from ``dataset.root``, as splits in memory or streamed."""
 from __future__ import annotations
 
-import torch
-
 from prune_cli.data.files import SOURCES, data_root, ensure_files, first_line as _first_line
 from prune_cli.data.readers import read
 from prune_cli.data.splits import AugmentedSplit, DataInfo, Dataset, LoaderSplit, TensorSplit, channel_stats, \

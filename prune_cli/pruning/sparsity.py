@@ -46,7 +46,7 @@ def check_layer_sparsity(strategy, prunable: list, params: Mapping, sparsity: fl
     left = round(sparsity * total) - fixed
     if any(rate >= 1.0 for rate in final.values()) or left < 0 or left > rest or (left and not rest):
         goal = round(sparsity * total)
-        need = (f"a layer would have to lose every weight" if any(r >= 1.0 for r in final.values()) else
+        need = ("a layer would have to lose every weight" if any(r >= 1.0 for r in final.values()) else
                 f"the given layers alone zero {fixed:,} weights, more than the {goal:,} it allows" if left < 0 else
                 f"the other layers would need {left:,} zeros of their {rest:,} weights" if rest else
                 f"the given layers zero {fixed:,} of {total:,} weights where it needs {goal:,}")

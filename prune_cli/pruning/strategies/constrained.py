@@ -5,9 +5,7 @@ exactly the target by the shared masking code, then fine-tuned as usual.
 """
 from __future__ import annotations
 
-import torch
-
-from prune_cli.pruning.masks import Masks, topk_masks
+from prune_cli.pruning.masks import topk_masks
 from prune_cli.schema import Int, Num
 from prune_cli.pruning.strategies.base import ScoringContext, Strategy
 
