@@ -207,6 +207,7 @@ def top_level() -> dict:
         "progress": AnyOf((Choice(("auto",)), Bool())),
         "eval_batch_size": Int(1, 1 << 20),
         "dry_run": Bool(),
+        "weights": Optional_(Noted(Text(), "a path to trained dense weights: a state_dict or a pruned.pt")),
         "reference": Free(),
         "train": _stage(1), "finetune": _stage(0),
         "cache": {"enabled": Bool(), "dir": Text()},
@@ -218,6 +219,9 @@ def top_level() -> dict:
 
 _TORCHVISION_SET = {"name": NAME, "root": Text(), "download": Bool(), "val_fraction": VAL_FRACTION, "split_seed": SEED,
                     "augment": Optional_(Bool()), "in_memory": Bool(), "workers": Int(0, 256)}
+_OWN_SET = {"name": NAME, "val_fraction": VAL_FRACTION, "split_seed": SEED, "augment": Optional_(Bool()),
+            "in_memory": AnyOf((Choice(("auto",)), Bool())), "memory_mb": Num(0.0, 1e9), "workers": Int(0, 256)}
+_SPLIT = Noted(Optional_(Free(mapping=True)), "a {_target_: module.factory, ...arguments} building a Dataset")
 DATASETS = {
     "digits": {"name": NAME, "test_fraction": Num(0.0, 1.0, lo_open=True, hi_open=True), "split_seed": SEED,
                "val_fraction": VAL_FRACTION},
@@ -226,6 +230,9 @@ DATASETS = {
                   "split_seed": SEED, "val_fraction": VAL_FRACTION},
     "mnist": _TORCHVISION_SET, "fashion_mnist": _TORCHVISION_SET, "cifar10": _TORCHVISION_SET,
     "cifar100": _TORCHVISION_SET,
+    "imagefolder": {**_OWN_SET, "root": Optional_(Text()), "channels": Optional_(Int(1, 3)),
+                    "image_size": Optional_(AnyOf((Int(1, 65536), ListOf(Int(1, 65536), 2, 2))))},
+    "custom": {**_OWN_SET, "train": _SPLIT, "test": _SPLIT, "val": _SPLIT, "num_classes": Optional_(Int(2, 10_000_000))},
 }
 
 # Keys every strategy, schedule and model config has, whatever its class.

@@ -94,7 +94,7 @@ def check_sparsity(report, run_dir, overrides) -> None:
     from prune_cli.storage.safe_load import safe_load
     target = report["sparsity"]["target"]
     state = safe_load(Path(run_dir) / "pruned.pt")["state_dict"]
-    names = [layer["name"] for layer in report["layers"]]
+    names = [layer["name"] for layer in report["layers"] if not layer.get("ignored")]
     total = sum(state[n].numel() for n in names)
     zeros = sum(int((state[n] == 0).sum()) for n in names)
     kind = strategy_kind(overrides)

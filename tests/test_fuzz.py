@@ -70,8 +70,9 @@ def test_a_run_completes_or_refuses_with_one_line(tmp_path_factory, capsys, monk
     option, key = case
     tmp_path = tmp_path_factory.mktemp("fuzz")
     run_dir = tmp_path / "run"
-    data = ["dataset.download=false", f"dataset.root={tmp_path / 'no-data'}"] if option and option.startswith(
-        "dataset=") and option not in ("dataset=digits", "dataset=synthetic") else []
+    no_data = [f"dataset.root={tmp_path / 'no-data'}"]
+    data = {"dataset=imagefolder": no_data, "dataset=custom": []}.get(option, ["dataset.download=false", *no_data]) \
+        if option and option.startswith("dataset=") and option not in ("dataset=digits", "dataset=synthetic") else []
     args = [*([option] if option else []), *BASE, *data, f"{key}={value}", f"hydra.run.dir={run_dir}"]
     if key == "strategy.epochs" or not _takes(option, "strategy.epochs"):
         args.remove("strategy.epochs=1")

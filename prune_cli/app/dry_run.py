@@ -54,34 +54,38 @@ def _dataset(cfg) -> tuple[dict, DataFacts]:
 
 
 def _model(cfg, facts: DataFacts, strategy, schedule) -> dict:
+    import torch
+
     from prune_cli.measure.flops import count_flops
     from prune_cli.models import build_for
-    from prune_cli.pruning.masks import prunable_names
-    from prune_cli.pruning.sparsity import check_layer_sparsity, check_leaves_a_weight, model_sparsity
+    from prune_cli.pipeline.prunable import prunable_of
+    from prune_cli.pruning.sparsity import model_sparsity
     model_cfg = plain(cfg.model)
     # Pretrained weights are an initialisation: counting needs only the architecture (and no download).
     model, spec = build_for({k: v for k, v in model_cfg.items() if k != "pretrained"}, facts.info)
-    prunable = prunable_names(model, include_classifier=strategy.prune_classifier)
     input_shape = tuple(facts.info.input_shape)
-    out = {"name": model_cfg.get("name", model_cfg.get("_target_")), "target": spec["target"],
+    name = model_cfg.get("name", model_cfg.get("_target_"))
+    allowed = prunable_of(model, torch.zeros(1, *input_shape), strategy, schedule, float(cfg.sparsity), name)
+    prunable = allowed.names
+    out = {"name": name, "target": spec["target"],
            "options": {k: v for k, v in model_cfg.items() if k not in ("_target_", "name")},
            "params": sum(p.numel() for p in model.parameters()),
            "prunable_weights": model_sparsity(model, prunable)[2], "prunable_layers": len(prunable),
            "macs": int(count_flops(model, input_shape)["dense"])}
-    check_leaves_a_weight(float(cfg.sparsity), out["prunable_weights"], out["name"])
-    from prune_cli.pruning.masks import classifier_name
-    check_layer_sparsity(strategy, prunable, dict(model.named_parameters()), float(cfg.sparsity), schedule,
-                         f"{classifier_name(model)}.weight")
-    if strategy.structured:
-        import torch
-        from prune_cli.pruning.units import check_reachable
-        check_reachable(model, torch.zeros(1, *input_shape), prunable, float(cfg.sparsity), strategy.name,
-                        out["name"])
+    if allowed.ignored:
+        out["ignored"] = allowed.ignored
+    if cfg.get("weights"):  # the same fit check as the run's, before anything is trained
+        from prune_cli.storage.weights import read_weights
+        read_weights(cfg.weights, model, name)
     return out
 
 
 def _dense_cache(cfg, schedule, device) -> str:
-    from prune_cli.pipeline.dense import dense_key, run_cache
+    from prune_cli.pipeline.dense import check_weights, dense_key, run_cache
+    check_weights(cfg, schedule)
+    if cfg.get("weights"):
+        from prune_cli.storage.weights import weights_path
+        return f"loaded from {weights_path(cfg.weights)}: not trained"
     if not cfg.cache.enabled:
         return "cache disabled: the dense model would be trained"
     path = run_cache(cfg).path(dense_key(cfg, schedule, device.type))
@@ -137,6 +141,8 @@ def print_plan(cfg: DictConfig, console=None) -> dict:
     table.add_row("model", escape(f"{m['name']} ({m['target']}) {options}".strip()))
     table.add_row("dense size", f"{_number(m['params'])} params, {_number(m['prunable_weights'])} prunable weights "
                   f"in {m['prunable_layers']} layers, {_number(m['macs'])} MACs per image")
+    if m.get("ignored"):
+        table.add_row("left dense", escape(", ".join(m["ignored"]) + " (strategy.ignore)"))
     shape = "x".join(str(s) for s in d["input_shape"])
     sizes = f"train {d['train']:,}" + (f" / val {d['val']:,}" if d.get("val") else "") + f" / test {d['test']:,}"
     table.add_row("dataset", escape(f"{d['name']}: {shape}, {d['num_classes']} classes, {sizes}"
@@ -150,7 +156,8 @@ def print_plan(cfg: DictConfig, console=None) -> dict:
     table.add_row("strategy", escape(" ".join(f"{k}={v}" for k, v in strategy.items())))
     table.add_row("schedule", escape(" ".join(f"{k}={v}" for k, v in plan["schedule"].items())))
     table.add_row("sparsity", f"{plan['sparsity']:g} of prunable weights zero at the end")
-    table.add_row("train (dense)", f"{plan['train']}; {plan['dense']}")
+    table.add_row("train (dense)", plan["dense"] if plan["dense"].startswith("loaded") else
+                  f"{plan['train']}; {plan['dense']}")
     if r["kind"] == "rounds":
         table.add_row("fine-tune", plan["finetune"] + " (total over rounds)")
         for item in r["rounds"]:

@@ -23,9 +23,19 @@ def _torchvision(cfg):
     return load(cfg)
 
 
+def _imagefolder(cfg):
+    from prune_cli.data.own import load_image_folder
+    return load_image_folder(cfg)
+
+
+def _custom(cfg):
+    from prune_cli.data.own import load_factory
+    return load_factory(cfg)
+
+
 # name -> loader(cfg) -> Dataset. The torchvision sets share one loader, which reads files.SOURCES.
 DATASETS = {"digits": _digits, "synthetic": _synthetic, "mnist": _torchvision, "fashion_mnist": _torchvision,
-            "cifar10": _torchvision, "cifar100": _torchvision}
+            "cifar10": _torchvision, "cifar100": _torchvision, "imagefolder": _imagefolder, "custom": _custom}
 
 
 def load_dataset(cfg):

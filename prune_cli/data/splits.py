@@ -197,30 +197,32 @@ class _Images(torch.utils.data.Dataset):
 class LoaderSplit:
     """A split streamed through a DataLoader with ``workers`` processes; only one batch is on the device.
 
-    For sets too large for the device. Images stay uint8 on the host until their batch is moved; the
+    For sets too large for the device (or for memory): ``source`` is either image tensors with their labels
+    (``x``, ``y``: uint8 on the host until their batch is moved) or any map-style ``torch.utils.data.Dataset``
+    of (image tensor, label) read from files as batches are drawn (``x`` the dataset, ``y`` None). The
     augmentation (training batches only) is the same on-device ``augment`` as ``AugmentedSplit``'s, drawn from
     the same generator, so both paths give the same kind of batches.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, workers: int = 2, augmented: bool = False,
-                 device="cpu", padding: int = 4):
+    def __init__(self, x, y, workers: int = 2, augmented: bool = False, device="cpu", padding: int = 4):
         self.x, self.y, self.workers, self.augmented = x, y, int(workers), augmented
         self.device, self.padding = torch.device(device), padding
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x) if self.y is None else len(self.y)
 
     def to(self, device) -> "LoaderSplit":
         return LoaderSplit(self.x, self.y, self.workers, self.augmented, device, self.padding)
 
     def num_batches(self, batch_size: int) -> int:
-        return batch_count(len(self.y), batch_size)
+        return batch_count(len(self), batch_size)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cuda = self.device.type == "cuda"
+        source = self.x if self.y is None else _Images(self.x, self.y)
         loader = torch.utils.data.DataLoader(
-            _Images(self.x, self.y), batch_size=batch_size, shuffle=shuffle, generator=generator,
+            source, batch_size=batch_size, shuffle=shuffle, generator=generator,
             num_workers=self.workers, pin_memory=cuda)
         for x, y in loader:
             x = x.to(self.device, non_blocking=cuda)

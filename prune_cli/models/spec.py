@@ -83,11 +83,28 @@ def build_trusted(spec: Any, trusted: Sequence[str] = (), where: str = "checkpoi
     return model
 
 
+def accepted(target: str, names: Sequence[str]) -> list[str]:
+    """Which of ``names`` the class or factory ``target`` takes: all when it has ``**kwargs``, else those its
+    signature names. A user's model gets ``input_shape`` and ``num_classes`` only when it asks for them."""
+    import inspect
+    module_name, _, name = target.rpartition(".")
+    obj = getattr(importlib.import_module(module_name), name)
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return list(names)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return list(names)
+    return [n for n in names if n in params]
+
+
 def make_spec(model_cfg: dict[str, Any], info, width: float = 1.0) -> dict[str, Any]:
-    """Spec from the ``model`` config group plus what the dataset says (input shape, classes, statistics)."""
+    """Spec from the ``model`` config group plus what the dataset says (input shape, classes, statistics),
+    each passed when the model's constructor takes it."""
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("_target_", "name", "pretrained")}
-    kwargs.update(input_shape=list(info.input_shape), num_classes=int(info.num_classes),
-                  mean=list(info.mean), std=list(info.std))
+    from_data = {"input_shape": list(info.input_shape), "num_classes": int(info.num_classes),
+                 "mean": list(info.mean), "std": list(info.std)}
+    kwargs.update({k: from_data[k] for k in accepted(model_cfg["_target_"], list(from_data))})
     if width != 1.0:
         kwargs["width"] = float(width)
     return {"target": model_cfg["_target_"], "kwargs": kwargs}

@@ -1,4 +1,5 @@
-"""The dense stage: train the dense model, or take it from the cache when an identical one was trained before.
+"""The dense stage: train the dense model, or take it from the cache when an identical one was trained before,
+or load the trained weights the user brings (``weights=PATH``; see ``storage/weights.py``).
 
 ``dense_key`` is the one definition of "identical" (the run and the dry run both call it): exactly the config
 the dense model depends on (model, data, train settings, seed, the rewind epoch a lottery needs kept) and the
@@ -13,19 +14,32 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from prune_cli.config import plain
+from prune_cli.errors import UsageError
 from prune_cli.storage.cache import DenseCache, cache_key
 from prune_cli.training.settings import StageSettings
 
 log = logging.getLogger("prune_cli")
 
 # How data is fetched, not what it is: these dataset keys do not change the dense model.
-FETCH_KNOBS = ("download", "workers", "in_memory")
+FETCH_KNOBS = ("download", "workers", "in_memory", "memory_mb")
 
 
 def dense_key(cfg: DictConfig, schedule, device_type: str) -> str:
     dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in FETCH_KNOBS}
+    if cfg.get("weights"):  # loaded weights: the file's content is the dense model, whatever train says
+        from prune_cli.storage.weights import file_sha256, weights_path
+        return cache_key({"model": plain(cfg.model), "dataset": dataset, "device": device_type,
+                          "weights": file_sha256(weights_path(cfg.weights))})
     return cache_key({"model": plain(cfg.model), "dataset": dataset, "train": plain(cfg.train),
                       "seed": int(cfg.seed), "rewind_epoch": int(schedule.rewind_epoch), "device": device_type})
+
+
+def check_weights(cfg: DictConfig, schedule) -> None:
+    """What loaded weights cannot give: a point of dense training to rewind to."""
+    if cfg.get("weights") and int(schedule.rewind_epoch) > 0:
+        raise UsageError(f"schedule.rewind_epoch={schedule.rewind_epoch}: weights={cfg.weights} gives trained "
+                         f"weights only, no epoch of their training to rewind to; use schedule.rewind_epoch=0 "
+                         f"(rewind to a fresh initialisation)")
 
 
 def run_cache(cfg: DictConfig, kind: str = "dense", **kwargs) -> DenseCache:
@@ -37,6 +51,8 @@ def run_cache(cfg: DictConfig, kind: str = "dense", **kwargs) -> DenseCache:
 def train_dense(exp) -> None:
     if exp.state.is_done("train"):
         return  # the loop continues from the saved weights
+    if exp.cfg.get("weights"):
+        return _load(exp)
     if exp.state.in_progress("train"):
         exp.restore_saved_weights(exp.model)
     key = dense_key(exp.cfg, exp.schedule, exp.device.type)
@@ -57,6 +73,43 @@ def train_dense(exp) -> None:
     exp.record.timings["train"] = entry["seconds"] if source != "reused" else 0.0
     if exp.schedule.rewind:
         exp.state.extra["rewind"] = entry["rewind"]
+    exp.state.boundary("train", exp.model, exp.masks)
+
+
+def _load(exp) -> None:
+    """The dense stage of ``weights=PATH``: load, keep the file's masks (a pruned.pt is pruned further), and
+    evaluate. Rewinding schedules go back to a fresh initialisation of the model (seeded as always)."""
+    from prune_cli.pruning.masks import Masks
+    from prune_cli.pruning.sparsity import model_sparsity
+    from prune_cli.storage.weights import read_weights
+    initial = {k: v.detach().cpu().clone() for k, v in exp.model.state_dict().items()}
+    name = exp.cfg.model.get("name", exp.cfg.model.get("_target_"))
+    loaded = read_weights(exp.cfg.weights, exp.model, name)
+    exp.model.load_state_dict(loaded.state_dict)
+    if loaded.masks:
+        masks = Masks.from_state(loaded.masks, exp.device)
+        zeroed = [n for n in exp.ignored if n in masks and bool((masks[n] == 0).any())]
+        if zeroed:
+            raise UsageError(f"strategy.ignore={exp.strategy.ignore}: {zeroed[0]} is already pruned in "
+                             f"weights={exp.cfg.weights}, so it cannot be left dense")
+        try:
+            masks.validate(exp.model)
+        except ValueError as err:
+            raise UsageError(f"weights={exp.cfg.weights}: {err}") from None
+        masks.apply_(exp.model)
+        exp.masks = masks
+        _, zeros, total = model_sparsity(exp.model, exp.prunable)
+        if zeros > round(float(exp.cfg.sparsity) * total):  # the zero count a target means (topk_masks)
+            raise UsageError(f"sparsity={exp.cfg.sparsity}: weights={exp.cfg.weights} already has "
+                             f"{zeros / total:.6g} of the prunable weights zero, and pruning further only adds "
+                             f"zeros; ask for at least that")
+    exp.record.cache = {"dense": "loaded", "key": dense_key(exp.cfg, exp.schedule, exp.device.type),
+                        "weights": loaded.describe()}
+    log.info("dense model loaded from %s (%s, sha256 %s)", loaded.path, loaded.kind, loaded.sha256[:12])
+    exp.record.set_accuracy("dense", *exp.evaluate())
+    exp.record.timings["train"] = 0.0
+    if exp.schedule.rewind:
+        exp.state.extra["rewind"] = initial
     exp.state.boundary("train", exp.model, exp.masks)
 
 

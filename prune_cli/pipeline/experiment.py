@@ -25,10 +25,11 @@ from prune_cli.pipeline import dense
 from prune_cli.pipeline.facts import DataFacts
 from prune_cli.pipeline.finish import finish
 from prune_cli.pipeline.loops import loop_for
+from prune_cli.pipeline.prunable import prunable_of
 from prune_cli.pipeline.record import RunRecord
 from prune_cli.pipeline.scores import first_round_scores
-from prune_cli.pruning.masks import Masks, classifier_name, prunable_names, topk_masks
-from prune_cli.pruning.sparsity import check_layer_sparsity, check_leaves_a_weight, model_sparsity
+from prune_cli.pruning.masks import Masks, topk_masks
+from prune_cli.pruning.sparsity import model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
 from prune_cli.storage.resume import RunState
 from prune_cli.storage.run_dir import completed_report, refuse_other_config, remove_leftovers
@@ -54,6 +55,7 @@ class Experiment:
         self.strategy = instantiate(cfg.strategy, "strategy")
         self.schedule = instantiate(cfg.schedule, "schedule")
         self.schedule.check_budget(int(cfg.train.epochs), int(cfg.finetune.epochs))
+        dense.check_weights(cfg, self.schedule)
         self.loop = loop_for(self.strategy, self.schedule)
         self.fingerprint = fingerprint(cfg)
         refuse_other_config(self.run_dir, self.fingerprint)  # before state.pt is read
@@ -65,18 +67,10 @@ class Experiment:
         self.model, self.spec = build_for(plain(cfg.model), self.data.info)
         self.model.to(self.device)
         self.threads = self._set_threads(cfg.get("threads", "auto"))
-        self.prunable = prunable_names(self.model, include_classifier=self.strategy.prune_classifier)
         self.example = torch.zeros(1, *self.data.info.input_shape, device=self.device)
-        self.unit_layers = []
-        check_leaves_a_weight(float(cfg.sparsity), model_sparsity(self.model, self.prunable)[2],
+        allowed = prunable_of(self.model, self.example, self.strategy, self.schedule, float(cfg.sparsity),
                               cfg.model.get("name", cfg.model.get("_target_")))
-        check_layer_sparsity(self.strategy, self.prunable, dict(self.model.named_parameters()), float(cfg.sparsity),
-                             self.schedule, f"{classifier_name(self.model)}.weight")
-        if self.strategy.structured:
-            from prune_cli.pruning.units import check_reachable, unit_layers
-            self.unit_layers = unit_layers(self.model, self.example)
-            check_reachable(self.model, self.example, self.prunable, float(cfg.sparsity), self.strategy.name,
-                            cfg.model.get("name", cfg.model.get("_target_")), layers=self.unit_layers)
+        self.prunable, self.ignored, self.unit_layers = allowed.names, allowed.ignored, allowed.unit_layers
         remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
         self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
         self.state.restore_rng()

@@ -24,7 +24,7 @@ def finish(exp) -> dict:
     extra = {"fingerprint": exp.fingerprint, "variant": variant(exp.cfg), "device": str(exp.device),
              "threads": exp.threads, "run_dir": str(exp.run_dir.resolve()),
              "checkpoint_saves": {"count": exp.state.saves, "seconds": exp.state.save_seconds}}
-    report = build_report(exp.record, state_dict=state_dict, prunable=exp.prunable,
+    report = build_report(exp.record, state_dict=state_dict, prunable=exp.prunable, ignored=exp.ignored,
                           parameters={name for name, _ in exp.model.named_parameters()}, measured=measured,
                           target=float(exp.cfg.sparsity), run=extra)
     path = exp.run_dir / "pruned.pt"

@@ -30,6 +30,42 @@ def prunable_names(model: nn.Module, include_classifier: bool = True) -> list[st
             if isinstance(module, PRUNABLE_TYPES) and name != skip]
 
 
+def prunable_for(model: nn.Module, strategy) -> tuple[list[str], list[str]]:
+    """(prunable, ignored) weights of a model under a strategy's ``prune_classifier`` and ``ignore``: the one
+    place that decides what a run may prune."""
+    return split_ignored(prunable_names(model, include_classifier=strategy.prune_classifier), strategy.ignore)
+
+
+def split_ignored(names: list[str], patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(kept, ignored): a weight is ignored when a pattern matches all of its name (``fc1.weight``) or of its
+    layer's (``fc1``). Every pattern must be a valid expression that matches something, and something must be
+    left: a typo would otherwise prune what the user meant to keep."""
+    import re
+
+    from prune_cli.errors import UsageError
+    patterns = list(patterns)
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise UsageError(f"strategy.ignore={patterns}: {pattern!r} is not a regular expression ({err})") \
+                from None
+
+    def hits(expr, name):
+        return expr.fullmatch(name) is not None or expr.fullmatch(name.rpartition(".")[0]) is not None
+
+    for pattern, expr in zip(patterns, compiled):
+        if not any(hits(expr, name) for name in names):
+            raise UsageError(f"strategy.ignore={patterns}: {pattern!r} matches none of the prunable weights "
+                             f"({', '.join(names)}); patterns match a whole name")
+    ignored = [name for name in names if any(hits(expr, name) for expr in compiled)]
+    kept = [name for name in names if name not in ignored]
+    if patterns and not kept:
+        raise UsageError(f"strategy.ignore={patterns}: leaves no weight to prune")
+    return kept, ignored
+
+
 class Masks(dict):
     """``dict[name -> 0/1 float tensor]``, validated against the model it masks."""
 

@@ -180,6 +180,13 @@ def _groups_of(layers: Iterable[UnitLayer]) -> dict[str, UnitGroup]:
     return {layer.group.name: layer.group for layer in layers}
 
 
+def sparing(layers: list[UnitLayer], names: Iterable[str]) -> list[UnitLayer]:
+    """The unit layers whose units can go without zeroing any of ``names`` (weights left dense): a unit's
+    removal also zeroes the input slices of the layers reading it, so those layers' producers stay whole."""
+    names = set(names)
+    return [layer for layer in layers if not any(c.param in names for c in layer.group.couplings)]
+
+
 def _group_masks(groups: Mapping[str, UnitGroup], dead: Mapping[str, torch.Tensor],
                  params: Mapping[str, torch.Tensor]) -> Masks:
     """Masks zeroing every slice owned by a dead unit (``dead``: group name -> bool per group unit)."""

@@ -14,12 +14,18 @@ from prune_cli.report.jsonable import jsonable
 log = logging.getLogger("prune_cli")
 
 
-def _layers(state_dict: Mapping, prunable: Iterable[str], structured: bool) -> list[dict]:
+def _layers(state_dict: Mapping, prunable: Iterable[str], structured: bool,
+            ignored: Iterable[str] = ()) -> list[dict]:
+    """One entry per prunable weight, and per weight ``strategy.ignore`` left dense (``"ignored": true``; not
+    counted in the run's sparsity), in the model's order."""
     layers = []
-    for name in prunable:
+    ignored = set(ignored)
+    for name in [n for n in state_dict if n in ignored or n in set(prunable)]:
         weight = state_dict[name]
         entry = {"name": name, "shape": list(weight.shape), "sparsity": zero_count(weight) / weight.numel()}
-        if structured:
+        if name in ignored:
+            entry["ignored"] = True
+        elif structured:
             rows = weight.flatten(1)
             entry["units_kept"] = [int((rows != 0).any(dim=1).sum()), rows.shape[0]]
         layers.append(entry)
@@ -27,9 +33,9 @@ def _layers(state_dict: Mapping, prunable: Iterable[str], structured: bool) -> l
 
 
 def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters: set[str], measured: dict,
-                 target: float, run: dict) -> dict:
+                 target: float, run: dict, ignored: Iterable[str] = ()) -> dict:
     """``run``: fingerprint, variant, device, threads, run_dir, checkpoint_saves of the process that ran it."""
-    layers = _layers(state_dict, prunable, record.structured)
+    layers = _layers(state_dict, prunable, record.structured, ignored)
     total = sum(state_dict[n].numel() for n in prunable)
     zeros = sum(zero_count(state_dict[n]) for n in prunable)
     if record.compress is not None:
@@ -48,7 +54,8 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
         "sparsity": {"target": target, "achieved": zeros / total if total else 0.0, "zeros": zeros,
                      "prunable_weights": total,
                      "prunable": "Linear and Conv weights" + ("" if record.prune_classifier
-                                                             else ", classifier excluded")},
+                                                             else ", classifier excluded")
+                                 + (f", {len(set(ignored))} ignored (strategy.ignore)" if ignored else "")},
         "accuracy": dict(record.accuracy),
         "params": {"total": sum(p.numel() for p in params),
                    "nonzero": sum(p.numel() - zero_count(p) for p in params)},

@@ -35,12 +35,14 @@ def markdown(r: dict) -> str:
             lines.append(f"| size {name} | {size:,} bytes |")
     if r.get("resumed_from"):
         lines.append(f"| resumed from | {r['resumed_from']} |")
-    lines += ["", "## Layers", "", "| layer | shape | sparsity |" + (" units kept |" if any(
-        "units_kept" in l for l in r["layers"]) else ""), "|---|---|---|" + ("---|" if any(
-            "units_kept" in l for l in r["layers"]) else "")]
+    units = any("units_kept" in l for l in r["layers"])
+    lines += ["", "## Layers", "", "| layer | shape | sparsity |" + (" units kept |" if units else ""),
+              "|---|---|---|" + ("---|" if units else "")]
     for layer in r["layers"]:
-        kept = f" {layer['units_kept'][0]} / {layer['units_kept'][1]} |" if "units_kept" in layer else ""
-        lines.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | {_pct(layer['sparsity'])} |{kept}")
+        kept = (f" {layer['units_kept'][0]} / {layer['units_kept'][1]} |" if "units_kept" in layer
+                else " all |" if units else "")
+        sparsity = "ignored (dense)" if layer.get("ignored") else _pct(layer["sparsity"])
+        lines.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | {sparsity} |{kept}")
     lines += ["", "## Rounds", "", "| round | target | achieved | acc. after pruning | acc. after fine-tuning |",
               "|---|---|---|---|---|"]
     for rd in r["rounds"]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prune_cli.pruning.masks import Masks
-from prune_cli.schema import AnyOf, Bool, Choice, MapOf, Null, Num
+from prune_cli.schema import AnyOf, Bool, Choice, ListOf, MapOf, Null, Num, Text
 
 
 @dataclass
@@ -52,7 +52,8 @@ class Strategy:
     # The config keys every strategy takes (subclasses add theirs; see prune_cli/schema.py).
     config_schema = {"scope": Choice(("global", "layer")), "prune_classifier": Bool(),
                      "granularity": Choice(("unstructured", "structured")),
-                     "layer_sparsity": AnyOf((MapOf(Num(0.0, 1.0, hi_open=True)), Null()))}
+                     "layer_sparsity": AnyOf((MapOf(Num(0.0, 1.0, hi_open=True)), Null())),
+                     "ignore": AnyOf((ListOf(Text()), Null()))}
     # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
     # train-a-smaller-model baseline replaces pruning altogether.
     loop = None
@@ -61,8 +62,11 @@ class Strategy:
     takes_layer_rates = True
 
     def __init__(self, scope: str = "global", prune_classifier: bool = True, name: Optional[str] = None,
-                 granularity: str = "unstructured", layer_sparsity: Optional[dict] = None):
+                 granularity: str = "unstructured", layer_sparsity: Optional[dict] = None,
+                 ignore: Optional[list] = None):
         self.scope = scope
+        # Regular expressions of weights (or their layers) left dense: not prunable, not counted in sparsity.
+        self.ignore = [str(p) for p in (ignore or [])]
         # {weight name: final sparsity} for some layers; the others share the rest of the target.
         self.layer_sparsity = dict(layer_sparsity or {})
         self.prune_classifier = prune_classifier
@@ -90,6 +94,8 @@ class Strategy:
                else "unstructured", "prune_classifier": self.prune_classifier}
         if self.layer_sparsity:
             out["layer_sparsity"] = dict(self.layer_sparsity)
+        if self.ignore:
+            out["ignore"] = list(self.ignore)
         return out
 
 
