@@ -2,6 +2,7 @@
 
     python scripts/result_tables.py strategies   # every strategy, lenet300 on digits, 90% and 98%, 3 seeds
     python scripts/result_tables.py schedules    # schedules at 98% with the same total fine-tune epochs
+    python scripts/result_tables.py modern       # magnitude, Wanda, SparseGPT at 50/70/90% and 2:4
 
 Runs go through the Python API in this process (one dense model per seed, from the cache), under
 outputs/tables/<table>/, and the summary is printed as Markdown with mean +/- std over seeds.
@@ -53,22 +54,40 @@ SCHEDULES = {
 }
 
 
-def run_table(name: str, variants: dict, sparsities, out: Path) -> list[str]:
+# One-shot criteria that need no retraining: accuracy right after pruning is the comparison (then 10 epochs of
+# fine-tuning, the default). Magnitude per layer is the like-for-like baseline for the per-layer/per-row ones.
+MODERN = {
+    "magnitude (global)": ["strategy=magnitude"],
+    "magnitude (layer)": ["strategy=magnitude", "strategy.scope=layer"],
+    "wanda (row)": ["strategy=wanda"],
+    "sparsegpt (layer)": ["strategy=sparsegpt"],
+}
+
+
+def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = False) -> list[str]:
     rows = []
     for label, overrides in variants.items():
         for sparsity in sparsities:
             results = []
+            pattern = []
+            if isinstance(sparsity, str):  # an N:M pattern, e.g. "2:4"
+                n, m = map(int, sparsity.split(":"))
+                pattern, sparsity = [f"strategy.pattern={n}:{m}"], 1 - n / m
             for seed in SEEDS:
-                run_dir = out / f"{label.replace(' ', '_')}/{sparsity}/seed{seed}"
-                report = prune_cli.run([*COMMON, *overrides, f"sparsity={sparsity}", f"seed={seed}"], run_dir)
+                run_dir = out / f"{label.replace(' ', '_')}/{sparsity}{'_nm' if pattern else ''}/seed{seed}"
+                report = prune_cli.run([*COMMON, *overrides, *pattern, f"sparsity={sparsity}", f"seed={seed}"],
+                                       run_dir)
                 results.append(report)
             acc = torch.tensor([r["accuracy"]["finetuned"] for r in results])
             dense = torch.tensor([r["accuracy"]["dense"] for r in results])
             achieved = torch.tensor([r["sparsity"]["achieved"] for r in results])
             seconds = sum(r["timings"]["total"] for r in results) / len(results)
             budgets = "/".join(str(b) for b in sorted({r["budget"]["total_epochs"] for r in results}))
-            rows.append(f"| {label} | {100 * sparsity:.0f}% | {100 * achieved.mean():.2f}% | {budgets} | "
+            after = torch.tensor([r["accuracy"]["pruned"] for r in results])
+            target = pattern[0].split("=")[1] if pattern else f"{100 * sparsity:.0f}%"
+            rows.append(f"| {label} | {target} | {100 * achieved.mean():.2f}% | {budgets} | "
                         f"{100 * dense.mean():.2f} ± {100 * dense.std():.2f} | "
+                        + (f"{100 * after.mean():.2f} ± {100 * after.std():.2f} | " if pruned else "") +
                         f"{100 * acc.mean():.2f} ± {100 * acc.std():.2f} | {seconds:.1f} |")
             print(rows[-1], flush=True)
     return rows
@@ -76,19 +95,23 @@ def run_table(name: str, variants: dict, sparsities, out: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("table", choices=["strategies", "schedules"])
+    parser.add_argument("table", choices=["strategies", "schedules", "modern"])
     args = parser.parse_args()
     out = Path("outputs/tables") / args.table / time.strftime("%Y-%m-%d_%H-%M-%S")
     started = time.perf_counter()
     if args.table == "strategies":
         rows = run_table(args.table, STRATEGIES, (0.9, 0.98), out)
+    elif args.table == "modern":
+        modern = {k: [*v, "finetune.epochs=10"] for k, v in MODERN.items()}
+        rows = run_table(args.table, modern, (0.5, 0.7, 0.9, "2:4"), out, pruned=True)
     else:
         rows = run_table(args.table, {k: ["strategy=magnitude", *v] for k, v in SCHEDULES.items()}, (0.98,), out)
     print()
     print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; seeds {SEEDS}; wall time {time.perf_counter() - started:.0f} s")
-    print("| variant | target | achieved | epochs | dense acc. (%) | fine-tuned acc. (%) | seconds per run |")
-    print("|---|---|---|---|---|---|---|")
+    after = " after pruning (%) |" if args.table == "modern" else ""
+    print(f"| variant | target | achieved | epochs | dense acc. (%) |{after} fine-tuned acc. (%) | seconds per run |")
+    print("|---|---|---|---|---|---|---|" + ("---|" if after else ""))
     print("\n".join(rows))
 
 

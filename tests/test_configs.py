@@ -16,9 +16,9 @@ def options(group):
 
 def test_every_group_has_its_options():
     assert {"mlp", "lenet300", "lenet5"} <= set(options("model"))
-    assert {"digits", "synthetic"} <= set(options("dataset"))
+    assert {"digits", "synthetic", "imagefolder", "custom"} <= set(options("dataset"))
     assert set(options("strategy")) == {"magnitude", "random", "gradient", "activation", "apoz", "l1", "l0",
-                                        "compress"}
+                                        "wanda", "sparsegpt", "compress"}
     assert set(options("schedule")) == {"oneshot", "iterative", "gradual", "lottery"}
 
 

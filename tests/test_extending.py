@@ -98,7 +98,7 @@ def test_an_unknown_key_for_a_users_strategy_is_one_line(tmp_path, monkeypatch):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "prune-run: strategy.colour='red': unknown key; strategy=mine takes _target_, granularity, ignore, "
-        "layer_sparsity, name, power, prune_classifier, scope"]
+        "layer_sparsity, name, pattern, power, prune_classifier, scope"]
 
 
 def test_a_users_strategy_keys_are_typed_by_their_defaults(tmp_path):

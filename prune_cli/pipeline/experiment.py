@@ -167,26 +167,21 @@ class Experiment:
 
     def prune_to(self, target: float, ctx: ScoringContext, share_scores: bool = False,
                  layer_rates: Optional[dict] = None) -> Masks:
-        """Score, then turn scores into masks at exactly ``target`` (shared thresholding), applied in place.
+        """Score, then turn scores into masks at exactly ``target`` (shared thresholding), applied in place; a
+        strategy that ``reconstructs`` gives its masks (and updated weights) itself.
 
         ``share_scores``: the loop says these are the first scores of the dense model, which a sweep over
         sparsities can compute once (``scores.py`` decides whether the strategy allows it)."""
+        masks = None
         with Timer(self.device) as t:
-            scores = first_round_scores(self, ctx) if share_scores else self.strategy.score(ctx)
+            if self.strategy.reconstructs:  # masks and new surviving weights, layer by layer
+                masks = self.strategy.reconstruct(ctx)
+            else:
+                scores = first_round_scores(self, ctx) if share_scores else self.strategy.score(ctx)
         self.record.add_time("score", t.seconds)
         with Timer(self.device) as t:
-            if self.strategy.structured:
-                from prune_cli.pruning.units import select_units, unit_masks
-                removed = select_units(scores, target, self.model, self.example, scope=self.strategy.scope,
-                                       existing_masks=self.masks, prunable=self.prunable,
-                                       layers=self.unit_layers)
-                masks = Masks(unit_masks(self.model, self.example, removed, layers=self.unit_layers))
-            else:
-                try:
-                    masks = topk_masks(scores, target, self.strategy.scope, previous=self.masks,
-                                       layer_rates=layer_rates)
-                except ValueError as err:  # per-layer rates the other layers cannot complete
-                    raise UsageError(f"sparsity={target:.6g}: {err}") from None
+            if masks is None:
+                masks = self._threshold(scores, target, layer_rates)
             masks = masks.to(self.device)
             if self.masks is not None:
                 masks = self.masks.intersect(masks)
@@ -194,6 +189,26 @@ class Experiment:
             masks.apply_(self.model)
         self.record.add_time("prune", t.seconds)
         return masks
+
+    def _threshold(self, scores, target: float, layer_rates: Optional[dict]) -> Masks:
+        """Scores -> masks at ``target``: whole units, N:M groups, or exact top-k (the strategy says which)."""
+        pattern = self.strategy.pattern
+        if self.strategy.structured:
+            from prune_cli.pruning.units import select_units, unit_masks
+            removed = select_units(scores, target, self.model, self.example, scope=self.strategy.scope,
+                                   existing_masks=self.masks, prunable=self.prunable,
+                                   layers=self.unit_layers)
+            return Masks(unit_masks(self.model, self.example, removed, layers=self.unit_layers))
+        if pattern is not None:
+            from prune_cli.pruning.patterns import nm_masks
+            try:
+                return nm_masks(scores, pattern, pattern.kept_at(target), previous=self.masks)
+            except ValueError as err:  # a pruned.pt whose zeros do not fit the pattern
+                raise UsageError(f"strategy.pattern={pattern}: {err}") from None
+        try:
+            return topk_masks(scores, target, self.strategy.scope, previous=self.masks, layer_rates=layer_rates)
+        except ValueError as err:  # per-layer rates the other layers cannot complete
+            raise UsageError(f"sparsity={target:.6g}: {err}") from None
 
     def round_masks(self) -> Optional[dict]:
         """What a round record keeps of the masks: a CPU copy when asked for (``keep_round_masks``)."""

@@ -26,9 +26,37 @@ def prunable_of(model: nn.Module, example: torch.Tensor, strategy, schedule, spa
     check_leaves_a_weight(sparsity, model_sparsity(model, names)[2], model_name)
     check_layer_sparsity(strategy, names, dict(model.named_parameters()), sparsity, schedule,
                          f"{classifier_name(model)}.weight")
+    if strategy.pattern is not None:
+        check_pattern(model, names, strategy, schedule, sparsity)
+    elif not strategy.takes_layer_rates and schedule.layer_rates(
+            sparsity, {n: p.numel() for n, p in model.named_parameters() if n in names},
+            f"{classifier_name(model)}.weight"):
+        from prune_cli.errors import UsageError
+        raise UsageError(f"schedule.classifier_rate: strategy={strategy.name} sets every layer's rate itself, so "
+                         f"the output layer cannot take another (use schedule.classifier_rate=1.0)")
     layers = []
     if strategy.structured:
         from prune_cli.pruning.units import check_reachable, sparing, unit_layers
         layers = sparing(unit_layers(model, example), ignored)
         check_reachable(model, example, names, sparsity, strategy.name, model_name, layers=layers)
     return Prunable(names, ignored, layers)
+
+
+def check_pattern(model: nn.Module, names: list[str], strategy, schedule, sparsity: float) -> None:
+    """An N:M pattern fixes the sparsity (1 - N/M), needs every pruned layer's input size to be a multiple of
+    M, and leaves no room for per-layer rates."""
+    from prune_cli.errors import UsageError
+    from prune_cli.pruning.patterns import input_size
+    pattern = strategy.pattern
+    if abs(sparsity - pattern.sparsity) > 1e-9:
+        raise UsageError(f"sparsity={sparsity}: strategy.pattern={pattern} keeps {pattern.n} of every {pattern.m} "
+                         f"weights, so the sparsity is {pattern.sparsity:g}; set sparsity={pattern.sparsity:g}")
+    params = dict(model.named_parameters())
+    for name in names:
+        if input_size(params[name].shape) % pattern.m:
+            raise UsageError(f"strategy.pattern={pattern}: {name} has {input_size(params[name].shape)} inputs, not "
+                             f"a multiple of {pattern.m}; leave it dense with strategy.ignore=[{name}]")
+    sizes = {n: params[n].numel() for n in names}
+    if strategy.layer_sparsity or schedule.layer_rates(sparsity, sizes, f"{classifier_name(model)}.weight"):
+        raise UsageError(f"strategy.pattern={pattern}: every layer keeps {pattern.n} of {pattern.m}, so per-layer "
+                         f"rates (strategy.layer_sparsity, schedule.classifier_rate) do not apply")

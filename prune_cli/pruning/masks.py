@@ -119,7 +119,8 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
 
     Ties are broken by position (earliest first over the concatenated scores, layers in the given order), so the
     result is deterministic. Entries already pruned in ``previous`` are ranked lowest, which keeps masks
-    shrinking across rounds. ``scope="layer"`` applies the same fraction to every tensor.
+    shrinking across rounds. ``scope="layer"`` applies the same fraction to every tensor; ``scope="row"`` too,
+    and spreads each tensor's zeros evenly over its output rows (compared within each row, as Wanda does).
 
     ``layer_rates`` ({name: fraction}) sets some tensors' own sparsity (``round(fraction * size)`` zeros, or
     more when ``previous`` already zeroed more); the others share what is left of the total, so the total is
@@ -127,8 +128,8 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if scope not in ("global", "layer", "row"):
+        raise ValueError(f"scope must be 'global', 'layer' or 'row', got {scope!r}")
     names = list(scores)
     device = next(iter(scores.values())).device if scores else torch.device("cpu")
     flat = {}
@@ -162,18 +163,31 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
     if left < 0 or left > rest_size:
         raise ValueError(f"the per-layer rates zero {sum(fixed.values())} weights, which cannot be completed to "
                          f"{goal} by the other {rest_size}")
-    out = {name: _bottom_k_mask(flat[name], k).view_as(scores[name]) for name, k in fixed.items()}
-    if scope == "layer":
+    bottom = _bottom_k_rows if scope == "row" else lambda score, k, shape: _bottom_k_mask(score, k)
+    out = {name: bottom(flat[name], k, scores[name].shape).view_as(scores[name]) for name, k in fixed.items()}
+    if scope in ("layer", "row"):
         # Without per-layer rates every layer takes the target itself (as it always did); with them, the share.
         share = float(sparsity) if not fixed else (left / rest_size if rest_size else 0.0)
         for name in rest:
-            out[name] = _bottom_k_mask(flat[name], round(share * flat[name].numel())).view_as(scores[name])
+            out[name] = bottom(flat[name], round(share * flat[name].numel()), scores[name].shape).view_as(
+                scores[name])
     elif rest:
         mask, start = _bottom_k_mask(torch.cat([flat[n] for n in rest]), left), 0
         for name in rest:
             out[name] = mask[start:start + flat[name].numel()].view_as(scores[name])
             start += flat[name].numel()
     return Masks({name: out[name] for name in names})
+
+
+def _bottom_k_rows(score: torch.Tensor, k: int, shape) -> torch.Tensor:
+    """Zero ``k`` entries of a weight, the same number in every output row (the first ``k % rows`` rows one
+    more), each row's lowest scores (ties: earliest first)."""
+    rows = score.view(int(shape[0]), -1)
+    per_row = torch.full((rows.shape[0],), k // rows.shape[0], dtype=torch.long)
+    per_row[: k % rows.shape[0]] += 1
+    order = torch.sort(rows, dim=1, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(rows.shape[1]).expand_as(order).contiguous())
+    return (rank >= per_row.to(rank.device)[:, None]).float().flatten()
 
 
 def _bottom_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:

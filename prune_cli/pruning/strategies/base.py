@@ -50,21 +50,28 @@ class Strategy:
     name = "strategy"
     structured = False
     # The config keys every strategy takes (subclasses add theirs; see prune_cli/schema.py).
-    config_schema = {"scope": Choice(("global", "layer")), "prune_classifier": Bool(),
+    config_schema = {"scope": Choice(("global", "layer", "row")), "prune_classifier": Bool(),
                      "granularity": Choice(("unstructured", "structured")),
                      "layer_sparsity": AnyOf((MapOf(Num(0.0, 1.0, hi_open=True)), Null())),
-                     "ignore": AnyOf((ListOf(Text()), Null()))}
+                     "ignore": AnyOf((ListOf(Text()), Null())),
+                     "pattern": AnyOf((Text(r"\d+:\d+", "N:M, e.g. 2:4"), Null()))}
     # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
     # train-a-smaller-model baseline replaces pruning altogether.
     loop = None
     # Whether per-layer rates (strategy.layer_sparsity) apply: not for a strategy whose training already
     # thresholds the weights itself (l0 projects every step).
     takes_layer_rates = True
+    # Whether pruning also changes the surviving weights (SparseGPT's reconstruction): such a strategy gives
+    # its masks through ``reconstruct`` instead of scores.
+    reconstructs = False
 
     def __init__(self, scope: str = "global", prune_classifier: bool = True, name: Optional[str] = None,
                  granularity: str = "unstructured", layer_sparsity: Optional[dict] = None,
-                 ignore: Optional[list] = None):
+                 ignore: Optional[list] = None, pattern: Optional[str] = None):
         self.scope = scope
+        # N:M masks (N kept of every M consecutive inputs), or None for free unstructured masks.
+        from prune_cli.pruning.patterns import NMPattern
+        self.pattern = NMPattern.parse(pattern) if pattern else None
         # Regular expressions of weights (or their layers) left dense: not prunable, not counted in sparsity.
         self.ignore = [str(p) for p in (ignore or [])]
         # {weight name: final sparsity} for some layers; the others share the rest of the target.
@@ -75,6 +82,12 @@ class Strategy:
             self.name = name
         if granularity == "structured":
             self.structured = True
+        if scope == "row" and self.structured:
+            raise ValueError(f"strategy.scope=row: compares weights within each output row; strategy={self.name} "
+                             f"removes whole units (scope: layer or global)")
+        if self.pattern is not None and self.structured:
+            raise ValueError(f"strategy.pattern={pattern}: an N:M pattern masks single weights; "
+                             f"strategy={self.name} removes whole units")
 
     @property
     def trains_before_scoring(self) -> bool:
@@ -89,6 +102,10 @@ class Strategy:
         """Unstructured: {weight name: tensor shaped like the weight}. Structured: {layer name: (units,)}."""
         raise NotImplementedError(f"strategy {self.name!r} ({type(self).__name__}) does not define score(ctx)")
 
+    def reconstruct(self, ctx: ScoringContext) -> Masks:
+        """Prune to ``ctx.target`` and update the surviving weights (``reconstructs`` strategies only)."""
+        raise NotImplementedError(f"strategy {self.name!r} does not reconstruct")
+
     def describe(self) -> dict:
         out = {"name": self.name, "scope": self.scope, "granularity": "structured" if self.structured
                else "unstructured", "prune_classifier": self.prune_classifier}
@@ -96,6 +113,8 @@ class Strategy:
             out["layer_sparsity"] = dict(self.layer_sparsity)
         if self.ignore:
             out["ignore"] = list(self.ignore)
+        if self.pattern is not None:
+            out["pattern"] = str(self.pattern)
         return out
 
 

@@ -22,6 +22,9 @@ class Compress(Strategy):
     def __init__(self, distill: bool = False, temperature: float = 4.0, alpha: float = 0.5, **kwargs):
         kwargs.pop("scope", None)
         super().__init__(**kwargs)
+        if self.pattern is not None:
+            raise ValueError(f"strategy.pattern={self.pattern}: strategy=compress trains a narrower dense model; "
+                             f"it has no masks to pattern")
         if self.ignore:
             raise ValueError(f"strategy.ignore={self.ignore}: strategy=compress trains a narrower model of every "
                              f"layer; there is no layer to leave dense (use a pruning strategy)")

@@ -53,6 +53,9 @@ class L0(Strategy):
 
     def __init__(self, epochs: int = 5, ramp: float = 0.5, **kwargs):
         super().__init__(**kwargs)
+        if self.pattern is not None:
+            raise ValueError(f"strategy.pattern={self.pattern}: l0 projects onto the k largest weights of the whole "
+                             f"model after every step; use magnitude, wanda or sparsegpt for N:M masks")
         self.epochs, self.ramp = int(epochs), float(ramp)
         self.projections = self.reentries = 0
 
