@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import prune_run, read_report
 from prune_cli.data.splits import TensorSplit
@@ -273,3 +275,32 @@ def test_missing_files_in_a_subprocess_exit_2_with_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("prune-run: dataset=cifar10: files not found under")
     assert "data_batch_1" in lines[0] and "test_batch" in lines[0]
     assert read_report(run_dir)["status"] == "failed"
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(counts=st.lists(st.integers(2, 40), min_size=2, max_size=8), fraction=st.floats(0.05, 0.6),
+       seed=st.integers(0, 2 ** 31 - 1))
+def test_stratified_split_is_exactly_scikit_learns(counts, fraction, seed):
+    """Our split (which spares every run the import of sklearn.model_selection) gives scikit-learn's sets."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+    from prune_cli.data.splits import stratified_split
+    y = np.repeat(np.arange(len(counts)), counts)
+    np.random.RandomState(seed % 1000).shuffle(y)
+    try:
+        expected = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed, stratify=y)
+    except ValueError:
+        with pytest.raises(ValueError):
+            stratified_split(torch.as_tensor(y), fraction, seed)
+        return
+    train, test = stratified_split(torch.as_tensor(y), fraction, seed)
+    assert train.tolist() == sorted(expected[0]) and test.tolist() == sorted(expected[1])
+
+
+def test_digits_are_read_as_scikit_learn_reads_them():
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from prune_cli.data.builtin import digits_arrays
+    images, target = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)

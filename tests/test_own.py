@@ -217,6 +217,8 @@ BAD = [
     (["weights={home}/smallcnn.pt", "strategy.ignore=['a[']"], "is not a regular expression"),
     (["weights={home}/smallcnn.pt", "schedule=lottery", "schedule.rewind_epoch=1"], "no epoch of their training"),
     (["weights={home}/smallcnn.pt", "strategy=compress", "strategy.ignore=[head.3]"], "no layer to leave dense"),
+    (["weights={home}/smallcnn.pt", "strategy=compress", "sparsity=0.5"], "narrows a model through its "
+                                                                          "constructor's `width` multiplier"),
 ]
 
 

@@ -157,5 +157,27 @@ def _callbacks_composed() -> bool:
     return SweepSummary.started
 
 
+def console_main() -> None:
+    """The ``prune-run`` command: ``main``, then, for a single run, an exit that skips the interpreter's
+    teardown. Once torch (and the ``torch._dynamo`` its optimizers import) is loaded, tearing the interpreter
+    down takes over a second after all work is done; every file is written and closed by then, and logging
+    and the standard streams are flushed here. A sweep exits the ordinary way (its launcher may clean up)."""
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+            code = 1
+        else:
+            code = int(exit_.code or 0)
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -7,12 +7,24 @@ from prune_cli.data.splits import Dataset, in_memory_dataset, stratified_split
 from prune_cli.errors import UsageError
 
 
+def digits_arrays():
+    """(images (1797, 8, 8) with values 0..16, labels): the file ``sklearn.datasets.load_digits`` reads, read
+    directly, since importing scikit-learn's dataset machinery costs about a second."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 def load_digits(cfg) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, no network), a fixed stratified split."""
-    from sklearn.datasets import load_digits as sk_digits
-    bunch = sk_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values are 0..16
-    y = torch.tensor(bunch.target, dtype=torch.long)
+    images, target = digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values are 0..16
+    y = torch.tensor(target, dtype=torch.long)
     train_idx, test_idx = stratified_split(y, cfg.test_fraction, cfg.split_seed)
     return in_memory_dataset("digits", x, y, train_idx, test_idx, 10, cfg.get("val_fraction", 0.0), cfg.split_seed)
 

@@ -103,11 +103,50 @@ def channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...]
 
 
 def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.model_selection import train_test_split
-    index = torch.arange(len(y)).numpy()
-    train_idx, test_idx = train_test_split(index, test_size=test_fraction, random_state=seed,
-                                           stratify=y.numpy())
-    return torch.as_tensor(sorted(train_idx)), torch.as_tensor(sorted(test_idx))
+    """(kept, held out) indices, sorted: exactly the sets scikit-learn's ``train_test_split(stratify=y,
+    test_size=test_fraction, random_state=seed)`` gives (tests check it against scikit-learn), computed here
+    because importing ``sklearn.model_selection`` costs about a second of every run's start-up."""
+    import numpy as np
+    labels = y.cpu().numpy()
+    n = len(labels)
+    n_test = math.ceil(float(test_fraction) * n)
+    n_train = n - n_test
+    classes, y_indices, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if n_train <= 0 or n_test <= 0:
+        raise ValueError(f"held out {n_test} of {n} samples leaves an empty split")
+    if class_counts.min() < 2:
+        raise ValueError("The least populated classes in y have only 1 member, which is too few")
+    if n_train < len(classes) or n_test < len(classes):
+        raise ValueError(f"{min(n_train, n_test)} samples in a split is fewer than the {len(classes)} classes")
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    in_train = _approximate_mode(class_counts, n_train, rng)
+    in_test = _approximate_mode(class_counts - in_train, n_test, rng)
+    train, test = [], []
+    for i in range(len(classes)):
+        members = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(members[: in_train[i]])
+        test.extend(members[in_train[i]: in_train[i] + in_test[i]])
+    return torch.as_tensor(sorted(train), dtype=torch.long), torch.as_tensor(sorted(test), dtype=torch.long)
+
+
+def _approximate_mode(class_counts, n_draws: int, rng):
+    """Samples per class when drawing ``n_draws``: the floor of each class's share, the rest given by largest
+    remainder with ties broken by ``rng`` (scikit-learn's ``_approximate_mode``, the same draws)."""
+    import numpy as np
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need -= add_now
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 def carve_validation(train: TensorSplit, fraction: float, seed: int) -> tuple[TensorSplit, TensorSplit | None]:

@@ -38,6 +38,16 @@ class Compress(Strategy):
         """The width multiplier whose model has at most (1 - sparsity) of the dense prunable weights; the run
         and the dry run both ask here. Raises UsageError when narrowing cannot get there."""
         from prune_cli.errors import UsageError
+        from prune_cli.schema import resolve_target
+        import inspect
+        try:
+            default = inspect.signature(resolve_target(model_cfg["_target_"], "model")).parameters["width"].default
+        except (KeyError, TypeError, ValueError):
+            default = None
+        if not isinstance(default, float):
+            raise UsageError(f"strategy=compress: narrows a model through its constructor's `width` multiplier (a "
+                             f"float, 1.0 = as configured), which model={model_cfg.get('name', model_cfg['_target_'])} "
+                             f"does not take")
         try:
             return find_width(lambda width: self.prunable_count(model_cfg, info, width), 1.0 - float(sparsity))
         except ValueError as err:
