@@ -15,11 +15,14 @@ _LAZY = {"Strategy": ("prune_cli.pruning.strategies.base", "Strategy"),
          "Schedule": ("prune_cli.pruning.schedules", "Schedule")}
 
 
-def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False, trusted=()):
-    """Rebuild a pruned model from ``pruned.pt``; models other than prune-cli's own are built only from
-    modules named in ``trusted`` (a checkpoint is data, never a way to run code)."""
+def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False, trusted=(),
+                    quantized: bool = False):
+    """Rebuild a pruned model from ``pruned.pt`` (or the int8 model from ``quantized.pt``, ``quantized=True``);
+    models other than prune-cli's own are built only from modules named in ``trusted`` (a checkpoint is
+    data, never a way to run code)."""
     from prune_cli.storage.checkpoint import load_checkpoint as _load
-    return _load(path, map_location=map_location, shrunk=shrunk, sparse=sparse, trusted=(trusted,) if isinstance(trusted, str) else tuple(trusted))
+    return _load(path, map_location=map_location, shrunk=shrunk, sparse=sparse, quantized=quantized,
+                 trusted=(trusted,) if isinstance(trusted, str) else tuple(trusted))
 
 
 def run(overrides=(), run_dir=None, config_dir=None):

@@ -209,11 +209,15 @@ def top_level() -> dict:
         "dry_run": Bool(),
         "weights": Optional_(Noted(Text(), "a path to trained dense weights: a state_dict or a pruned.pt")),
         "reference": Free(),
-        "train": _stage(1), "finetune": _stage(0),
+        "train": _stage(1),
+        "finetune": {**_stage(0), "distill": Noted(Bool(), "fine-tune against the dense model's logits"),
+                     "temperature": Num(0.0, 1000.0, lo_open=True), "alpha": Num(0.0, 1.0)},
         "cache": {"enabled": Bool(), "dir": Text()},
         "checkpoint": {"every_s": Num(0.0, 1e9)},
         "measure": {"latency": Bool(), "latency_budget_s": Num(0.0, 3600.0, lo_open=True)},
         "export": {"sparse": Bool(), "min_sparsity": Num(0.0, 1.0)},
+        "quantize": {"name": Choice(("none", "int8_dynamic", "int8_static")), "calibration_batches": Int(1, 100_000),
+                     "backend": Choice(("auto", "x86", "fbgemm", "qnnpack", "onednn"))},
     }
 
 

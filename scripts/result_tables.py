@@ -3,6 +3,7 @@
     python scripts/result_tables.py strategies   # every strategy, lenet300 on digits, 90% and 98%, 3 seeds
     python scripts/result_tables.py schedules    # schedules at 98% with the same total fine-tune epochs
     python scripts/result_tables.py modern       # magnitude, Wanda, SparseGPT at 50/70/90% and 2:4
+    python scripts/result_tables.py distill      # fine-tuning with and without distillation, high sparsity
 
 Runs go through the Python API in this process (one dense model per seed, from the cache), under
 outputs/tables/<table>/, and the summary is printed as Markdown with mean +/- std over seeds.
@@ -64,6 +65,17 @@ MODERN = {
 }
 
 
+# Fine-tuning with and without distillation from the dense model (finetune.distill, T=4, alpha=0.5), at the
+# same 30 epochs: the pruned student sees the same batches either way.
+DISTILL = {}
+for _label, _overrides in {"magnitude": ["strategy=magnitude"], "magnitude (layer)": ["strategy=magnitude",
+                                                                                      "strategy.scope=layer"],
+                           "gradual": ["strategy=magnitude", "schedule=gradual"],
+                           "activation (structured)": ["strategy=activation"]}.items():
+    DISTILL[_label] = _overrides
+    DISTILL[f"{_label} + distill"] = [*_overrides, "finetune.distill=true"]
+
+
 def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = False) -> list[str]:
     rows = []
     for label, overrides in variants.items():
@@ -95,12 +107,14 @@ def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = F
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("table", choices=["strategies", "schedules", "modern"])
+    parser.add_argument("table", choices=["strategies", "schedules", "modern", "distill"])
     args = parser.parse_args()
     out = Path("outputs/tables") / args.table / time.strftime("%Y-%m-%d_%H-%M-%S")
     started = time.perf_counter()
     if args.table == "strategies":
         rows = run_table(args.table, STRATEGIES, (0.9, 0.98), out)
+    elif args.table == "distill":
+        rows = run_table(args.table, DISTILL, (0.95, 0.98), out, pruned=True)
     elif args.table == "modern":
         modern = {k: [*v, "finetune.epochs=10"] for k, v in MODERN.items()}
         rows = run_table(args.table, modern, (0.5, 0.7, 0.9, "2:4"), out, pruned=True)
@@ -109,7 +123,7 @@ def main() -> None:
     print()
     print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; seeds {SEEDS}; wall time {time.perf_counter() - started:.0f} s")
-    after = " after pruning (%) |" if args.table == "modern" else ""
+    after = " after pruning (%) |" if args.table in ("modern", "distill") else ""
     print(f"| variant | target | achieved | epochs | dense acc. (%) |{after} fine-tuned acc. (%) | seconds per run |")
     print("|---|---|---|---|---|---|---|" + ("---|" if after else ""))
     print("\n".join(rows))

@@ -277,7 +277,7 @@ def test_missing_files_in_a_subprocess_exit_2_with_one_line(tmp_path):
     assert read_report(run_dir)["status"] == "failed"
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(counts=st.lists(st.integers(2, 40), min_size=2, max_size=8), fraction=st.floats(0.05, 0.6),
        seed=st.integers(0, 2 ** 31 - 1))
 def test_stratified_split_is_exactly_scikit_learns(counts, fraction, seed):

@@ -6,13 +6,14 @@ import io
 import os
 from collections.abc import Sequence
 
-from prune_cli.comparison.summary import METRICS, group_keys as _group_keys, number as _number
+from prune_cli.comparison.summary import group_keys as _group_keys, metrics_shown, number as _number
 from prune_cli.storage.atomic import atomic_write_text
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Raw numbers (fractions, full precision) for further analysis; empty cells for missing values."""
-    fields = _group_keys(rows) + ["n", "seeds", "budget_epochs"] + [f"{n}_{s}" for n, _, _ in METRICS for s in ("mean", "std")]
+    fields = _group_keys(rows) + ["n", "seeds", "budget_epochs"] + [f"{n}_{s}" for n, _, _ in metrics_shown(rows)
+                                                                   for s in ("mean", "std")]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -63,17 +64,18 @@ def print_table(rows: Sequence[dict], console=None) -> None:
 
 _TERMINAL_HEADERS = {"target sparsity (%)": "target", "achieved sparsity (%)": "sparsity",
                      "dense acc. (%)": "dense acc", "pruned acc. (%)": "pruned acc",
-                     "fine-tuned acc. (%)": "tuned acc"}
+                     "fine-tuned acc. (%)": "tuned acc", "int8 acc. (%)": "int8 acc"}
 
 
 def _display(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and text cells shared by the Markdown file and the terminal table, so they never disagree."""
     keys = _group_keys(rows)
-    headers = [_key_header(k) for k in keys] + ["n", "epochs"] + [header for _, _, header in METRICS]
+    metrics = metrics_shown(rows)
+    headers = [_key_header(k) for k in keys] + ["n", "epochs"] + [header for _, _, header in metrics]
     cells = []
     for row in rows:
         line = [_key_cell(k, row.get(k)) for k in keys] + [str(row["n"]), row.get("budget_epochs") or "n/a"]
-        line += [_mean_std_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name, _, _ in METRICS]
+        line += [_mean_std_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name, _, _ in metrics]
         cells.append(line)
     return headers, cells
 

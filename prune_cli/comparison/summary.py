@@ -23,7 +23,15 @@ METRICS = (
     ("accuracy_pruned", ("accuracy", "pruned"), "pruned acc. (%)"),
     ("accuracy_finetuned", ("accuracy", "finetuned"), "fine-tuned acc. (%)"),
 )
-SUMMARY_FIELDS = {"n", "seeds", "budget_epochs"} | {f"{name}_{stat}" for name, _, _ in METRICS for stat in ("mean", "std")}
+# Shown only when some compared run has them (quantize=int8_*).
+OPTIONAL_METRICS = (("accuracy_quantized", ("quantized", "accuracy"), "int8 acc. (%)"),)
+SUMMARY_FIELDS = {"n", "seeds", "budget_epochs"} | {f"{name}_{stat}" for name, _, _ in METRICS + OPTIONAL_METRICS
+                                                    for stat in ("mean", "std")}
+
+
+def metrics_shown(rows) -> tuple:
+    """The metrics a table of these rows shows: every standard one, and the optional ones some row has."""
+    return METRICS + tuple(m for m in OPTIONAL_METRICS if any(row.get(f"{m[0]}_mean") is not None for row in rows))
 
 # Rows are listed by strategy, then sparsity; the remaining group keys break ties in the order given.
 _SORT_FIRST = ("strategy", "schedule", "target_sparsity")
@@ -79,7 +87,7 @@ def _summarize_group(keys: dict, members: list[dict]) -> dict:
     row["n"] = len(members)
     row["seeds"] = sorted({s for s in (_lookup(r, ("experiment", "seed")) for r in members) if s is not None},
                           key=_sortable)
-    for name, where, _ in METRICS:
+    for name, where, _ in METRICS + OPTIONAL_METRICS:
         values = [v for v in (number(_lookup(r, where)) for r in members) if v is not None]
         row[f"{name}_mean"] = statistics.fmean(values) if values else None
         row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)

@@ -16,15 +16,16 @@ EXACT = 1e-5  # largest output difference between masked and shrunk models that 
 
 
 def measure_final(model, *, masks, structured: bool, compressed: bool, example: torch.Tensor, test, device,
-                  dense_twin, measure_cfg, export_cfg) -> dict:
-    """``{"flops", "latency", "shrunk", "size_bytes", "speedup", ["export"], ["shrunk_payload"]}``."""
+                  dense_twin, measure_cfg, export_cfg, quantized=None) -> dict:
+    """``{"flops", "latency", "shrunk", "size_bytes", "speedup", ["export"], ["shrunk_payload"]}``.
+    ``quantized``: an int8 model (CPU) timed beside the others when the run is on the CPU."""
     with eval_mode(model):
         return _measure(model, masks, structured, compressed, example, test, device, dense_twin, measure_cfg,
-                        export_cfg)
+                        export_cfg, quantized)
 
 
 def _measure(model, masks, structured, compressed, example, test, device, dense_twin, measure_cfg,
-             export_cfg) -> dict:
+             export_cfg, quantized=None) -> dict:
     example_shape = tuple(example.shape[1:])
     masks = dict(masks) if masks else None
     out = {"flops": count_flops(model, example_shape, masks)}
@@ -49,6 +50,8 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
         out["export"] = {"sparse": {"sparse_layers": layers, "used": False}}
         if layers:
             timed["sparse"] = sparse_model
+    if quantized is not None and torch.device(device).type == "cpu":
+        timed["quantized"] = quantized
     latency = {}
     if measure_cfg.get("latency", True):
         latency = measure_latency(timed, example_shape, device,
@@ -64,6 +67,11 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
     out["shrunk"] = shrunk_info
     out["size_bytes"] = checkpoint_sizes(model.state_dict(), masks or {},
                                          out.get("shrunk_payload", {}).get("state_dict"))
+    from prune_cli.measure.sizes import serialized_size
+    out["dense_model"] = {"params": sum(p.numel() for p in dense_twin.parameters()),
+                          "bytes": serialized_size(dense_twin.state_dict())}
+    if quantized is not None:
+        out["quantized_bytes"] = serialized_size(quantized.state_dict())
     out["speedup"] = _speedups(out, compressed)
     return out
 

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 
 
-def _serialized_size(obj) -> int:
+def serialized_size(obj) -> int:
     """Bytes ``torch.save`` writes for ``obj``: measured, not estimated."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -99,7 +99,7 @@ def checkpoint_sizes(state_dict: Mapping[str, torch.Tensor], masks: Mapping[str,
     dict built from slices should be made of copies to show its real size.
     """
     return {
-        "dense": _serialized_size(state_dict),
-        "sparse": _serialized_size(encode_sparse(state_dict, masks)),
-        "shrunk": None if shrunk_state_dict is None else _serialized_size(shrunk_state_dict),
+        "dense": serialized_size(state_dict),
+        "sparse": serialized_size(encode_sparse(state_dict, masks)),
+        "shrunk": None if shrunk_state_dict is None else serialized_size(shrunk_state_dict),
     }

@@ -73,6 +73,7 @@ def train_dense(exp) -> None:
     exp.record.timings["train"] = entry["seconds"] if source != "reused" else 0.0
     if exp.schedule.rewind:
         exp.state.extra["rewind"] = entry["rewind"]
+    exp.keep_teacher()
     exp.state.boundary("train", exp.model, exp.masks)
 
 
@@ -110,6 +111,7 @@ def _load(exp) -> None:
     exp.record.timings["train"] = 0.0
     if exp.schedule.rewind:
         exp.state.extra["rewind"] = initial
+    exp.keep_teacher()
     exp.state.boundary("train", exp.model, exp.masks)
 
 

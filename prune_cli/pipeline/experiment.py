@@ -39,7 +39,8 @@ from prune_cli.training.settings import StageSettings
 from prune_cli.validate import validate
 
 log = logging.getLogger("prune_cli")
-SMALL_MODEL_MACS = 5_000_000  # per example; LeNets and MLPs on digits/MNIST are far below, CIFAR CNNs above
+SMALL_MODEL_MACS = 5_000_000
+DISTILLED = ("finetune", "control")  # phases finetune.distill applies to: fine-tuning, and the lottery control  # per example; LeNets and MLPs on digits/MNIST are far below, CIFAR CNNs above
 
 
 class Experiment:
@@ -84,7 +85,9 @@ class Experiment:
             experiment={"model": cfg.model.get("name", cfg.model.get("_target_")), "dataset": cfg.dataset.name,
                         "strategy": self.strategy.name, "schedule": self.schedule.name, "seed": self.seed},
             strategy=self.strategy.describe(), schedule=self.schedule.describe(),
-            structured=bool(self.strategy.structured), prune_classifier=bool(self.strategy.prune_classifier))
+            structured=bool(self.strategy.structured), prune_classifier=bool(self.strategy.prune_classifier),
+            distillation={"teacher": "the dense model", "temperature": float(cfg.finetune.temperature),
+                          "alpha": float(cfg.finetune.alpha)} if cfg.finetune.get("distill") else None)
 
     def _set_threads(self, wanted) -> int:
         """On CPU, small models train several times faster on one thread: their kernels are too short to
@@ -130,6 +133,8 @@ class Experiment:
         start, optimizer_state = self.state.start_of(stage)
         masks = kwargs.pop("masks", self.masks)
         phase = stage.split(".")[-1]  # round2.finetune -> finetune, round1.l1 -> l1
+        if phase in DISTILLED and self.cfg.finetune.get("distill") and "loss_fn" not in kwargs:
+            kwargs["loss_fn"] = self.distillation()
         if phase != "train" and start == 0:  # a resumed stage was counted by the process that began it
             self.record.add_epochs(phase, settings.epochs)
 
@@ -144,6 +149,21 @@ class Experiment:
                         on_epoch_end=on_epoch_end, progress=self.progress, **kwargs)
         self.record.add_time(phase, t.seconds)
         return masks
+
+    def keep_teacher(self) -> None:
+        """After the dense stage: keep the dense weights as the distillation teacher (saved with the resume
+        state, so a resumed run distils from the same model)."""
+        if self.cfg.finetune.get("distill"):
+            self.state.extra["teacher"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def distillation(self):
+        """The fine-tune loss against the dense teacher's logits (``finetune.temperature``, ``alpha``)."""
+        if getattr(self, "_teacher", None) is None:
+            from prune_cli.models.spec import build
+            self._teacher = build(self.spec).to(self.device)
+            self._teacher.load_state_dict(self.state.extra["teacher"])
+        from prune_cli.training.distill import distillation_loss
+        return distillation_loss(self._teacher, float(self.cfg.finetune.temperature), float(self.cfg.finetune.alpha))
 
     def restore_saved_weights(self, model) -> None:
         """Continue from the latest saved stage: its weights go into ``model`` (when a state was loaded)."""

@@ -2,24 +2,34 @@
 ``status: completed`` means everything else is on disk)."""
 from __future__ import annotations
 
+import logging
+
+import torch
 from omegaconf import OmegaConf
 
 from prune_cli.config import variant
 from prune_cli.measure.final import measure_final
+from prune_cli.measure.timing import Timer
 from prune_cli.models import build
 from prune_cli.report.build import build_report
 from prune_cli.report.files import write_report
-from prune_cli.storage.checkpoint import save_checkpoint
+from prune_cli.storage.checkpoint import save_checkpoint, save_quantized
 from prune_cli.storage.run_dir import remove_leftovers
+
+log = logging.getLogger("prune_cli")
 
 
 def finish(exp) -> dict:
     if exp.state.weights_pending:
         raise RuntimeError("the loop never restored the saved weights of the run it resumed")
+    quantized = _quantize(exp)
     measured = measure_final(exp.model, masks=exp.masks, structured=exp.record.structured,
                              compressed=exp.record.compress is not None, example=exp.example, test=exp.data.test,
                              device=exp.device, dense_twin=_dense_twin(exp), measure_cfg=exp.cfg.get("measure", {}),
-                             export_cfg=exp.cfg.get("export", {}))
+                             export_cfg=exp.cfg.get("export", {}),
+                             quantized=quantized.model if quantized is not None else None)
+    if quantized is not None:
+        measured["quantized"] = _quantized_facts(exp, quantized, measured)
     state_dict = {k: v.detach().cpu() for k, v in exp.model.state_dict().items()}
     extra = {"fingerprint": exp.fingerprint, "variant": variant(exp.cfg), "device": str(exp.device),
              "threads": exp.threads, "run_dir": str(exp.run_dir.resolve()),
@@ -32,6 +42,12 @@ def finish(exp) -> dict:
                     config=OmegaConf.to_container(exp.cfg, resolve=True), report=report,
                     shrunk=measured.get("shrunk_payload"))
     report["size_bytes"]["checkpoint"] = path.stat().st_size
+    if quantized is not None:
+        qpath = exp.run_dir / "quantized.pt"
+        save_quantized(qpath, quantized, spec=exp.spec, example_shape=list(exp.data.info.input_shape),
+                       config=OmegaConf.to_container(exp.cfg, resolve=True), report=report)
+        report["quantized"]["file_bytes"] = qpath.stat().st_size
+        report["compression"][-1]["bytes"]["quantized"] = qpath.stat().st_size
     write_report(exp.run_dir, report)
     exp.state.remove()
     remove_leftovers(exp.run_dir, completed=True)
@@ -43,3 +59,45 @@ def _dense_twin(exp):
     spec = {"target": exp.spec["target"], "kwargs": dict(exp.spec["kwargs"])}
     spec["kwargs"].pop("width", None)
     return build(spec).to(exp.device).eval()
+
+
+def _quantize(exp):
+    """The optional last stage: int8 post-training quantization of the fine-tuned model (``quantize``)."""
+    method = str(exp.cfg.quantize.name)
+    if method == "none":
+        return None
+    from prune_cli.measure.quantized import backend_for, quantize
+    batches = int(exp.cfg.quantize.calibration_batches)
+    generator = torch.Generator().manual_seed(exp.seed * 7919 + 104729)  # calibration draws of its own
+    calibration = (x for i, (x, _) in zip(range(batches), exp.data.train.batches(
+        int(exp.cfg.finetune.batch_size), shuffle=True, generator=generator)))
+    with Timer(exp.device) as t:
+        quantized = quantize(exp.model, method, backend_for(str(exp.cfg.quantize.backend)),
+                             tuple(exp.data.info.input_shape), calibration if method == "int8_static" else (),
+                             exp.prunable)
+    exp.record.add_time("quantize", t.seconds)
+    for line in quantized.skipped:
+        log.warning("quantize=%s: %s", method, line)
+    return quantized
+
+
+def _quantized_facts(exp, quantized, measured) -> dict:
+    """What the report says of the quantized model: accuracy (test, validation) measured on the CPU, where
+    its int8 kernels run, and the zeros of its int8 weights."""
+    from prune_cli.measure.quantized import zero_counts, nonzero_params
+    from prune_cli.training.evaluate import evaluate
+    batch = int(exp.cfg.eval_batch_size)
+    facts = {"method": quantized.method, "backend": quantized.backend, "int8_weights": quantized.layers,
+             "kept_float": quantized.skipped,
+             "accuracy": evaluate(quantized.model, exp.data.test.to("cpu"), batch)}
+    if exp.data.val is not None:
+        facts["val_accuracy"] = evaluate(quantized.model, exp.data.val.to("cpu"), batch)
+    zeros, total = zero_counts(quantized.model, exp.prunable)
+    facts.update(prunable_int8_zeros=zeros, prunable_int8_weights=total,
+                 sparsity=zeros / total if total else None, params_nonzero=nonzero_params(quantized.model))
+    facts["latency"] = measured["latency"].get("quantized")
+    if exp.device.type != "cpu":
+        facts["note"] = (f"int8 kernels run on the CPU: accuracy measured there; latency not compared with the "
+                         f"{exp.device.type} models")
+        log.warning("quantize=%s: %s", quantized.method, facts["note"])
+    return facts

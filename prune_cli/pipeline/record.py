@@ -51,6 +51,7 @@ class RunRecord:
     compress: Optional[dict] = None                   # the smaller-model baseline's width and weight counts
     budget: dict = field(default_factory=dict)        # epochs of each training phase after the dense stage
     resumed_from: Optional[dict] = None
+    distillation: Optional[dict] = None               # finetune.distill: teacher, temperature, alpha
 
     def add_epochs(self, phase: str, epochs: int) -> None:
         self.budget[phase] = self.budget.get(phase, 0) + int(epochs)

@@ -45,6 +45,9 @@ def run(exp) -> None:
     if not state.is_done(STAGE):
         settings = StageSettings.from_cfg(exp.cfg.train, epochs=facts["epochs"])
         loss_fn = exp.strategy.loss_fn(teacher)
+        if loss_fn is None and exp.cfg.finetune.get("distill"):  # the small model's training is its fine-tune
+            from prune_cli.training.distill import distillation_loss
+            loss_fn = distillation_loss(teacher, float(exp.cfg.finetune.temperature), float(exp.cfg.finetune.alpha))
         extra = {"loss_fn": loss_fn} if loss_fn is not None else {}
         exp.fit(STAGE, settings, model=small, masks=None, **extra)
     exp.model, exp.spec, exp.masks = small, spec, None

@@ -32,6 +32,33 @@ def _layers(state_dict: Mapping, prunable: Iterable[str], structured: bool,
     return layers
 
 
+def compression(result: dict, measured: dict) -> list[dict]:
+    """What each step bought, one row per model: dense, pruned (masked), shrunk (structured), quantized:
+    test and validation accuracy, non-zero parameters, bytes (dense encoding, sparse encoding, int8) and the
+    latency they were timed at side by side."""
+    accuracy, val = result["accuracy"], result.get("val_accuracy") or {}
+    latency, sizes = result["latency"] or {}, result["size_bytes"]
+
+    def row(model, acc, val_acc, nonzero, dense=None, sparse=None, quantized=None, timed=None):
+        return {"model": model, "accuracy": acc, "val_accuracy": val_acc, "params_nonzero": nonzero,
+                "bytes": {"dense": dense, "sparse": sparse, "quantized": quantized}, "latency_ms": timed}
+
+    rows = [row("dense", accuracy.get("dense"), val.get("dense"), measured["dense_model"]["params"],
+                dense=measured["dense_model"]["bytes"], timed=latency.get("dense")),
+            row("pruned", accuracy.get("finetuned"), val.get("finetuned"), result["params"]["nonzero"],
+                dense=sizes.get("dense"), sparse=sizes.get("sparse"), timed=latency.get("masked"))]
+    shrunk = result.get("shrunk")
+    if shrunk:
+        rows.append(row("shrunk", accuracy.get("finetuned") if shrunk.get("matches_masked") else None,
+                        val.get("finetuned") if shrunk.get("matches_masked") else None, shrunk.get("params"),
+                        dense=sizes.get("shrunk"), timed=latency.get("shrunk")))
+    quantized = result.get("quantized")
+    if quantized:
+        rows.append(row(f"quantized ({quantized['method']})", quantized["accuracy"], quantized.get("val_accuracy"),
+                        quantized["params_nonzero"], quantized=quantized["bytes"], timed=quantized.get("latency")))
+    return rows
+
+
 def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters: set[str], measured: dict,
                  target: float, run: dict, ignored: Iterable[str] = ()) -> dict:
     """``run``: fingerprint, variant, device, threads, run_dir, checkpoint_saves of the process that ran it."""
@@ -73,6 +100,11 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
     }
     if record.val_accuracy is not None:
         result["val_accuracy"] = dict(record.val_accuracy)
+    if record.distillation is not None:
+        result["distillation"] = dict(record.distillation)
+    if "quantized" in measured:
+        result["quantized"] = dict(measured["quantized"], bytes=measured["quantized_bytes"])
+    result["compression"] = compression(result, measured)
     collapsed = [layer["name"] for layer in layers if layer["sparsity"] == 1.0]
     if collapsed:
         # Global ranking can empty a whole layer (layer collapse); the network is then disconnected.

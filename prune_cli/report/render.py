@@ -6,6 +6,27 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _bytes(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _ms(latency, batch) -> str:
+    value = (latency or {}).get(f"batch_{batch}_ms")
+    return "-" if value is None else f"{value:.3f}"
+
+
+def compression_lines(r: dict) -> list[str]:
+    """The compression table (one row per model) as Markdown."""
+    lines = ["| model | test acc. | val acc. | non-zero params | bytes (dense) | bytes (sparse) | bytes (int8) | "
+             "ms batch 1 | ms batch 256 |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in r.get("compression") or []:
+        b = row["bytes"]
+        lines.append(f"| {row['model']} | {_pct(row['accuracy'])} | {_pct(row['val_accuracy'])} | "
+                     f"{_bytes(row['params_nonzero'])} | {_bytes(b.get('dense'))} | {_bytes(b.get('sparse'))} | "
+                     f"{_bytes(b.get('quantized'))} | {_ms(row['latency_ms'], 1)} | {_ms(row['latency_ms'], 256)} |")
+    return lines
+
+
 def markdown(r: dict) -> str:
     e, s, a = r["experiment"], r["sparsity"], r["accuracy"]
     lines = [
@@ -43,6 +64,17 @@ def markdown(r: dict) -> str:
                 else " all |" if units else "")
         sparsity = "ignored (dense)" if layer.get("ignored") else _pct(layer["sparsity"])
         lines.append(f"| {layer['name']} | {'x'.join(map(str, layer['shape']))} | {sparsity} |{kept}")
+    if r.get("compression"):
+        lines += ["", "## Compression: what each step bought", "",
+                  "Timed side by side on the run's device (an int8 model on the CPU, where its kernels run).", ""]
+        lines += compression_lines(r)
+        quantized = r.get("quantized")
+        if quantized:
+            lines += ["", f"Quantized ({quantized['method']}, {quantized['backend']} backend): "
+                          f"{_pct(quantized.get('sparsity'))} of the prunable int8 weights are zero "
+                          f"({quantized['prunable_int8_zeros']:,} of {quantized['prunable_int8_weights']:,})."
+                          + (f" Kept float: {', '.join(quantized['kept_float'])}." if quantized["kept_float"] else "")
+                          + (f" {quantized['note']}." if quantized.get("note") else "")]
     lines += ["", "## Rounds", "", "| round | target | achieved | acc. after pruning | acc. after fine-tuning |",
               "|---|---|---|---|---|"]
     for rd in r["rounds"]:
@@ -75,6 +107,14 @@ def console_table(r: dict, console) -> None:
                                 for k, v in speedup["measured"].items()))
     elif speedup:
         table.add_row("measured speed-up", "none (masked weights still run dense kernels)")
+    quantized = r.get("quantized")
+    if quantized:
+        table.add_row(f"accuracy quantized ({quantized['method']})", _pct(quantized["accuracy"]))
+        table.add_row("int8 weights zero / file bytes", f"{_pct(quantized.get('sparsity'))} / "
+                                                        f"{_bytes(quantized.get('file_bytes', quantized['bytes']))}")
+        timed = quantized.get("latency") or {}
+        if timed:
+            table.add_row("latency int8 (batch 1 / 256)", f"{_ms(timed, 1)} / {_ms(timed, 256)} ms")
     table.add_row("cache (dense)", str(r.get("cache", {}).get("dense", "-")))
     table.add_row("total seconds", f"{r['timings'].get('total', 0):.2f}")
     console.print(table)

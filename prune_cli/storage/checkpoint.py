@@ -1,7 +1,9 @@
 """Checkpoints: written as plain containers, read only with ``weights_only=True``.
 
 ``pruned.pt`` holds ``{"state_dict", "masks", "model", "config", "report"}`` (and ``"shrunk"`` when a
-structured result was physically shrunk). ``load_checkpoint`` rebuilds the module from the spec alone.
+structured result was physically shrunk). ``quantized.pt`` (``quantize=int8_*``) holds ``{"quantized":
+{"method", "backend", "example_shape", "state_dict"}, "model", "config", "report"}``. ``load_checkpoint``
+rebuilds either module from the spec alone.
 """
 from __future__ import annotations
 
@@ -28,24 +30,40 @@ def save_checkpoint(path, *, state_dict, masks, spec, config, report, shrunk=Non
     atomic_torch_save(payload, path)
 
 
+def save_quantized(path, quantized, *, spec, example_shape, config, report) -> None:
+    payload = {"format_version": FORMAT_VERSION,
+               "quantized": {"method": quantized.method, "backend": quantized.backend,
+                             "example_shape": list(example_shape), "state_dict": quantized.model.state_dict()},
+               "model": spec, "config": config, "report": report}
+    atomic_torch_save(payload, path)
+
+
 def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool = False,
-                    trusted: Sequence[str] = ()):
+                    trusted: Sequence[str] = (), quantized: bool = False):
     """Rebuild the pruned model (eval mode) from ``pruned.pt``.
 
     A checkpoint is data: it is read with ``weights_only=True``, and its model is built only from the
     package's own classes or from modules named in ``trusted`` (e.g. ``("mymodels.",)`` for your own model,
     or the ``_target_`` of the config that trained it); any other target is refused with one line.
     ``shrunk=True`` gives the physically smaller model of a structured run; ``sparse=True`` converts Linear
-    layers that are at least ``export.min_sparsity`` sparse to CSR (inference only).
+    layers that are at least ``export.min_sparsity`` sparse to CSR (inference only); ``quantized=True`` reads
+    ``quantized.pt`` and gives the int8 model (CPU only: PyTorch's quantized kernels run there).
     """
+    import warnings
+
     from prune_cli.models.spec import build_trusted
-    payload = safe_load(path, map_location)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")  # quantized tensors' storage
+        payload = safe_load(path, map_location)
     if not isinstance(payload, dict):
         raise UsageError(f"checkpoint {path}: not a prune-cli checkpoint (holds a {type(payload).__name__})")
-    for key in ("state_dict", "model"):
+    for key in ("quantized" if quantized else "state_dict", "model"):
         if key not in payload:
-            raise UsageError(f"checkpoint {path}: not a prune-cli checkpoint (no {key!r})")
+            what = "a quantized checkpoint (quantized.pt)" if quantized else "a prune-cli checkpoint"
+            raise UsageError(f"checkpoint {path}: not {what} (no {key!r})")
     model = build_trusted(payload["model"], trusted, where=f"checkpoint {path}")
+    if quantized:
+        return _rebuild_quantized(path, model, payload["quantized"])
     if shrunk:
         if "shrunk" not in payload:
             raise UsageError(f"checkpoint {path}: holds no shrunk model (structured strategies only)")
@@ -59,3 +77,14 @@ def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool
         min_sparsity = float(payload.get("config", {}).get("export", {}).get("min_sparsity", 0.8))
         model = to_sparse(model, min_sparsity)
     return model.to(map_location).eval()
+
+
+def _rebuild_quantized(path, model, info):
+    from prune_cli.measure.quantized import METHODS, backend_for, convert, structure
+    if not isinstance(info, dict) or info.get("method") not in METHODS[1:]:
+        raise UsageError(f"checkpoint {path}: its quantized entry names no known method")
+    shape = [int(s) for s in info.get("example_shape", [])]
+    prepared = structure(model, info["method"], backend_for(str(info.get("backend", "auto"))), shape)
+    quantized = convert(prepared, info["method"])
+    quantized.load_state_dict(info["state_dict"])
+    return quantized.eval()

@@ -24,10 +24,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 @torch.inference_mode()
 def evaluate(model: nn.Module, split, batch_size: int = 1024) -> float:
     """Top-1 accuracy on ``split``; one host-device sync at the end."""
-    correct = torch.zeros((), dtype=torch.long, device=next(model.parameters()).device)
-    total = 0
+    correct, total = None, 0  # on the batches' device (an int8 model has no parameters to ask)
     with eval_mode(model):
         for x, y in split.batches(batch_size):
-            correct += (model(x).argmax(dim=1) == y).sum()
+            hits = (model(x).argmax(dim=1) == y).sum()
+            correct = hits if correct is None else correct + hits
             total += len(y)
     return float(correct) / total if total else 0.0

@@ -6,8 +6,6 @@ dense model's softened logits (Hinton et al. 2015) as well as from the labels.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 
 from prune_cli.pruning.strategies.base import Strategy
 from prune_cli.schema import Bool, Num
@@ -62,19 +60,11 @@ class Compress(Strategy):
         return sum(params[n].numel() for n in prunable_names(candidate, self.prune_classifier))
 
     def loss_fn(self, teacher):
-        """Cross-entropy, or with distillation alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+        """Cross-entropy (None), or distillation from the dense teacher when ``distill``."""
         if not self.distill:
             return None
-        teacher.eval()
-        temperature, alpha = self.temperature, self.alpha
-
-        def loss(logits, x, y):
-            with torch.no_grad():
-                soft = F.log_softmax(teacher(x) / temperature, dim=1)
-            kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, log_target=True,
-                          reduction="batchmean") * temperature ** 2
-            return alpha * kd + (1 - alpha) * F.cross_entropy(logits, y)
-        return loss
+        from prune_cli.training.distill import distillation_loss
+        return distillation_loss(teacher, self.temperature, self.alpha)
 
 
 def find_width(count_weights, target_fraction: float, tolerance: int = 64) -> float:
