@@ -19,3 +19,5 @@ def validate(cfg: DictConfig) -> None:
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"config: {line}") from None
     check_config(plain)
+    from prune_cli.loggers import check as check_loggers
+    check_loggers(plain.get("logger"))

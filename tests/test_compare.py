@@ -210,9 +210,10 @@ def test_markdown_cells_are_percent_mean_pm_std(sweep, tmp_path):
     assert lines[0].startswith("| model | dataset | strategy | schedule | target sparsity (%) | n |")
     assert lines[1].startswith("|---|---|---|---|---:|---:|")
     magnitude_50 = next(line for line in lines if "| magnitude |" in line and "| 50.00 |" in line)
-    assert "| 96.00 ± 1.00 |" in magnitude_50  # fine-tuned: 0.95, 0.96, 0.97
-    assert "| 97.20 ± 0.20 |" in magnitude_50  # dense
-    assert "| 49.90 ± 0.10 |" in magnitude_50  # achieved sparsity
+    # 95% intervals: t(0.975, 2) * std / sqrt(3) = 4.3027 * std / 1.7321 = 2.4841 * std
+    assert "| 96.00 ± 2.48 |" in magnitude_50  # fine-tuned: 0.95, 0.96, 0.97 (std 1.00)
+    assert "| 97.20 ± 0.50 |" in magnitude_50  # dense (std 0.20)
+    assert "| 49.90 ± 0.25 |" in magnitude_50  # achieved sparsity (std 0.10)
     assert sum(line.startswith("| ") for line in lines) == 5  # header + 4 rows
 
 
@@ -223,7 +224,7 @@ def test_print_table_shows_every_group(sweep):
     cmp.print_table(cmp.compare([sweep]), console)
     out = console.file.getvalue()
     assert out.count("magnitude") == 2 and out.count("random") == 2
-    assert "96.00 ± 1.00" in out and "41.00 ± 1.00" in out
+    assert "96.00 ± 2.48" in out and "41.00 ± 2.48" in out
 
 
 def test_png_is_valid_and_readable(sweep, tmp_path):
@@ -374,3 +375,24 @@ def test_equal_budgets_are_not_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="prune_cli.comparison"):
         cmp.compare([tmp_path])
     assert "budget" not in caplog.text
+
+
+def test_a_repeated_run_counts_once_and_failed_runs_are_named(tmp_path, caplog):
+    make_report(tmp_path / "a", seed=0, fingerprint="f0")
+    make_report(tmp_path / "a_again", seed=0, fingerprint="f0")     # the same config and seed, run twice
+    make_report(tmp_path / "b", seed=1, fingerprint="f1")
+    make_report(tmp_path / "broken", seed=2, status="failed")
+    with caplog.at_level("WARNING", logger="prune_cli"):
+        rows = cmp.compare([tmp_path], out_dir=tmp_path / "out")
+    assert len(rows) == 1 and rows[0]["n"] == 2 and rows[0]["seeds"] == [0, 1]
+    assert "1 run(s) repeat a config and seed already counted" in caplog.text and "a_again" in caplog.text
+    assert "left out 1 failed or interrupted run(s)" in caplog.text and "broken" in caplog.text
+    # Two seeds (0.95, 0.96): std 0.0070711, 95% interval t(0.975, 1) * std / sqrt(2) = 12.7062 * 0.005 = 0.0635.
+    assert rows[0]["accuracy_finetuned_ci95"] == pytest.approx(12.7062047 * 0.005, rel=1e-6)
+
+
+def test_a_single_run_says_n_1_instead_of_an_interval(tmp_path):
+    make_report(tmp_path / "only", seed=0)
+    cmp.compare([tmp_path], out_dir=tmp_path / "out")
+    line = next(l for l in (tmp_path / "out" / "compare.md").read_text().splitlines() if "| magnitude |" in l)
+    assert "(n=1)" in line and "±" not in line

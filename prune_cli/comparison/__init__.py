@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from prune_cli.comparison.collect import collect_reports, completed, require_reports
+from prune_cli.comparison.collect import collect_reports, completed_only, require_reports
 from prune_cli.comparison.plot import plot
 from prune_cli.comparison.render import print_table, write_csv, write_markdown
 from prune_cli.comparison.summary import DEFAULT_BY, summarize
@@ -28,7 +28,7 @@ def compare(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | Non
     """
     paths = list(paths)
     every = collect_reports(paths, include_failed=True)
-    reports = every if include_failed else [r for r in every if completed(r)]
+    reports = every if include_failed else completed_only(every)
     require_reports(reports, paths, skipped=len(every) - len(reports))
     rows = summarize(reports, by)
     if out_dir is not None:

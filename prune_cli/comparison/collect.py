@@ -23,10 +23,17 @@ def collect_reports(paths: Iterable[str | os.PathLike], include_failed: bool = F
     reports = [r for r in map(_read_report, _find_report_files(paths)) if r is not None]
     if include_failed:
         return reports
-    done = [r for r in reports if completed(r)]
-    if len(done) < len(reports):
-        log.info("ignoring %d failed or interrupted run(s)", len(reports) - len(done))
-    return done
+    return completed_only(reports)
+
+
+def completed_only(reports: list[dict]) -> list[dict]:
+    """The completed runs; the others are named in one warning, never dropped without a word."""
+    skipped = [r for r in reports if not completed(r)]
+    if skipped:
+        names = ", ".join(f"{r.get('report_path', '?')} ({r.get('status', 'no status')})" for r in skipped[:5])
+        log.warning("left out %d failed or interrupted run(s): %s%s (--include-failed counts them)", len(skipped),
+                    names, ", ..." if len(skipped) > 5 else "")
+    return [r for r in reports if completed(r)]
 
 
 def completed(report: dict) -> bool:

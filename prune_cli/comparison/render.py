@@ -13,7 +13,7 @@ from prune_cli.storage.atomic import atomic_write_text
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Raw numbers (fractions, full precision) for further analysis; empty cells for missing values."""
     fields = _group_keys(rows) + ["n", "seeds", "budget_epochs"] + [f"{n}_{s}" for n, _, _ in metrics_shown(rows)
-                                                                   for s in ("mean", "std")]
+                                                                   for s in ("mean", "std", "ci95")]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -29,8 +29,10 @@ def write_markdown(rows: Sequence[dict], path: str | os.PathLike) -> None:
     lines = ["| " + " | ".join(map(_md_escape, headers)) + " |",
              "|" + "|".join("---:" if _is_numeric_column(h) else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(map(_md_escape, line)) + " |" for line in cells]
-    lines += ["", "Cells: mean ± sample standard deviation over the n runs (seeds) of each row, in percent; epochs: "
-              "the training budget after the dense stage (fine-tuning, constrained training, retraining)."]
+    lines += ["", "Cells: mean ± the half-width of its 95% confidence interval (Student t) over the n runs (one "
+              "per seed) of each row, in percent; \"(n=1)\": a single run, no interval. epochs: the training "
+              "budget after the dense stage (fine-tuning, constrained training, retraining). The CSV has the "
+              "sample standard deviations too."]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -49,7 +51,7 @@ def print_table(rows: Sequence[dict], console=None) -> None:
     n_keys = len(_group_keys(rows))
     constant = {i for i in range(n_keys) if len({line[i] for line in cells}) == 1}
     title = "  ".join(f"{headers[i]}={cells[0][i]}" for i in sorted(constant)) or "prune-compare"
-    table = Table(title=title, caption="sparsity and accuracy in %: mean ± std over the n seeds",
+    table = Table(title=title, caption="sparsity and accuracy in %: mean ± 95% interval over the n seeds",
                   box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     shown = [i for i in range(len(headers)) if i not in constant]
     for i in shown:
@@ -75,7 +77,7 @@ def _display(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     cells = []
     for row in rows:
         line = [_key_cell(k, row.get(k)) for k in keys] + [str(row["n"]), row.get("budget_epochs") or "n/a"]
-        line += [_mean_std_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name, _, _ in metrics]
+        line += [_mean_ci_cell(row[f"{name}_mean"], row.get(f"{name}_ci95")) for name, _, _ in metrics]
         cells.append(line)
     return headers, cells
 
@@ -94,8 +96,10 @@ def _key_cell(key: str, value) -> str:
     return str(value)
 
 
-def _mean_std_cell(mean: float | None, std: float | None) -> str:
-    return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+def _mean_ci_cell(mean: float | None, ci95: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.2f} (n=1)" if ci95 is None else f"{100 * mean:.2f} ± {100 * ci95:.2f}"
 
 
 def _is_numeric_column(header: str) -> bool:

@@ -26,7 +26,7 @@ METRICS = (
 # Shown only when some compared run has them (quantize=int8_*).
 OPTIONAL_METRICS = (("accuracy_quantized", ("quantized", "accuracy"), "int8 acc. (%)"),)
 SUMMARY_FIELDS = {"n", "seeds", "budget_epochs"} | {f"{name}_{stat}" for name, _, _ in METRICS + OPTIONAL_METRICS
-                                                    for stat in ("mean", "std")}
+                                                    for stat in ("mean", "std", "ci95")}
 
 
 def metrics_shown(rows) -> tuple:
@@ -82,7 +82,33 @@ def _check_keys(reports: list[dict], by: tuple[str, ...]) -> None:
         raise UsageError(f"unknown group key {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
+def t_quantile(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (for 95% intervals)."""
+    from scipy.stats import t
+    return float(t.ppf(0.975, df))
+
+
+def _distinct_seeds(keys: dict, members: list[dict]) -> list[dict]:
+    """One run per configuration: a run repeated with the same config and seed (the same ``fingerprint``) is
+    the same experiment again (on the CPU, the same numbers), not another sample; the repeats are named and
+    left out."""
+    kept: dict = {}
+    repeats = []
+    for report in sorted(members, key=lambda r: str(r.get("report_path", ""))):
+        identity = report.get("fingerprint") or id(report)
+        if identity in kept:
+            repeats.append(report)
+            continue
+        kept[identity] = report
+    if repeats:
+        where = ", ".join(str(r.get("report_path", "?")) for r in repeats[:3])
+        log.warning("%s: %d run(s) repeat a config and seed already counted (%s); each is counted once",
+                    " ".join(f"{k}={v}" for k, v in keys.items()), len(repeats), where)
+    return list(kept.values())
+
+
 def _summarize_group(keys: dict, members: list[dict]) -> dict:
+    members = _distinct_seeds(keys, members)
     row = dict(keys)
     row["n"] = len(members)
     row["seeds"] = sorted({s for s in (_lookup(r, ("experiment", "seed")) for r in members) if s is not None},
@@ -91,6 +117,9 @@ def _summarize_group(keys: dict, members: list[dict]) -> dict:
         values = [v for v in (number(_lookup(r, where)) for r in members) if v is not None]
         row[f"{name}_mean"] = statistics.fmean(values) if values else None
         row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        # Half-width of the 95% interval of the mean (Student t); none for a single run.
+        row[f"{name}_ci95"] = (t_quantile(len(values) - 1) * row[f"{name}_std"] / len(values) ** 0.5
+                               if len(values) > 1 else None)
     budgets = sorted({int(v) for v in (number(_lookup(r, ("budget", "total_epochs"))) for r in members)
                       if v is not None})
     row["budget_epochs"] = "/".join(map(str, budgets)) if budgets else None

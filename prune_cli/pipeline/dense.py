@@ -67,6 +67,9 @@ def train_dense(exp) -> None:
             exp.model.load_state_dict(entry["trained"])
             source = "reused"
             log.info("dense model reused from the cache (%s)", cache.path(key).name)
+            for item in entry.get("history", []):  # the epochs of the run that trained it
+                exp.record.history.append(dict(item, cached=True))
+                exp.loggers.log_epoch(exp.record.history[-1])
     exp.record.cache = {"dense": source, "key": key}
     val = entry.get("val_accuracy") if "val_accuracy" in entry else exp.evaluate()[1]  # older entries lack it
     exp.record.set_accuracy("dense", entry["accuracy"], val)
@@ -146,4 +149,5 @@ def _train(exp) -> dict:
     rewind = exp.state.extra.get("rewind_point") if rewind_epoch else exp.state.extra["initial"]
     test, val = exp.evaluate()
     return {"trained": {k: v.detach().cpu() for k, v in exp.model.state_dict().items()},
-            "rewind": rewind, "accuracy": test, "val_accuracy": val, "seconds": seconds}
+            "rewind": rewind, "accuracy": test, "val_accuracy": val, "seconds": seconds,
+            "history": [dict(h) for h in exp.record.history if h["stage"] == "train"]}

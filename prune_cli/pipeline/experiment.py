@@ -78,6 +78,8 @@ class Experiment:
         self.masks: Optional[Masks] = self.state.saved_masks(self.device)
         self.record = RunRecord.from_state(self.state.record) if self.state.record else self._new_record()
         self.state.snapshot = self.record.to_state
+        from prune_cli.loggers import Loggers
+        self.loggers = Loggers(self.run_dir, plain(cfg.get("logger")) or {}, self.record.history)
 
     def _new_record(self) -> RunRecord:
         cfg = self.cfg
@@ -111,10 +113,15 @@ class Experiment:
         if self.state.resumed_from:
             log.info("resuming from %s", self.state.resumed_from)
             self.record.resumed_from = self.state.resumed_from
-        dense.train_dense(self)
-        self.loop.run(self)
-        self.record.add_time("total", time.perf_counter() - started)
-        return finish(self)
+        try:
+            dense.train_dense(self)
+            self.loop.run(self)
+            self.record.add_time("total", time.perf_counter() - started)
+            report = finish(self)
+            self.loggers.finish(report)
+            return report
+        finally:
+            self.loggers.close()
 
     # --- steps the loops share -------------------------------------------------------------------------------
     def evaluate(self, model=None) -> tuple[float, Optional[float]]:
@@ -146,9 +153,24 @@ class Experiment:
         with Timer(self.device) as t:
             masks = fit(model, self.data.train, settings, stage=stage, seed=stage_seed(self.seed, stage),
                         masks=masks, start_epoch=start, optimizer_state=optimizer_state,
-                        on_epoch_end=on_epoch_end, progress=self.progress, **kwargs)
+                        on_epoch_end=on_epoch_end, on_epoch_stats=lambda entry: self.epoch_done(entry, model),
+                        progress=self.progress, **kwargs)
         self.record.add_time(phase, t.seconds)
         return masks
+
+    def epoch_done(self, entry: dict, model) -> None:
+        """One history entry per epoch (with the validation accuracy when there is a validation split), sent
+        to the loggers, and one log line when no progress bar shows the run (nohup, SLURM, CI)."""
+        if self.data.val is not None:
+            with Timer(self.device) as t:
+                entry["val_accuracy"] = evaluate(model, self.data.val, int(self.cfg.eval_batch_size))
+            self.record.add_time("evaluate", t.seconds)
+        self.record.history.append(entry)
+        self.loggers.log_epoch(entry)
+        if self.progress is None:
+            val = f", val {100 * entry['val_accuracy']:.2f}%" if "val_accuracy" in entry else ""
+            log.info("%s epoch %d/%d: loss %.4f, lr %.3g%s (%.2f s)", entry["stage"], entry["epoch"],
+                     entry["epochs"], entry["loss"], entry["lr"], val, entry["seconds"])
 
     def keep_teacher(self) -> None:
         """After the dense stage: keep the dense weights as the distillation teacher (saved with the resume

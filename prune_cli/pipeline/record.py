@@ -52,6 +52,7 @@ class RunRecord:
     budget: dict = field(default_factory=dict)        # epochs of each training phase after the dense stage
     resumed_from: Optional[dict] = None
     distillation: Optional[dict] = None               # finetune.distill: teacher, temperature, alpha
+    history: list = field(default_factory=list)       # one entry per epoch of every training phase
 
     def add_epochs(self, phase: str, epochs: int) -> None:
         self.budget[phase] = self.budget.get(phase, 0) + int(epochs)

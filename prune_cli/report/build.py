@@ -91,6 +91,8 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
         "timings": dict(record.timings),
         # Training after the dense stage, per phase: what a comparison of methods must hold equal (or show).
         "budget": {"epochs": dict(record.budget), "total_epochs": sum(record.budget.values())},
+        # One entry per epoch of every training phase (the dense stage's marked "cached" when it was reused).
+        "history": [dict(entry) for entry in record.history],
         "cache": dict(record.cache),
         "flops": dict(measured["flops"]),
         "latency": measured["latency"],

@@ -75,6 +75,18 @@ def markdown(r: dict) -> str:
                           f"({quantized['prunable_int8_zeros']:,} of {quantized['prunable_int8_weights']:,})."
                           + (f" Kept float: {', '.join(quantized['kept_float'])}." if quantized["kept_float"] else "")
                           + (f" {quantized['note']}." if quantized.get("note") else "")]
+    if r.get("history"):
+        lines += ["", "## Training history", "", "Per phase: epochs, mean training loss of the first and the last "
+                  "epoch, and the last epoch's validation accuracy (every epoch is in report.json's `history` and "
+                  "the logger's files).", "", "| phase | epochs | first loss | last loss | last val acc. |",
+                  "|---|---|---|---|---|"]
+        phases: dict = {}
+        for entry in r["history"]:
+            phases.setdefault(entry["stage"], []).append(entry)
+        for stage, entries in phases.items():
+            cached = " (cached)" if entries[0].get("cached") else ""
+            lines.append(f"| {stage}{cached} | {len(entries)} | {entries[0]['loss']:.4f} | {entries[-1]['loss']:.4f} | "
+                         f"{_pct(entries[-1].get('val_accuracy'))} |")
     lines += ["", "## Rounds", "", "| round | target | achieved | acc. after pruning | acc. after fine-tuning |",
               "|---|---|---|---|---|"]
     for rd in r["rounds"]:

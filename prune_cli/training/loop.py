@@ -6,6 +6,7 @@ device and are checked once per epoch, which finds the first non-finite step wit
 """
 from __future__ import annotations
 
+import time
 import zlib
 from typing import Callable, Optional
 
@@ -42,11 +43,14 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
         after_step: Optional[Callable[[int], Optional[Masks]]] = None,
         start_epoch: int = 0, optimizer_state: Optional[dict] = None,
         on_epoch_end: Optional[Callable[[int, torch.optim.Optimizer, Optional[Masks]], None]] = None,
+        on_epoch_stats: Optional[Callable[[dict], None]] = None,
         progress=None) -> Optional[Masks]:
     """Train ``model`` in place for ``settings.epochs`` epochs; returns the masks in force at the end.
 
     ``after_step(global_step)`` may return new masks (gradual pruning, hard-threshold projection); they are
-    applied at once and used from then on. ``on_epoch_end`` lets the pipeline save resumable state.
+    applied at once and used from then on. ``on_epoch_end`` lets the pipeline save resumable state;
+    ``on_epoch_stats`` gets ``{"stage", "epoch", "epochs", "loss", "lr", "seconds"}`` after every epoch (the
+    mean training loss of its steps, the epoch's lr and wall time).
     """
     optimizer = make_optimizer(model, settings)
     if optimizer_state is not None:
@@ -56,6 +60,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     model.train()
     task = progress.add_task(stage, total=settings.epochs, completed=start_epoch) if progress else None
     for epoch in range(start_epoch, settings.epochs):
+        started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(epoch)
         step_losses = []  # kept on the device; checked once per epoch (no per-step sync)
@@ -81,8 +86,12 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                             param.mul_(mask)
         losses = torch.stack(step_losses)
         _check_finite(losses, stage, epoch, steps_per_epoch)
+        mean_loss = float(losses.mean())  # the epoch's one host-device sync (the finite check needs it anyway)
         if task is not None:
-            progress.update(task, advance=1, description=f"{stage} loss {float(losses.mean()):.3f}")
+            progress.update(task, advance=1, description=f"{stage} loss {mean_loss:.3f}")
+        if on_epoch_stats is not None:
+            on_epoch_stats({"stage": stage, "epoch": epoch + 1, "epochs": settings.epochs, "loss": mean_loss,
+                            "lr": settings.lr_at(epoch), "seconds": time.perf_counter() - started})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, optimizer, masks)
     if task is not None:
