@@ -237,7 +237,9 @@ DATASETS = {
     "cifar100": _TORCHVISION_SET,
     "imagefolder": {**_OWN_SET, "root": Optional_(Text()), "channels": Optional_(Int(1, 3)),
                     "image_size": Optional_(AnyOf((Int(1, 65536), ListOf(Int(1, 65536), 2, 2))))},
-    "custom": {**_OWN_SET, "train": _SPLIT, "test": _SPLIT, "val": _SPLIT, "num_classes": Optional_(Int(2, 10_000_000))},
+    "custom": {**_OWN_SET, "train": _SPLIT, "test": _SPLIT, "val": _SPLIT, "num_classes": Optional_(Int(2, 10_000_000)),
+               "version": Noted(Optional_(AnyOf((Text(), Int()))), "change it when the data changes: the dense "
+                                "cache keys on the config, not on what the factories return")},
 }
 
 # Keys every strategy, schedule and model config has, whatever its class.

@@ -9,7 +9,8 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("strategy,schedule", [("magnitude", "oneshot"), ("gradient", "gradual"),
                                                ("activation", "iterative"), ("l0", "lottery"),
-                                               ("compress", "oneshot")])
+                                               ("compress", "oneshot"), ("wanda", "oneshot"),
+                                               ("sparsegpt", "iterative")])
 def test_cuda_run_completes_and_reloads_on_cpu(run_api, strategy, schedule):
     overrides = ["device=cuda", f"strategy={strategy}", f"schedule={schedule}", "sparsity=0.8",
                  "model=lenet5", "finetune.epochs=2"]
@@ -23,3 +24,12 @@ def test_cuda_run_completes_and_reloads_on_cpu(run_api, strategy, schedule):
     model = prune_cli.load_checkpoint(run_dir / "pruned.pt", map_location="cpu")
     x = torch.rand(8, 1, 8, 8)
     assert torch.isfinite(model(x)).all()
+
+
+def test_cuda_row_scope_nm_pattern_and_int8_on_the_cpu(run_api):
+    report, run_dir = run_api("device=cuda", "model=lenet300", "strategy=wanda", "strategy.pattern=2:4",
+                              "sparsity=0.5", "finetune.epochs=1", "quantize=int8_dynamic", name="wanda-nm-int8")
+    assert report["sparsity"]["zeros"] == report["sparsity"]["prunable_weights"] // 2
+    assert "CPU" in report["quantized"]["note"] and report["quantized"]["latency"] is None
+    model = prune_cli.load_checkpoint(run_dir / "quantized.pt", quantized=True, map_location="cuda")
+    assert torch.isfinite(model(torch.rand(4, 1, 8, 8))).all()

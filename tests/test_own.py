@@ -271,3 +271,40 @@ def test_a_user_model_receives_only_what_it_asks_for():
         assert accepted("ownfactories_t.anything", ["input_shape", "num_classes"]) == ["input_shape", "num_classes"]
     finally:
         del sys.modules["ownfactories_t"]
+
+
+def test_pruning_further_refuses_zeros_a_per_layer_scope_cannot_keep(own, tmp_path):
+    """A global 80% pruned.pt has some layers above 80%: a per-layer (or per-row) or SparseGPT prune to 0.8
+    would have to add zeros back, so it is refused instead of silently overshooting."""
+    _run(own, f"weights={own['home'] / 'smallcnn.pt'}", "sparsity=0.8", "finetune.epochs=0", run_dir=tmp_path / "a")
+    for overrides in (["strategy.scope=layer"], ["strategy=wanda"], ["strategy=sparsegpt"]):
+        with pytest.raises(UsageError, match="masks only shrink"):
+            _run(own, f"weights={tmp_path / 'a' / 'pruned.pt'}", "sparsity=0.8", *overrides,
+                 run_dir=tmp_path / overrides[0].replace("=", "_"))
+
+
+def test_imagefolder_cache_key_follows_the_files(own, tmp_path):
+    import shutil
+    from prune_cli.config import compose_config, instantiate
+    from prune_cli.pipeline.dense import dense_key
+    root = tmp_path / "data"
+    shutil.copytree(own["home"] / "data", root)
+    cfg = compose_config(["dataset=imagefolder", f"dataset.root={root}"])
+    schedule = instantiate(cfg.schedule, "schedule")
+    before = dense_key(cfg, schedule, "cpu")
+    assert dense_key(cfg, schedule, "cpu") == before
+    image = next((root / "train" / "digit3").glob("*.png"))
+    shutil.copy(image, image.with_name("extra.png"))
+    assert dense_key(cfg, schedule, "cpu") != before
+
+
+def test_factory_items_numpy_labels_and_bad_items():
+    import numpy as np
+    from prune_cli.data.own import label_of, read_all
+    assert label_of(np.int64(3), "x") == 3 and label_of(torch.tensor(2), "x") == 2
+    with pytest.raises(UsageError, match="label 2.5 is not an integer class index"):
+        label_of(2.5, "x")
+    with pytest.raises(UsageError, match="item 0: an image is a ndarray; expected a PIL image"):
+        read_all([(np.zeros((1, 2, 2)), 0)], "dataset.train")
+    with pytest.raises(UsageError, match="item 0: a dict; items must be"):
+        read_all([{"image": 1}], "dataset.train")

@@ -42,6 +42,8 @@ def run_job(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    global _ran_multirun
+    _ran_multirun = _ran_multirun or multirun
     job = f"job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname or 'defaults'})" if multirun else "run"
     from prune_cli.report import files as reporting
     if cfg.get("dry_run"):
@@ -157,6 +159,9 @@ def _callbacks_composed() -> bool:
     return SweepSummary.started
 
 
+_ran_multirun = False  # set by a job of a sweep, however the sweep was asked for (-m, hydra.mode=MULTIRUN)
+
+
 def console_main() -> None:
     """The ``prune-run`` command: ``main``, then, for a single run, an exit that skips the interpreter's
     teardown. Once torch (and the ``torch._dynamo`` its optimizers import) is loaded, tearing the interpreter
@@ -171,11 +176,14 @@ def console_main() -> None:
             code = 1
         else:
             code = int(exit_.code or 0)
-    if {"-m", "--multirun"} & set(sys.argv[1:]):
+    if _ran_multirun or {"-m", "--multirun"} & set(sys.argv[1:]):
         sys.exit(code)
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # `prune-run | head` closed the pipe: nothing more to show
+            pass
     os._exit(code)
 
 

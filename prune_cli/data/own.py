@@ -45,23 +45,39 @@ def as_uint8(image, where: str) -> torch.Tensor:
                                  f"{float(image.max()):.3g})")
             return (image * 255.0).round().to(torch.uint8)
         raise UsageError(f"{where}: images of dtype {image.dtype}; expected uint8 or float in [0, 1]")
+    from PIL import Image
+    if not isinstance(image, Image.Image):
+        raise UsageError(f"{where}: an image is a {type(image).__name__}; expected a PIL image or a (C, H, W) "
+                         f"tensor (uint8, or float in [0, 1])")
     from torchvision.transforms.functional import pil_to_tensor
     return pil_to_tensor(image)
 
 
 def label_of(value, where: str) -> int:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    """An integer class index: a Python or NumPy integer, or a one-element integer tensor."""
+    import operator
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{where}: label {value!r} is not an integer class index")
-    return int(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise UsageError(f"{where}: label {value!r} is not an integer class index") from None
+
+
+def _item(dataset, i: int, where: str):
+    item = dataset[i]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise UsageError(f"{where} item {i}: a {type(item).__name__}; items must be (image, label) pairs")
+    return item
 
 
 def read_all(dataset, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Every item, as one uint8 tensor and one label tensor (all images must have one shape)."""
     images, labels = [], []
     for i in range(len(dataset)):
-        image, label = dataset[i]
+        image, label = _item(dataset, i, where)
         images.append(as_uint8(image, f"{where} item {i}"))
         labels.append(label_of(label, f"{where} item {i}"))
         if images[-1].shape != images[0].shape:
@@ -97,7 +113,7 @@ class _Items(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        image, label = self.dataset[i]
+        image, label = _item(self.dataset, i, self.where)
         return as_uint8(image, f"{self.where} item {i}"), label_of(label, f"{self.where} item {i}")
 
 
@@ -132,12 +148,23 @@ def build_splits(name: str, train, test, val, labels_of, cfg, num_classes: int,
         from prune_cli.data.splits import channel_stats
         mean, std = channel_stats(x)
         train_split = AugmentedSplit(x, y) if augmented else TensorSplit(to_float(x), y)
-        split = lambda d, where: TensorSplit(*_float(read_all(d, where)))
+        def split(data, where):
+            images, labels = read_all(data, where)
+            if tuple(images.shape[1:]) != tuple(x.shape[1:]):
+                raise UsageError(f"{where}: images of shape {tuple(images.shape[1:])}, the training images' are "
+                                 f"{tuple(x.shape[1:])}; every split needs one shape")
+            return TensorSplit(to_float(images), labels)
         test_split = split(test, f"dataset={name} test")
         val_split = split(val, f"dataset={name} val") if val is not None else None
         notes.append(f"{sizes:,} images read into memory once")
     else:
         workers = int(cfg.get("workers", 2))
+        for data, split_name in ((test, "test"), (val, "val")):
+            if data is not None and len(data):
+                first = as_uint8(_item(data, 0, f"dataset={name} {split_name}")[0], f"dataset={name} {split_name}")
+                if tuple(first.shape) != tuple(shape):
+                    raise UsageError(f"dataset={name} {split_name}: images of shape {tuple(first.shape)}, the "
+                                     f"training images' are {tuple(shape)}; every split needs one shape")
         mean, std = stream_stats(train, c)
         train_split = LoaderSplit(_Items(train, f"dataset={name} train"), None, workers, augmented=augmented)
         test_split = LoaderSplit(_Items(test, f"dataset={name} test"), None, workers)
@@ -145,10 +172,6 @@ def build_splits(name: str, train, test, val, labels_of, cfg, num_classes: int,
         notes.append(f"{sizes:,} images streamed from their files through a DataLoader with {workers} workers")
     info = DataInfo(name, shape, num_classes, mean, std)
     return Dataset(info, train_split, test_split, val_split, notes)
-
-
-def _float(xy):
-    return to_float(xy[0]), xy[1]
 
 
 # ----------------------------------------------------------------------------------------- ImageFolder
@@ -186,6 +209,21 @@ def load_image_folder(cfg) -> Dataset:
     data.notes.insert(0, f"{len(classes)} classes from {root}: {', '.join(classes[:5])}"
                          + (", ..." if len(classes) > 5 else ""))
     return data
+
+
+def folder_identity(root) -> str:
+    """A digest of an ImageFolder directory's files (relative path, size, modification time): part of the dense
+    cache key, so changed or added images never reuse a model trained on the old ones."""
+    import hashlib
+    from pathlib import Path
+    base = Path(str(root)).expanduser().resolve()
+    digest = hashlib.sha256(str(base).encode())
+    for split in SPLITS:
+        for path in sorted((base / split).rglob("*")) if (base / split).is_dir() else ():
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(base)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
 
 
 def _scan(directory, where: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -243,7 +281,8 @@ class _Folder(torch.utils.data.Dataset):
 def _labels(dataset) -> torch.Tensor:
     if isinstance(dataset, _Folder):
         return torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
-    return torch.tensor([label_of(dataset[i][1], "item") for i in range(len(dataset))], dtype=torch.long)
+    return torch.tensor([label_of(_item(dataset, i, "dataset")[1], f"item {i}") for i in range(len(dataset))],
+                        dtype=torch.long)
 
 
 # -------------------------------------------------------------------------------------- factory datasets
@@ -263,7 +302,7 @@ def load_factory(cfg) -> Dataset:
         built[split] = _call(node, f"dataset.{split}")
     if len(built["train"]) == 0:
         raise UsageError("dataset.train: the dataset it builds holds no items")
-    image = as_uint8(built["train"][0][0], "dataset.train item 0")
+    image = as_uint8(_item(built["train"], 0, "dataset.train")[0], "dataset.train item 0")
     shape = tuple(int(s) for s in image.shape)
     labels = _labels(built["train"])
     num_classes = int(cfg.get("num_classes") or int(labels.max()) + 1)

@@ -26,6 +26,9 @@ FETCH_KNOBS = ("download", "workers", "in_memory", "memory_mb")
 
 def dense_key(cfg: DictConfig, schedule, device_type: str) -> str:
     dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in FETCH_KNOBS}
+    if dataset.get("name") == "imagefolder" and dataset.get("root"):  # the files, not only their directory
+        from prune_cli.data.own import folder_identity
+        dataset["files"] = folder_identity(dataset["root"])
     if cfg.get("weights"):  # loaded weights: the file's content is the dense model, whatever train says
         from prune_cli.storage.weights import file_sha256, weights_path
         return cache_key({"model": plain(cfg.model), "dataset": dataset, "device": device_type,
@@ -83,7 +86,7 @@ def train_dense(exp) -> None:
 def _load(exp) -> None:
     """The dense stage of ``weights=PATH``: load, keep the file's masks (a pruned.pt is pruned further), and
     evaluate. Rewinding schedules go back to a fresh initialisation of the model (seeded as always)."""
-    from prune_cli.pruning.masks import Masks
+    from prune_cli.pruning.masks import Masks, prunable_names
     from prune_cli.pruning.sparsity import model_sparsity
     from prune_cli.storage.weights import read_weights
     initial = {k: v.detach().cpu().clone() for k, v in exp.model.state_dict().items()}
@@ -100,6 +103,11 @@ def _load(exp) -> None:
             masks.validate(exp.model)
         except ValueError as err:
             raise UsageError(f"weights={exp.cfg.weights}: {err}") from None
+        outside = [n for n in prunable_names(exp.model) if n in masks and n not in exp.prunable
+                   and bool((masks[n] == 0).any())]
+        if outside:  # e.g. a classifier pruned before, excluded now: its zeros stay but are not counted
+            log.warning("weights=%s: %s keep the zeros of the file but are not prunable in this run, so the "
+                        "report's sparsity does not count them", exp.cfg.weights, ", ".join(outside))
         masks.apply_(exp.model)
         exp.masks = masks
         _, zeros, total = model_sparsity(exp.model, exp.prunable)

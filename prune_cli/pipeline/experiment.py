@@ -182,7 +182,8 @@ class Experiment:
         """The fine-tune loss against the dense teacher's logits (``finetune.temperature``, ``alpha``)."""
         if getattr(self, "_teacher", None) is None:
             from prune_cli.models.spec import build
-            self._teacher = build(self.spec).to(self.device)
+            with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep a resumed run's stream
+                self._teacher = build(self.spec).to(self.device)
             self._teacher.load_state_dict(self.state.extra["teacher"])
         from prune_cli.training.distill import distillation_loss
         return distillation_loss(self._teacher, float(self.cfg.finetune.temperature), float(self.cfg.finetune.alpha))
@@ -217,7 +218,10 @@ class Experiment:
         masks = None
         with Timer(self.device) as t:
             if self.strategy.reconstructs:  # masks and new surviving weights, layer by layer
-                masks = self.strategy.reconstruct(ctx)
+                try:
+                    masks = self.strategy.reconstruct(ctx)
+                except ValueError as err:  # earlier zeros (a pruned.pt) that this target cannot keep
+                    raise UsageError(f"sparsity={target:.6g}: strategy={self.strategy.name}: {err}") from None
             else:
                 scores = first_round_scores(self, ctx) if share_scores else self.strategy.score(ctx)
         self.record.add_time("score", t.seconds)

@@ -169,8 +169,11 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
         # Without per-layer rates every layer takes the target itself (as it always did); with them, the share.
         share = float(sparsity) if not fixed else (left / rest_size if rest_size else 0.0)
         for name in rest:
-            out[name] = bottom(flat[name], round(share * flat[name].numel()), scores[name].shape).view_as(
-                scores[name])
+            k = round(share * flat[name].numel())
+            if int(torch.isinf(flat[name]).sum()) > k:
+                raise ValueError(f"{name} already has {int(torch.isinf(flat[name]).sum())} zeros, more than the "
+                                 f"{k} this scope gives it; masks only shrink, so use strategy.scope=global")
+            out[name] = bottom(flat[name], k, scores[name].shape).view_as(scores[name])
     elif rest:
         mask, start = _bottom_k_mask(torch.cat([flat[n] for n in rest]), left), 0
         for name in rest:
@@ -186,7 +189,8 @@ def _bottom_k_rows(score: torch.Tensor, k: int, shape) -> torch.Tensor:
     per_row = torch.full((rows.shape[0],), k // rows.shape[0], dtype=torch.long)
     per_row[: k % rows.shape[0]] += 1
     order = torch.sort(rows, dim=1, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(rows.shape[1]).expand_as(order).contiguous())
+    positions = torch.arange(rows.shape[1], device=order.device).expand_as(order).contiguous()
+    rank = torch.empty_like(order).scatter_(1, order, positions)
     return (rank >= per_row.to(rank.device)[:, None]).float().flatten()
 
 

@@ -35,6 +35,7 @@ def markdown(r: dict) -> str:
         f"Status: **{r['status']}**. Sparsity is the fraction of prunable weights ({s['prunable']}) that "
         f"are zero, counted from the saved weights. Accuracy is top-1 on the test split.",
         "",
+        *[f"**Warning:** {w}" + "\n" for w in r.get("warnings", [])],
         "| metric | value |", "|---|---|",
         f"| target sparsity | {_pct(s['target'])} |",
         f"| achieved sparsity | {_pct(s['achieved'])} ({s['zeros']:,} of {s['prunable_weights']:,} zero) |",
@@ -130,3 +131,5 @@ def console_table(r: dict, console) -> None:
     table.add_row("cache (dense)", str(r.get("cache", {}).get("dense", "-")))
     table.add_row("total seconds", f"{r['timings'].get('total', 0):.2f}")
     console.print(table)
+    for warning in r.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}")

@@ -54,7 +54,7 @@ def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool
     from prune_cli.models.spec import build_trusted
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")  # quantized tensors' storage
-        payload = safe_load(path, map_location)
+        payload = safe_load(path, "cpu" if quantized else map_location)  # int8 kernels run on the CPU
     if not isinstance(payload, dict):
         raise UsageError(f"checkpoint {path}: not a prune-cli checkpoint (holds a {type(payload).__name__})")
     for key in ("quantized" if quantized else "state_dict", "model"):

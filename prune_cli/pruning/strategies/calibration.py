@@ -246,6 +246,9 @@ class SparseGPT(_Calibrated):
 def _block_counts(goal: int, sizes: list[int], minimums: list[int]) -> list[int]:
     """Zeros per column block: in proportion to the blocks' sizes, summing exactly to ``goal``, each at least
     what the block already has pruned (masks only shrink) and at most its size."""
+    if sum(minimums) > goal:
+        raise ValueError(f"the layer already has {sum(minimums)} zeros, more than the {goal} its target gives it "
+                         f"(sparsegpt prunes every layer to the target; masks only shrink)")
     edges = [0]
     for size in sizes:
         edges.append(edges[-1] + size)
