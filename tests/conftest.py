@@ -23,6 +23,31 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "report.schema.json"
+
+
+def schema_errors(report: dict) -> list[str]:
+    """What in ``report`` does not match docs/report.schema.json (empty when it matches)."""
+    import jsonschema
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message[:200]}" for e in validator.iter_errors(report)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _every_report_matches_the_schema(tmp_path_factory):
+    """After the whole session: every report.json a real run wrote during the tests (one with its pruned.pt
+    beside it) matches docs/report.schema.json, so a field added without documenting it fails CI."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    bad = []
+    for path in base.rglob("report.json"):
+        if (path.parent / "pruned.pt").exists():
+            errors = schema_errors(json.loads(path.read_text()))
+            if errors:
+                bad.append(f"{path}: {errors[0]}")
+    assert not bad, f"{len(bad)} report(s) do not match docs/report.schema.json; first: {bad[0]}"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session gets its own dense cache, never the user's."""
