@@ -396,3 +396,26 @@ def test_a_single_run_says_n_1_instead_of_an_interval(tmp_path):
     cmp.compare([tmp_path], out_dir=tmp_path / "out")
     line = next(l for l in (tmp_path / "out" / "compare.md").read_text().splitlines() if "| magnitude |" in l)
     assert "(n=1)" in line and "±" not in line
+
+
+def test_variants_are_labelled_by_what_differs_and_cost_plots_are_drawn(tmp_path):
+    for epochs in (10, 30):
+        for seed in (0, 1):
+            make_report(tmp_path / f"e{epochs}_s{seed}", seed=seed, variant=f"v{epochs}",
+                        config={"seed": seed, "sparsity": 0.5, "finetune": {"epochs": epochs, "lr": 0.001},
+                                "progress": seed == 0},
+                        flops={"dense": 1000, "nonzero": 500}, latency={"masked": {"batch_256_ms": 2.0 + seed}})
+    for report in (tmp_path).glob("*/report.json"):  # make_report puts variant in the top level; move it
+        data = json.loads(report.read_text())
+        data["experiment"]["variant"] = data.pop("variant")
+        report.write_text(json.dumps(data))
+    rows = cmp.compare([tmp_path], out_dir=tmp_path / "out")
+    assert [(row["variant"], row["n"]) for row in rows] == [("finetune.epochs=10", 2), ("finetune.epochs=30", 2)]
+    assert rows[0]["macs_nonzero_mean"] == 500 and rows[0]["latency_ms_mean"] == 2.5
+    for name in ("compare_macs.png", "compare_latency.png"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(PNG_SIGNATURE)
+    import contextlib
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cmp.print_table(rows)  # not a terminal: as wide as the table needs
+    assert "finetune.epochs=10" in out.getvalue() and "finetune.epochs=30" in out.getvalue()

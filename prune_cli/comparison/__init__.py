@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from prune_cli.comparison.collect import collect_reports, completed_only, require_reports
-from prune_cli.comparison.plot import plot
+from prune_cli.comparison.plot import plot, plot_costs
 from prune_cli.comparison.render import print_table, write_csv, write_markdown
 from prune_cli.comparison.summary import DEFAULT_BY, summarize
 from prune_cli.errors import UsageError
@@ -45,6 +45,7 @@ def write_all(rows: Sequence[dict], out_dir: str | os.PathLike) -> None:
     write_csv(rows, out_dir / "compare.csv")
     write_markdown(rows, out_dir / "compare.md")
     plot(rows, out_dir / "compare.png")
+    plot_costs(rows, out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,41 @@ from prune_cli.comparison.summary import group_keys as _group_keys, number as _n
 from prune_cli.storage.atomic import atomic_path
 
 
+def plot_costs(rows: Sequence[dict], out_dir) -> list:
+    """Fine-tuned accuracy against measured costs, one line per strategy: ``compare_macs.png`` (non-zero
+    multiply-adds per image, log scale) and ``compare_latency.png`` (batch-256 latency of the shrunk or masked
+    model), each written when the runs have that measurement. Returns the paths written."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+    written = []
+    for name, xlabel, filename in (("macs_nonzero", "multiply-adds per image (non-zero, log scale)", "compare_macs.png"),
+                                   ("latency_ms", "latency at batch 256 (ms, shrunk or masked model)",
+                                    "compare_latency.png")):
+        if not any(row.get(f"{name}_mean") is not None for row in rows):
+            continue
+        fig = Figure(figsize=(7, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        for label, series in _series(rows).items():
+            points = sorted((r[f"{name}_mean"], 100 * r["accuracy_finetuned_mean"]) for r in series
+                            if r.get(f"{name}_mean") is not None and r["accuracy_finetuned_mean"] is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
+        if name == "macs_nonzero":
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy after fine-tuning (%)")
+        ax.set_title(_plot_title(rows))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        path = Path(out_dir) / filename
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        written.append(path)
+    return written
+
+
 def plot(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Fine-tuned accuracy against the fraction of weights remaining (1 - sparsity, log scale: 10%, 5% and
     2% are equally far apart), one line per strategy (and per any other varying group key), error bars of

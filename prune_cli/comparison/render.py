@@ -55,13 +55,18 @@ def print_table(rows: Sequence[dict], console=None) -> None:
                   box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     shown = [i for i in range(len(headers)) if i not in constant]
     for i in shown:
-        # Key columns keep a readable width; on a narrow terminal the numbers wrap at "±" instead.
-        width = min(6, max((len(line[i]) for line in cells), default=0)) if i < n_keys else None
+        # Key columns keep their names whole where they fit; on a narrow terminal they fold onto a second line.
+        width = max((len(line[i]) for line in cells), default=0) if i < n_keys else None
         table.add_column(_TERMINAL_HEADERS.get(headers[i], headers[i]), min_width=width,
-                         justify="right" if _is_numeric_column(headers[i]) else "left")
+                         justify="right" if _is_numeric_column(headers[i]) else "left",
+                         overflow="fold")  # a long name wraps onto the next line; never cut with an ellipsis
     for line in cells:
         table.add_row(*(line[i] for i in shown))
-    (console or Console()).print(table)
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a file or a pipe: as wide as the table needs, not 80 columns
+            console = Console(width=max(80, Console(width=1000).measure(table).maximum))
+    console.print(table)
 
 
 _TERMINAL_HEADERS = {"target sparsity (%)": "target", "achieved sparsity (%)": "sparsity",

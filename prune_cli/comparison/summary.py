@@ -25,8 +25,18 @@ METRICS = (
 )
 # Shown only when some compared run has them (quantize=int8_*).
 OPTIONAL_METRICS = (("accuracy_quantized", ("quantized", "accuracy"), "int8 acc. (%)"),)
+def _deployed_latency(report: dict):
+    """Batch-256 latency of the model one would deploy: the shrunk one when there is one, else the masked."""
+    latency = report.get("latency") or {}
+    entry = latency.get("shrunk") or latency.get("masked") or {}
+    return entry.get("batch_256_ms")
+
+
+# Summarised for the cost plots (accuracy against multiply-adds and against latency), not shown in the table.
+COST_METRICS = (("macs_nonzero", ("flops", "nonzero"), "multiply-adds per image (non-zero)"),
+                ("latency_ms", _deployed_latency, "latency at batch 256 (ms)"))
 SUMMARY_FIELDS = {"n", "seeds", "budget_epochs"} | {f"{name}_{stat}" for name, _, _ in METRICS + OPTIONAL_METRICS
-                                                    for stat in ("mean", "std", "ci95")}
+                                                    + COST_METRICS for stat in ("mean", "std", "ci95")}
 
 
 def metrics_shown(rows) -> tuple:
@@ -54,11 +64,45 @@ def summarize(reports: Iterable[dict], by: Sequence[str] = DEFAULT_BY) -> list[d
         # Runs that share these keys but differ in other settings (epochs, scope, ...) are not seeds of one
         # experiment: averaging them would hide the difference behind a large "std over seeds".
         log.warning("some runs share %s but differ in other settings; they are kept apart by the 'variant' "
-                    "column (the config hash without seed and sparsity, in report.json)", ", ".join(by))
-        return summarize(reports, (*by, "variant"))
+                    "column (what differs between their configs)", ", ".join(by))
+        labels = variant_labels(reports)
+        rows = summarize(reports, (*by, "variant"))
+        for row in rows:
+            row["variant"] = labels.get(row["variant"], row["variant"])
+        return sorted(rows, key=lambda row: _sort_key(row, (*by, "variant")))
     rows = [_summarize_group(dict(zip(by, key)), members) for key, members in groups.items()]
     warn_unequal_budgets(rows)
     return sorted(rows, key=lambda row: _sort_key(row, by))
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def variant_labels(reports: Sequence[dict]) -> dict:
+    """{variant hash: what sets it apart}, e.g. ``finetune.epochs=30``: the config keys (from each report's
+    ``config``) whose values differ between the variants, seed and sparsity aside. Reports without a
+    config keep their hash."""
+    from prune_cli.config import RESULT_NEUTRAL
+    configs = {}
+    for report in reports:
+        variant, config = group_value(report, "variant"), report.get("config")
+        if variant is not None and isinstance(config, dict) and variant not in configs:
+            configs[variant] = {k: v for k, v in _flatten(config).items()
+                                if k.split(".")[0] not in (*RESULT_NEUTRAL, "seed", "sparsity")}
+    if len(configs) < 2:
+        return {}
+    keys = sorted(set().union(*configs.values()))
+    differing = [k for k in keys
+                 if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()}) > 1]
+    return {variant: ", ".join(f"{k}={config.get(k)}" for k in differing) or variant
+            for variant, config in configs.items()}
 
 
 def group_value(report: dict, key: str):
@@ -113,8 +157,9 @@ def _summarize_group(keys: dict, members: list[dict]) -> dict:
     row["n"] = len(members)
     row["seeds"] = sorted({s for s in (_lookup(r, ("experiment", "seed")) for r in members) if s is not None},
                           key=_sortable)
-    for name, where, _ in METRICS + OPTIONAL_METRICS:
-        values = [v for v in (number(_lookup(r, where)) for r in members) if v is not None]
+    for name, where, _ in METRICS + OPTIONAL_METRICS + COST_METRICS:
+        values = [v for v in (number(where(r) if callable(where) else _lookup(r, where)) for r in members)
+                  if v is not None]
         row[f"{name}_mean"] = statistics.fmean(values) if values else None
         row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
         # Half-width of the 95% interval of the mean (Student t); none for a single run.

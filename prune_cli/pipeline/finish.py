@@ -37,6 +37,7 @@ def finish(exp) -> dict:
     report = build_report(exp.record, state_dict=state_dict, prunable=exp.prunable, ignored=exp.ignored,
                           parameters={name for name, _ in exp.model.named_parameters()}, measured=measured,
                           target=float(exp.cfg.sparsity), run=extra)
+    report["config"] = OmegaConf.to_container(exp.cfg, resolve=True)  # what prune-compare labels variants by
     path = exp.run_dir / "pruned.pt"
     save_checkpoint(path, state_dict=state_dict, masks=exp.masks.cpu_state() if exp.masks else {}, spec=exp.spec,
                     config=OmegaConf.to_container(exp.cfg, resolve=True), report=report,
