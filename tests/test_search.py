@@ -1,0 +1,58 @@
+"""prune-search: bisection on the weights remaining, choices on validation data, probes as run directories."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import prune_cli
+from prune_cli.search import main
+from prune_cli.training.evaluate import evaluate
+
+RUN = ["model=lenet300", "train.epochs=3", "finetune.epochs=2", "measure.latency=false"]
+
+
+def test_search_finds_the_boundary_on_validation_data_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path / "cache"))
+    args = [*RUN, "strategy=magnitude", "search.max_drop=0.02", "search.tolerance=0.02", f"search.dir={tmp_path / 's'}"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "s" / "search.json").read_text())
+    probes, chosen = result["strategies"]["magnitude"]["probes"], result["strategies"]["magnitude"]["chosen"]
+    assert [p["sparsity"] for p in probes][:2] == [0.5, 0.995]
+    # The chosen probe is within the budget, the next one above it is not, and they are within the tolerance.
+    assert chosen["val_drop"] <= 0.02 < next(p["val_drop"] for p in probes if p["sparsity"] == chosen["next_failing"])
+    assert (1 - chosen["sparsity"]) - (1 - chosen["next_failing"]) <= 0.02
+    assert all(p["within"] == (p["val_drop"] <= 0.02) for p in probes)
+    # Test accuracy only for the chosen run, and it is what its pruned.pt gives on the test split.
+    assert all("test_accuracy" not in p for p in probes)
+    model = prune_cli.load_checkpoint(f"{chosen['run_dir']}/pruned.pt")
+    from omegaconf import OmegaConf
+    from prune_cli.data import load_dataset
+    test = load_dataset(OmegaConf.create({"name": "digits", "test_fraction": 0.2, "split_seed": 0,
+                                          "val_fraction": 0.1})).test
+    assert evaluate(model, test) == chosen["test_accuracy"]
+    # The dense model was trained once, then reused by every probe.
+    reports = [json.loads(open(f"{p['run_dir']}/report.json").read()) for p in probes]
+    assert [r["cache"]["dense"] for r in reports] == ["computed"] + ["reused"] * (len(reports) - 1)
+    assert len(list((tmp_path / "cache").glob("dense-*.pt"))) == 1
+    assert result["best"]["strategy"] == "magnitude" and (tmp_path / "s" / "search.png").stat().st_size > 0
+    assert "| magnitude |" in (tmp_path / "s" / "search.md").read_text()
+    # Killed and started again: finished probes are read back, not rerun.
+    stamps = {p["run_dir"]: (tmp_path / p["run_dir"] / "pruned.pt").stat().st_mtime_ns for p in probes}
+    assert main(args) == 0
+    assert json.loads((tmp_path / "s" / "search.json").read_text())["strategies"] == result["strategies"]
+    assert stamps == {p["run_dir"]: (tmp_path / p["run_dir"] / "pruned.pt").stat().st_mtime_ns for p in probes}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sparsity=0.9"], "prune-search chooses the sparsity"),
+    (["search.max_drop=abc"], "search.max_drop=abc: must be a float in [0.0, 1.0]"),
+    (["search.colour=red"], "search.colour=red: unknown search setting"),
+    (["search.min_sparsity=0.9", "search.max_sparsity=0.8"], "must be below search.max_sparsity"),
+    (["dataset.val_fraction=0.0"], "needs a validation split"),
+])
+def test_bad_search_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    assert main([*RUN, *args, f"search.dir={tmp_path / 's'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prune-search: ") and message in err[0]
