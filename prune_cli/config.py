@@ -32,11 +32,25 @@ def compose_config(overrides: Sequence[str] = (), config_dir: str | None = None)
     overrides = list(overrides)
     if config_dir is not None:
         overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:  # a bad override, an unknown option: one line
+        raise UsageError(composition_error(err)) from None
     with open_dict(cfg):
         cfg.pop("hydra", None)
     return cfg
+
+
+def composition_error(err: Exception) -> str:
+    """Hydra's override or composition error as one line (its first two lines, without the links)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("See https://", "full_key", "object_type"))]
+    override = getattr(err, "override", None)  # Hydra's OverrideParseException names the override
+    head = f"{override}: cannot be parsed: " if override else ""
+    return f"{head}{'; '.join(lines[:2]) or type(err).__name__}"
 
 
 def instantiate(node: DictConfig, group: str):

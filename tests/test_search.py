@@ -56,3 +56,19 @@ def test_bad_search_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert main([*RUN, *args, f"search.dir={tmp_path / 's'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prune-search: ") and message in err[0]
+
+
+def test_auto_screens_every_family_keeps_the_best_and_says_why(tmp_path, monkeypatch):
+    from prune_cli.search.run import SCREENED
+    monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path / "cache"))
+    assert main(["model=lenet300", "train.epochs=2", "finetune.epochs=1", "measure.latency=false", "strategy=auto",
+                 "search.screen_epochs=1", "search.keep=1", "search.tolerance=0.2",
+                 f"search.dir={tmp_path / 's'}"]) == 0
+    result = json.loads((tmp_path / "s" / "search.json").read_text())
+    screened = result["screening"]["strategies"]
+    assert [row["strategy"] for row in screened] == list(SCREENED)
+    best_screened = max((r for r in screened if "val_accuracy" in r), key=lambda r: r["val_accuracy"])
+    assert [r["strategy"] for r in screened if r["kept"]] == [best_screened["strategy"]]
+    assert list(result["strategies"]) == [best_screened["strategy"]]
+    text = (tmp_path / "s" / "search.md").read_text()
+    assert "## Choosing the strategy (strategy=auto)" in text and "kept the 1 with the highest validation" in text

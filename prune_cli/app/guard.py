@@ -64,11 +64,8 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
 
 
 def _bad_override(err: Exception) -> None:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith(("See https://", "full_key", "object_type"))]
-    override = getattr(err, "override", None)  # Hydra's OverrideParseException names the override
-    head = f"{override}: cannot be parsed: " if override else ""
-    print(f"prune-run: {head}{'; '.join(lines[:2]) or type(err).__name__}", file=sys.stderr)
+    from prune_cli.config import composition_error
+    print(f"prune-run: {composition_error(err)}", file=sys.stderr)
     sys.exit(2)
 
 

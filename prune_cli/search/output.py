@@ -24,6 +24,15 @@ def markdown(result: dict) -> str:
     if best:
         lines += [f"**Best: {best['strategy']} at sparsity {best['sparsity']:.4f}** (validation drop "
                   f"{100 * best['val_drop']:.2f} points; test accuracy {100 * best['test_accuracy']:.2f}%).", ""]
+    screening = result.get("screening")
+    if screening:
+        lines += ["## Choosing the strategy (strategy=auto)", "", screening["why"] + ".", "",
+                  "| strategy | val acc. (%) | val drop (points) | epochs | kept |", "|---|---|---|---|---|"]
+        for row in sorted(screening["strategies"], key=lambda r: -r.get("val_accuracy", -1)):
+            lines.append(f"| {row['strategy']} | refused: {row['refused']} | - | - | no |" if "refused" in row else
+                         f"| {row['strategy']} | {100 * row['val_accuracy']:.2f} | {100 * row['val_drop']:.2f} | "
+                         f"{row['budget_epochs']} | {'yes' if row['kept'] else 'no'} |")
+        lines += ["", "## The search", ""]
     lines += ["| strategy | chosen sparsity | val drop (points) | test acc. (%) | next failing sparsity | probes |",
               "|---|---|---|---|---|---|"]
     for name, r in result["strategies"].items():

@@ -26,11 +26,17 @@ class Settings:
     min_sparsity: float = 0.5     # the lowest sparsity probed (if it fails, nothing is chosen)
     max_sparsity: float = 0.995   # the highest
     max_probes: int = 12          # per strategy
+    screen_epochs: int = 2        # strategy=auto: fine-tune epochs of each screening run
+    screen_sparsity: float = 0.9  # strategy=auto: where the families are screened
+    keep: int = 2                 # strategy=auto: how many of the best screened strategies are searched
     directory: Path = Path(".")
 
 
 FIELDS = {"max_drop": (float, 0.0, 1.0), "tolerance": (float, 1e-6, 1.0), "min_sparsity": (float, 0.0, 0.999999),
-          "max_sparsity": (float, 0.0, 0.999999), "max_probes": (int, 2, 1000)}
+          "max_sparsity": (float, 0.0, 0.999999), "max_probes": (int, 2, 1000), "screen_epochs": (int, 0, 10000),
+          "screen_sparsity": (float, 0.0, 0.999999), "keep": (int, 1, 100)}
+# strategy=auto screens one strategy of every built-in family (and the smaller-model baseline).
+SCREENED = ("magnitude", "gradient", "random", "activation", "apoz", "l1", "l0", "wanda", "sparsegpt", "compress")
 
 
 def parse_args(args: list[str]) -> tuple[Settings, list[str], list[str]]:
@@ -135,10 +141,44 @@ def search_strategy(settings: Settings, overrides: list[str], strategy: str, cou
     return result
 
 
+def screen(settings: Settings, overrides: list[str], counter: list) -> tuple[list[dict], list[str]]:
+    """strategy=auto: every family at ``screen_sparsity`` with ``screen_epochs`` of fine-tuning, ranked by
+    validation accuracy; the best ``keep`` go on to the full search."""
+    import prune_cli
+    rows = []
+    for strategy in SCREENED:
+        run_dir = settings.directory / "screen" / strategy
+        try:
+            report = prune_cli.run([*overrides, f"strategy={strategy}", f"sparsity={settings.screen_sparsity:.6f}",
+                                    f"finetune.epochs={settings.screen_epochs}", "progress=false"], run_dir)
+        except UsageError as err:  # e.g. a structured strategy that cannot reach the screening sparsity
+            rows.append({"strategy": strategy, "refused": str(err), "run_dir": str(run_dir)})
+            log.info("screen: %s refused: %s", strategy, err)
+            continue
+        counter[0] += 1
+        val = report.get("val_accuracy") or {}
+        if val.get("finetuned") is None:
+            raise UsageError("prune-search needs a validation split: dataset.val_fraction must be above 0")
+        rows.append({"strategy": strategy, "val_accuracy": val["finetuned"], "val_drop": val["dense"] - val["finetuned"],
+                     "budget_epochs": report["budget"]["total_epochs"], "run_dir": str(run_dir)})
+        log.info("screen: %s at sparsity %.4f: validation %.2f%%", strategy, settings.screen_sparsity,
+                 100 * val["finetuned"])
+    ranked = sorted((r for r in rows if "val_accuracy" in r), key=lambda r: -r["val_accuracy"])
+    kept = [r["strategy"] for r in ranked[:settings.keep]]
+    for r in rows:
+        r["kept"] = r["strategy"] in kept
+    if not kept:
+        raise UsageError(f"search.screen_sparsity={settings.screen_sparsity}: every strategy was refused there")
+    return rows, kept
+
+
 def search(settings: Settings, overrides: list[str], strategies: list[str]) -> dict:
     settings.directory.mkdir(parents=True, exist_ok=True)
     counter = [0]
     results = {}
+    screening = None
+    if strategies == ["auto"]:
+        screening, strategies = screen(settings, overrides, counter)
     for strategy in strategies:
         results[strategy] = search_strategy(settings, overrides, strategy, counter)
         chosen = results[strategy]["chosen"]
@@ -151,6 +191,14 @@ def search(settings: Settings, overrides: list[str], strategies: list[str]) -> d
         sparsity, _, name = max(candidates)
         best = {"strategy": name, **{k: results[name]["chosen"][k] for k in ("sparsity", "val_drop",
                                                                               "test_accuracy", "run_dir")}}
-    return {"max_drop": settings.max_drop, "tolerance": settings.tolerance,
-            "range": [settings.min_sparsity, settings.max_sparsity], "overrides": overrides,
-            "strategies": results, "best": best, "probes_run": counter[0]}
+    out = {"max_drop": settings.max_drop, "tolerance": settings.tolerance,
+           "range": [settings.min_sparsity, settings.max_sparsity], "overrides": overrides,
+           "strategies": results, "best": best, "probes_run": counter[0]}
+    if screening is not None:
+        out["screening"] = {"sparsity": settings.screen_sparsity, "finetune_epochs": settings.screen_epochs,
+                            "keep": settings.keep, "strategies": screening,
+                            "why": f"kept the {len(strategies)} with the highest validation accuracy at sparsity "
+                                   f"{settings.screen_sparsity} after {settings.screen_epochs} fine-tune epochs "
+                                   f"({', '.join(strategies)}); each was then searched fully, and the best is "
+                                   f"the one reaching the highest sparsity within the budget"}
+    return out
