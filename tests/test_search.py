@@ -15,14 +15,14 @@ RUN = ["model=lenet300", "train.epochs=3", "finetune.epochs=2", "measure.latency
 
 def test_search_finds_the_boundary_on_validation_data_and_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path / "cache"))
-    args = [*RUN, "strategy=magnitude", "search.max_drop=0.02", "search.tolerance=0.02", f"search.dir={tmp_path / 's'}"]
+    args = [*RUN, "strategy=magnitude", "search.max_drop=0.02", "search.tolerance=0.05", f"search.dir={tmp_path / 's'}"]
     assert main(args) == 0
     result = json.loads((tmp_path / "s" / "search.json").read_text())
     probes, chosen = result["strategies"]["magnitude"]["probes"], result["strategies"]["magnitude"]["chosen"]
     assert [p["sparsity"] for p in probes][:2] == [0.5, 0.995]
     # The chosen probe is within the budget, the next one above it is not, and they are within the tolerance.
     assert chosen["val_drop"] <= 0.02 < next(p["val_drop"] for p in probes if p["sparsity"] == chosen["next_failing"])
-    assert (1 - chosen["sparsity"]) - (1 - chosen["next_failing"]) <= 0.02
+    assert (1 - chosen["sparsity"]) - (1 - chosen["next_failing"]) <= 0.05
     assert all(p["within"] == (p["val_drop"] <= 0.02) for p in probes)
     # Test accuracy only for the chosen run, and it is what its pruned.pt gives on the test split.
     assert all("test_accuracy" not in p for p in probes)
