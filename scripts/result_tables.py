@@ -4,6 +4,7 @@
     python scripts/result_tables.py schedules    # schedules at 98% with the same total fine-tune epochs
     python scripts/result_tables.py modern       # magnitude, Wanda, SparseGPT at 50/70/90% and 2:4
     python scripts/result_tables.py distill      # fine-tuning with and without distillation, high sparsity
+    python scripts/result_tables.py sensitivity  # per-layer rates from prune-sensitivity vs uniform and global
 
 Runs go through the Python API in this process (one dense model per seed, from the cache), under
 outputs/tables/<table>/, and the summary is printed as Markdown with mean +/- std over seeds.
@@ -76,6 +77,25 @@ for _label, _overrides in {"magnitude": ["strategy=magnitude"], "magnitude (laye
     DISTILL[f"{_label} + distill"] = [*_overrides, "finetune.distill=true"]
 
 
+# Per-layer rates derived from each seed's own sensitivity curves (no fine-tuning while measuring), against a
+# uniform per-layer and a global allocation; all three with the same 10% validation split the analysis needs.
+SENSITIVITY = {"uniform (scope=layer)": ["strategy.scope=layer", "dataset.val_fraction=0.1"],
+               "global": ["dataset.val_fraction=0.1"],
+               "from sensitivity": ["strategy.layer_sparsity=from_sensitivity:{out}/curves/seed{seed}/sensitivity.json",
+                                    "dataset.val_fraction=0.1"]}
+
+
+def sensitivity_curves(out: Path) -> None:
+    from prune_cli.sensitivity import analyse
+    from prune_cli.sensitivity.output import write_outputs
+    for seed in SEEDS:
+        directory = out / "curves" / f"seed{seed}"
+        directory.mkdir(parents=True, exist_ok=True)
+        overrides = [*COMMON, f"seed={seed}", "dataset.val_fraction=0.1"]
+        write_outputs(analyse({"sparsities": [0.5, 0.7, 0.9, 0.95, 0.98], "finetune_epochs": 0, "dir": directory},
+                              overrides), directory)
+
+
 def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = False) -> list[str]:
     rows = []
     for label, overrides in variants.items():
@@ -87,8 +107,8 @@ def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = F
                 pattern, sparsity = [f"strategy.pattern={n}:{m}"], 1 - n / m
             for seed in SEEDS:
                 run_dir = out / f"{label.replace(' ', '_')}/{sparsity}{'_nm' if pattern else ''}/seed{seed}"
-                report = prune_cli.run([*COMMON, *overrides, *pattern, f"sparsity={sparsity}", f"seed={seed}"],
-                                       run_dir)
+                seeded = [o.format(seed=seed, out=out) for o in overrides]  # e.g. a per-seed sensitivity file
+                report = prune_cli.run([*COMMON, *seeded, *pattern, f"sparsity={sparsity}", f"seed={seed}"], run_dir)
                 results.append(report)
             acc = torch.tensor([r["accuracy"]["finetuned"] for r in results])
             dense = torch.tensor([r["accuracy"]["dense"] for r in results])
@@ -107,12 +127,15 @@ def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = F
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("table", choices=["strategies", "schedules", "modern", "distill"])
+    parser.add_argument("table", choices=["strategies", "schedules", "modern", "distill", "sensitivity"])
     args = parser.parse_args()
     out = Path("outputs/tables") / args.table / time.strftime("%Y-%m-%d_%H-%M-%S")
     started = time.perf_counter()
     if args.table == "strategies":
         rows = run_table(args.table, STRATEGIES, (0.9, 0.98), out)
+    elif args.table == "sensitivity":
+        sensitivity_curves(out)
+        rows = run_table(args.table, SENSITIVITY, (0.9, 0.95), out)
     elif args.table == "distill":
         rows = run_table(args.table, DISTILL, (0.95, 0.98), out, pruned=True)
     elif args.table == "modern":

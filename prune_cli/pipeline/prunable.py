@@ -23,6 +23,8 @@ def prunable_of(model: nn.Module, example: torch.Tensor, strategy, schedule, spa
     """The run's ``Prunable``, after refusing (one line each) a target that leaves no weight, per-layer rates
     that do not fit, or a structured target beyond what whole-unit removal can reach."""
     names, ignored = prunable_for(model, strategy)
+    params = dict(model.named_parameters())
+    strategy.resolve_layer_sparsity({n: params[n].numel() for n in names}, sparsity)
     check_leaves_a_weight(sparsity, model_sparsity(model, names)[2], model_name)
     check_layer_sparsity(strategy, names, dict(model.named_parameters()), sparsity, schedule,
                          f"{classifier_name(model)}.weight")

@@ -52,7 +52,8 @@ class Strategy:
     # The config keys every strategy takes (subclasses add theirs; see prune_cli/schema.py).
     config_schema = {"scope": Choice(("global", "layer", "row")), "prune_classifier": Bool(),
                      "granularity": Choice(("unstructured", "structured")),
-                     "layer_sparsity": AnyOf((MapOf(Num(0.0, 1.0, hi_open=True)), Null())),
+                     "layer_sparsity": AnyOf((MapOf(Num(0.0, 1.0, hi_open=True)), Null(),
+                                              Text(r"from_sensitivity:.+", "from_sensitivity:PATH"))),
                      "ignore": AnyOf((ListOf(Text()), Null())),
                      "pattern": AnyOf((Text(r"\d+:\d+", "N:M, e.g. 2:4"), Null()))}
     # The pipeline loop this strategy needs instead of its schedule's (None: the schedule's). The
@@ -74,8 +75,10 @@ class Strategy:
         self.pattern = NMPattern.parse(pattern) if pattern else None
         # Regular expressions of weights (or their layers) left dense: not prunable, not counted in sparsity.
         self.ignore = [str(p) for p in (ignore or [])]
-        # {weight name: final sparsity} for some layers; the others share the rest of the target.
-        self.layer_sparsity = dict(layer_sparsity or {})
+        # {weight name: final sparsity} for some layers; the others share the rest of the target. A
+        # "from_sensitivity:PATH" string is turned into rates once the model is known (pipeline/prunable.py).
+        self.layer_sparsity = layer_sparsity if isinstance(layer_sparsity, str) else dict(layer_sparsity or {})
+        self.layer_sparsity_source = None
         self.prune_classifier = prune_classifier
         self.granularity = granularity
         if name:
@@ -88,6 +91,14 @@ class Strategy:
         if self.pattern is not None and self.structured:
             raise ValueError(f"strategy.pattern={pattern}: an N:M pattern masks single weights; "
                              f"strategy={self.name} removes whole units")
+
+    def resolve_layer_sparsity(self, sizes: dict, sparsity: float) -> None:
+        """Turn ``from_sensitivity:PATH`` into rates for these prunable weights ({name: size}) and target."""
+        if isinstance(self.layer_sparsity, str):
+            from prune_cli.pruning.allocation import allocate, load
+            path = self.layer_sparsity.split(":", 1)[1]
+            self.layer_sparsity = allocate(load(path), sizes, sparsity)
+            self.layer_sparsity_source = f"from_sensitivity:{path}"
 
     @property
     def trains_before_scoring(self) -> bool:
@@ -111,6 +122,8 @@ class Strategy:
                else "unstructured", "prune_classifier": self.prune_classifier}
         if self.layer_sparsity:
             out["layer_sparsity"] = dict(self.layer_sparsity)
+        if self.layer_sparsity_source:
+            out["layer_sparsity_source"] = self.layer_sparsity_source
         if self.ignore:
             out["ignore"] = list(self.ignore)
         if self.pattern is not None:
