@@ -129,8 +129,12 @@ def _fail(message: str, code: int, multirun: bool, job: str):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict | None:
-    return run_job(cfg)
+def _hydra_main(cfg: DictConfig):
+    result = run_job(cfg)
+    if cfg.get("objective"):  # a sweeper (Optuna) optimises this number; a failed run is a failed trial
+        from prune_cli.objectives import objective_value
+        return objective_value(result, str(cfg.objective), float(cfg.get("objective_budget", 0.01)))
+    return result
 
 
 def main() -> None:
