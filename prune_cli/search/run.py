@@ -110,6 +110,9 @@ def search_strategy(settings: Settings, overrides: list[str], strategy: str, cou
     def run(sparsity):
         entry = probe(settings, overrides, strategy, sparsity, counter)
         probes.append(entry)
+        within = [p["sparsity"] for p in probes if p["within"]]
+        log.info("%s: %d of at most %d probes; best so far %s", strategy, len(probes), settings.max_probes,
+                 f"sparsity {max(within):.4f}" if within else "none within budget")
         return entry
 
     low = run(settings.min_sparsity)
