@@ -71,3 +71,9 @@ def test_auto_screens_every_family_keeps_the_best_and_says_why(tmp_path, monkeyp
     assert list(result["strategies"]) == [best_screened["strategy"]]
     text = (tmp_path / "s" / "search.md").read_text()
     assert "## Choosing the strategy (strategy=auto)" in text and "kept the 1 with the highest validation" in text
+
+
+def test_help_says_what_it_does(capsys):
+    from prune_cli.sensitivity import main as sensitivity_main
+    assert main(["--help"]) == 0 and "prune-search" in capsys.readouterr().out
+    assert sensitivity_main(["-h"]) == 0 and "prune-sensitivity" in capsys.readouterr().out

@@ -26,8 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("prune_cli").setLevel(logging.WARNING)  # the probes' own per-epoch lines stay quiet
     log.setLevel(logging.INFO)                                # one line per probe
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(__doc__.strip())
+        return 0
     try:
-        settings, overrides, strategies = parse_args(list(sys.argv[1:] if argv is None else argv))
+        settings, overrides, strategies = parse_args(args)
         result = search(settings, overrides, strategies)
         write_outputs(result, settings.directory)
     except UsageError as err:

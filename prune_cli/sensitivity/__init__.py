@@ -94,8 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("prune_cli").setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(__doc__.strip())
+        return 0
     try:
-        settings, overrides = parse_args(list(sys.argv[1:] if argv is None else argv))
+        settings, overrides = parse_args(args)
         Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
         result = analyse(settings, overrides)
         write_outputs(result, Path(settings["dir"]))
