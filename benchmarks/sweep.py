@@ -9,9 +9,15 @@ B. The first comparison a researcher runs: every strategy (magnitude gradient ra
    the reports' timings (train, l1, l0, compress, finetune, score, prune, evaluate) plus what lies outside
    the stages (config composition, data loading, measurements, checkpoint and report writing).
    ``--compare-threads`` runs B twice, threads=<cores> and threads=1 interleaved run by run.
-C. (``--joblib``) the same 72 runs as one ``prune-run -m hydra/launcher=joblib`` with n_jobs = cores.
+C. (``--joblib``) the same 72 runs as one ``prune-run -m``, serially (Hydra's basic launcher) and with
+   ``hydra/launcher=joblib`` at n_jobs = cores, alternating which goes first over ``--sweep-repeats``: wall
+   time of each, and its ratio to the summed stage time (``timings.total``) of its own runs.
+D. (``--finetune-on``) a structured result fine-tuned on its shrunk model against the full-size masked one:
+   MLP 784-1024-1024-10 on synthetic 1x28x28 data, 50% structured magnitude pruning, 3 seeds, the two runs of
+   a seed back to back (alternating which goes first) from the same cached dense model; fine-tune seconds
+   (shrinking included) and accuracy side by side.
 
-    python benchmarks/sweep.py [--skip-cache] [--skip-full] [--compare-threads] [--joblib]
+    python benchmarks/sweep.py [--skip-cache] [--skip-full] [--compare-threads] [--joblib] [--finetune-on]
                                [--extra measure.latency=false ...] [--tag NAME] [--keep]
 """
 from __future__ import annotations
@@ -162,6 +168,42 @@ def joblib_sweep(work: Path, args) -> dict:
             "compare_s": compare_seconds, "total_s": total, "compare_rows": len(rows)}
 
 
+WIDE = ["model=mlp", "model.hidden=[1024,1024]", "dataset=synthetic", "dataset.shape=[1,28,28]",
+        "dataset.train_size=4096", "dataset.test_size=1024", "dataset.noise=1.0", "strategy=magnitude",
+        "strategy.granularity=structured", "sparsity=0.5", "train.epochs=3", "finetune.epochs=5",
+        "measure.latency=false", "progress=false"]
+
+
+def finetune_on(work: Path, args) -> dict:
+    """Part D: finetune.on=shrunk against finetune.on=masked, seed by seed."""
+    seeds = [0, 1, 2]
+    runs = {"shrunk": [], "masked": []}
+    for k, seed in enumerate(seeds):
+        order = ["shrunk", "masked"] if k % 2 == 0 else ["masked", "shrunk"]
+        for on in order:
+            report, wall = run_one(WIDE + [f"seed={seed}", f"finetune.on={on}", f"cache.dir={work / 'd_cache'}"]
+                                   + args.extra, work / "d_runs" / f"{on}_{seed}")
+            t = report["timings"]
+            runs[on].append({"seed": seed, "finetune_s": t["finetune"] + t.get("shrink", 0.0),
+                             "shrink_s": t.get("shrink", 0.0), "accuracy": report["accuracy"]["finetuned"],
+                             "trained_params": report["finetuned_on"][0]["params"], "wall_s": wall})
+    ratios = [m["finetune_s"] / s["finetune_s"] for s, m in zip(runs["shrunk"], runs["masked"])]
+    result = {"overrides": WIDE, "seeds": seeds, "runs": runs, "speedup_per_seed": ratios,
+              "speedup_median": statistics.median(ratios)}
+    print("\nD. fine-tuning a 50% structured 784-1024-1024-10 MLP (synthetic 1x28x28, 4,096 images, 5 epochs): "
+          "shrunk vs masked")
+    rows = []
+    for on in ("shrunk", "masked"):
+        xs = runs[on]
+        rows.append([on, f"{xs[0]['trained_params']:,}", ", ".join(f"{x['finetune_s']:.2f}" for x in xs),
+                     ", ".join(f"{100 * x['accuracy']:.2f}" for x in xs),
+                     f"{100 * statistics.mean(x['accuracy'] for x in xs):.2f}"])
+    print(table(["fine-tuned on", "params trained", "fine-tune s (seeds 0, 1, 2)", "accuracy %", "mean %"], rows))
+    print(f"speed-up (masked s / shrunk s) per seed: {', '.join(f'{r:.2f}x' for r in ratios)}; "
+          f"median {result['speedup_median']:.2f}x")
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-repeats", type=int, default=4)
@@ -171,6 +213,8 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the temporary runs, caches and compare outputs")
     parser.add_argument("--joblib", action="store_true",
                         help="part C: the same sweep as one prune-run -m with the joblib launcher")
+    parser.add_argument("--finetune-on", action="store_true",
+                        help="part D: structured fine-tuning on the shrunk vs the masked model")
     parser.add_argument("--compare-threads", action="store_true",
                         help="part B at the default threads and at 1 thread, interleaved run by run")
     add_common_args(parser)
@@ -217,6 +261,8 @@ def main():
         out["full_sweep"] = full_sweep(work, args)
     if args.joblib:
         out["joblib_sweep"] = joblib_sweep(work, args)
+    if args.finetune_on:
+        out["finetune_on"] = finetune_on(work, args)
     contention.__exit__(None, None, None)
     out["machine"]["contention"] = contention.result
     print(contention.line())

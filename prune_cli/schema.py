@@ -213,7 +213,10 @@ def top_level() -> dict:
         "weights": Optional_(Noted(Text(), "a path to trained dense weights: a state_dict or a pruned.pt")),
         "reference": Free(),
         "train": _stage(1),
-        "finetune": {**_stage(0), "distill": Noted(Bool(), "fine-tune against the dense model's logits"),
+        "finetune": {**_stage(0),
+                     "on": Noted(Choice(("shrunk", "masked")), "what a structured result fine-tunes: its smaller "
+                                 "model or the full-size masked one"),
+                     "distill": Noted(Bool(), "fine-tune against the dense model's logits"),
                      "temperature": Num(0.0, 1000.0, lo_open=True), "alpha": Num(0.0, 1.0)},
         "cache": {"enabled": Bool(), "dir": Text()},
         "checkpoint": {"every_s": Num(0.0, 1e9)},

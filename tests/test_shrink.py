@@ -287,3 +287,73 @@ def test_layers_that_cannot_be_shrunk_stay_masked_and_are_reported(kind):
     x = torch.rand(8, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(small(x), masked_copy(model, masks)(x), atol=1e-5, rtol=0)
+
+
+# --- fine-tuning the shrunk model (finetune.on=shrunk) ---------------------------------------------------------
+
+def _sgd_step(model, x, y, masks=None):
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if masks:
+        Masks(masks).apply_(model)
+
+
+def test_a_step_on_the_shrunk_model_is_a_step_on_the_masked_one(case):
+    """The small model's positions pick exactly its values out of the masked model; one training step on it,
+    written back, gives the full-size model the masked step would (BatchNorm in training mode included) at
+    every kept entry, and the same outputs; the masked entries stay zero. (Only the running statistics of a
+    removed channel differ: the masked model still averages its zeros in, and no output reads them.)"""
+    import copy
+    from prune_cli.pruning.shrink import shrink_for_training
+    name, model, example, layers = case
+    removed = select_units(random_scores(layers, 3), 0.5, model, example, layers=layers)
+    masks = unit_masks(model, example, removed, layers)
+    masked = masked_copy(model, masks)
+    shrunk = shrink_for_training(masked, masks, example)
+    full_state, small_state = masked.state_dict(), shrunk.model.state_dict()
+    assert shrunk.positions and set(shrunk.positions) < set(full_state)
+    for key, where in shrunk.positions.items():
+        assert torch.equal(full_state[key].reshape(-1)[where], small_state[key].reshape(-1))
+        assert len(set(where.tolist())) == where.numel()  # every small element has its own place
+    assert shrunk.masks is None  # whole units removed: nothing left to mask inside the small model
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, *example.shape[1:]), torch.randint(0, 10, (16,))
+    reference = copy.deepcopy(masked)
+    _sgd_step(reference, x, y, masks)
+    _sgd_step(shrunk.model, x, y)
+    shrunk.write_back(masked)
+    for key, value in reference.state_dict().items():
+        got, where = masked.state_dict()[key].float(), shrunk.positions.get(key)
+        if where is not None:
+            got, value = got.reshape(-1)[where], value.reshape(-1)[where]
+        assert torch.allclose(got, value.float(), atol=1e-6, rtol=1e-5), key
+    with torch.no_grad():
+        assert torch.allclose(masked.eval()(x), reference.eval()(x), atol=1e-5, rtol=0)
+    for key, mask in masks.items():
+        assert bool((dict(masked.named_parameters())[key][mask == 0] == 0).all()), key
+
+
+def test_what_cannot_shrink_stays_masked_inside_the_shrunk_model():
+    from prune_cli.pruning.shrink import shrink_for_training
+    model, example = build("mlp")
+    layers = unit_layers(model, example)
+    masks = unit_masks(model, example, {"2": list(range(150))}, layers)
+    masks["6.weight"] = torch.ones_like(model[6].weight)
+    masks["6.weight"][3, :7] = 0  # classifier weights: the classifier keeps its outputs, so they stay masked
+    shrunk = shrink_for_training(model, masks, example)
+    assert list(shrunk.model[2].weight.shape) == [150, 64] and list(shrunk.model[6].weight.shape) == [10, 100]
+    assert set(shrunk.masks) == {"6.weight"} and int((shrunk.masks["6.weight"] == 0).sum()) == 7
+    assert torch.equal(shrunk.masks["6.weight"], masks["6.weight"])
+
+
+def test_nothing_to_remove_means_no_shrunk_model():
+    from prune_cli.pruning.shrink import shrink_for_training
+    model, example = build("mlp")
+    masks = {"2.weight": torch.ones_like(model[2].weight)}
+    masks["2.weight"][:5] = 0  # zero rows whose biases still feed the next layer: not removable
+    assert shrink_for_training(model, masks, example) is None

@@ -134,8 +134,12 @@ class Experiment:
         self.record.add_time("evaluate", t.seconds)
         return test, val
 
-    def fit(self, stage: str, settings: StageSettings, model=None, each_epoch=None, **kwargs) -> Optional[Masks]:
-        """fit() with resume: starts at the saved epoch of this stage, saves progress at epoch ends."""
+    def fit(self, stage: str, settings: StageSettings, model=None, each_epoch=None, save_as=None,
+            **kwargs) -> Optional[Masks]:
+        """fit() with resume: starts at the saved epoch of this stage, saves progress at epoch ends.
+
+        ``save_as``: when ``model`` is not the form the run state keeps (a shrunk model), gives the (model,
+        masks) to save instead; called only when a save is due."""
         model = model or self.model
         start, optimizer_state = self.state.start_of(stage)
         masks = kwargs.pop("masks", self.masks)
@@ -148,7 +152,10 @@ class Experiment:
         def on_epoch_end(epoch, optimizer, current_masks):
             if each_epoch is not None:
                 each_epoch(epoch, model)
-            self.state.epoch_end(stage, epoch, model, optimizer, current_masks)
+            if save_as is None:
+                self.state.epoch_end(stage, epoch, model, current_masks, optimizer)
+            elif self.state.save_due():
+                self.state.epoch_end(stage, epoch, *save_as(), optimizer)
 
         with Timer(self.device) as t:
             masks = fit(model, self.data.train, settings, stage=stage, seed=stage_seed(self.seed, stage),
@@ -157,6 +164,52 @@ class Experiment:
                         progress=self.progress, **kwargs)
         self.record.add_time(phase, t.seconds)
         return masks
+
+    def finetune(self, stage: str, settings: StageSettings) -> None:
+        """Fine-tune the pruned model. A structured result trains its physically smaller form
+        (``finetune.on=shrunk``): the same function with fewer multiply-adds, layers that could not shrink
+        masked inside it. Its values go back into the full-size model before every save and at the end, so the
+        masks, later rounds, the resume state and ``pruned.pt`` (which holds both forms) see what was trained;
+        a resumed stage shrinks the saved full-size model again, the same way, and its optimizer state fits."""
+        shrunk, why = self._shrunk(stage)
+        if shrunk is None:
+            self.note_finetuned(stage, self.model, why)
+            self.fit(stage, settings)
+            return
+        self.note_finetuned(stage, shrunk.model, None)
+
+        def save_as():
+            shrunk.write_back(self.model)
+            return self.model, self.masks
+
+        self.fit(stage, settings, model=shrunk.model, masks=shrunk.masks, save_as=save_as)
+        shrunk.write_back(self.model)
+
+    def _shrunk(self, stage: str):
+        """(the smaller model to fine-tune, None) or (None, why the full-size masked model is trained)."""
+        if not self.strategy.structured:
+            return None, "unstructured masks keep every unit"
+        if self.cfg.finetune.get("on", "shrunk") == "masked":
+            return None, "finetune.on=masked"
+        if self.masks is None:
+            return None, "nothing is pruned"
+        from prune_cli.pruning.shrink import shrink_for_training
+        with Timer(self.device) as t:
+            try:
+                shrunk = shrink_for_training(self.model, self.masks, self.example)
+            except RuntimeError as err:  # the position check failed: train masked rather than wrongly
+                log.warning("%s: fine-tuning the masked model: %s", stage, err)
+                return None, str(err)
+        self.record.add_time("shrink", t.seconds)
+        return (shrunk, None) if shrunk is not None else (None, "no unit can be removed")
+
+    def note_finetuned(self, stage: str, model, why: Optional[str]) -> None:
+        """The report's ``finetuned_on``: which form each fine-tune stage trained, and its parameter count
+        (once per stage: a resumed stage's entry came back with the record)."""
+        if self.state.start_of(stage)[0] == 0:
+            entry = {"stage": stage, "on": "shrunk" if why is None else "masked",
+                     "params": int(sum(p.numel() for p in model.parameters()))}
+            self.record.finetuned_on.append(entry if why is None else dict(entry, why=why))
 
     def epoch_done(self, entry: dict, model) -> None:
         """One history entry per epoch (with the validation accuracy when there is a validation split), sent

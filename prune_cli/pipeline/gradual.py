@@ -50,6 +50,8 @@ def run(exp) -> None:
                                    seconds=time.perf_counter() - started, masks=exp.round_masks()))
         return exp.masks
 
+    # Pruning happens inside this fine-tuning, so the model keeps its full size (and its masks) throughout.
+    exp.note_finetuned(f"{STAGE}.finetune", exp.model, "gradual pruning prunes during the fine-tuning")
     exp.fit(f"{STAGE}.finetune", settings, after_step=after_step)
     last = record.rounds[-1]
     last.accuracy, last.val_accuracy = exp.evaluate()

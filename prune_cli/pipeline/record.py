@@ -53,6 +53,7 @@ class RunRecord:
     resumed_from: Optional[dict] = None
     distillation: Optional[dict] = None               # finetune.distill: teacher, temperature, alpha
     history: list = field(default_factory=list)       # one entry per epoch of every training phase
+    finetuned_on: list = field(default_factory=list)  # per fine-tune stage: the form trained and its size
 
     def add_epochs(self, phase: str, epochs: int) -> None:
         self.budget[phase] = self.budget.get(phase, 0) + int(epochs)

@@ -55,7 +55,7 @@ def run(exp) -> None:
         if not state.is_done(f"{name}.finetune"):
             started = time.perf_counter()
             if epochs > 0:
-                exp.fit(f"{name}.finetune", StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs))
+                exp.finetune(f"{name}.finetune", StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs))
             entry = record.rounds[index - 1]
             entry.accuracy, entry.val_accuracy = exp.evaluate()
             entry.sparsity = exp.achieved()
@@ -89,7 +89,7 @@ def control(exp, epochs: int) -> None:
         state.boundary("control.prune", exp.model, exp.masks)
     if not state.is_done("control"):
         if epochs > 0:
-            exp.fit("control", StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs))
+            exp.finetune("control", StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs))
         record.set_accuracy("finetuned", *exp.evaluate())
         state.boundary("control", exp.model, exp.masks)
 

@@ -9,7 +9,8 @@ shrunk state dict.
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
@@ -65,15 +66,9 @@ def _pruned_copy(masked: nn.Module, x: torch.Tensor, plan: Mapping[str, torch.Te
     return small
 
 
-def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: torch.Tensor
-           ) -> tuple[nn.Module, dict]:
-    """A smaller copy of ``model`` computing what ``model`` with ``masks`` applied computes.
-
-    info: ``shapes`` {state-dict key: shape} (the rebuild spec), ``params`` (parameter count), ``units_kept``
-    {layer: [kept, total]} for every Linear/Conv layer, ``fallback`` [{layer, reason}] for layers with masked
-    units that stay in place (masked) because removing them is impossible or would not be exact.
-    """
-    masks = Masks(masks).validate(model)
+def _removal_plan(model: nn.Module, masks: Masks, example_input: torch.Tensor):
+    """(masked copy, its shrunk copy, {group: dead units} Torch-Pruning removes exactly, fallback [{layer,
+    reason}], groups)."""
     masked = copy.deepcopy(model)
     masks.apply_(masked)
     groups = unit_groups(masked, example_input)
@@ -107,8 +102,25 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: t
                 fallback.append({"layer": name, "reason": why})
                 del plan[name]
         small = _pruned_copy(masked, example_input, plan)
+    return masked, small, plan, fallback, groups
 
+
+def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: torch.Tensor
+           ) -> tuple[nn.Module, dict]:
+    """A smaller copy of ``model`` computing what ``model`` with ``masks`` applied computes.
+
+    info: ``shapes`` {state-dict key: shape} (the rebuild spec), ``params`` (parameter count), ``units_kept``
+    {layer: [kept, total]} for every Linear/Conv layer, ``fallback`` [{layer, reason}] for layers with masked
+    units that stay in place (masked) because removing them is impossible or would not be exact.
+    """
+    masks = Masks(masks).validate(model)
+    masked, small, plan, fallback, groups = _removal_plan(model, masks, example_input)
+    return small, _info(model, masked, small, masks, groups, fallback)
+
+
+def _info(model, masked, small, masks, groups, fallback) -> dict:
     # Layers with fully masked rows that were not removed, and why, so a report can say what stays masked.
+    fallback = list(fallback)
     reasons = {layer: g.reason for g in groups if g.reason for layer in g.layers}
     reasons[classifier_name(model)] = "the classifier keeps every output"
     listed = {entry["layer"] for entry in fallback}
@@ -121,13 +133,72 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: t
         units_kept[name] = [int(kept), int(module.weight.shape[0])]
         if name in reasons and name not in listed and _zero_rows(masks.get(_join(name, "weight"))):
             fallback.append({"layer": name, "reason": reasons[name]})
-    info = {
+    return {
         "shapes": {k: list(v.shape) for k, v in small.state_dict().items()},
         "params": int(sum(p.numel() for p in small.parameters())),
         "units_kept": units_kept,
         "fallback": fallback,
     }
-    return small, info
+
+
+@dataclass
+class Shrunk:
+    """The smaller model a structured result fine-tunes (``finetune.on=shrunk``), tied to its full-size model.
+
+    ``positions[key]``: for each state-dict entry the shrink made smaller, the flat index in the full-size
+    tensor of every element of the small one; ``write_back`` puts the small model's values there, so the
+    full-size model (and with it the masks, later rounds and the checkpoint) carries what was trained.
+    ``masks``: what stays masked inside the small model (layers that could not shrink), or None.
+    """
+    model: nn.Module
+    masks: Optional[Masks]
+    positions: dict
+    info: dict
+
+    @torch.no_grad()
+    def write_back(self, full: nn.Module) -> None:
+        full_state = full.state_dict()
+        for key, value in self.model.state_dict().items():
+            target, where = full_state[key], self.positions.get(key)
+            if where is None:
+                target.copy_(value)
+            else:
+                target.view(-1)[where] = value.reshape(-1).to(target.dtype)
+
+
+def shrink_for_training(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: torch.Tensor
+                        ) -> Optional[Shrunk]:
+    """The smaller model to fine-tune in place of masked ``model``, or None when no unit can be removed.
+
+    Where each element of the small model came from is found by shrinking a float64 copy whose entries hold
+    their own flat indices: whatever Torch-Pruning selects, the small copy then names. A check that gathering
+    the masked model at those positions gives the small model exactly guards the mapping."""
+    masks = Masks(masks).validate(model)
+    masked, small, plan, fallback, groups = _removal_plan(model, masks, example_input)
+    if not plan:
+        return None
+    tracer = copy.deepcopy(masked).to(torch.float64)
+    with torch.no_grad():
+        for value in tracer.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(torch.arange(value.numel(), dtype=torch.float64, device=value.device).view_as(value))
+    traced = _pruned_copy(tracer, example_input.to(torch.float64), plan).state_dict()
+    full_state, positions = masked.state_dict(), {}
+    for key, value in small.state_dict().items():
+        if value.shape == full_state[key].shape:
+            continue
+        where = traced[key].reshape(-1).long()
+        if not torch.equal(full_state[key].reshape(-1)[where], value.reshape(-1)):
+            raise RuntimeError(f"shrink: the positions of {key} do not reproduce the small model")
+        positions[key] = where
+    small_params = dict(small.named_parameters())
+    left = Masks()
+    for name, mask in masks.items():
+        small_mask = mask.reshape(-1)[positions[name]].view_as(small_params[name]) if name in positions else mask
+        if not bool(small_mask.all()):
+            left[name] = small_mask
+    return Shrunk(model=small, masks=left or None, positions=positions,
+                  info=_info(model, masked, small, masks, groups, fallback))
 
 
 def _resized(module: nn.Module, name: str, shapes: Mapping[str, list[int]]):

@@ -102,6 +102,8 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
     }
     if record.val_accuracy is not None:
         result["val_accuracy"] = dict(record.val_accuracy)
+    if record.finetuned_on:
+        result["finetuned_on"] = [dict(entry) for entry in record.finetuned_on]
     if record.distillation is not None:
         result["distillation"] = dict(record.distillation)
     if "quantized" in measured:

@@ -27,6 +27,15 @@ def compression_lines(r: dict) -> list[str]:
     return lines
 
 
+def finetuned_on(r: dict) -> str:
+    """"shrunk model (25,335 params)", or per stage when the stages differ."""
+    entries = r["finetuned_on"]
+    said = [f"{e['on']} model ({e['params']:,} params)" + (f": {e['why']}" if e.get("why") else "") for e in entries]
+    if len(set(said)) == 1 or len(entries) == 1:
+        return said[0]
+    return "; ".join(f"{e['stage']} {text}" for e, text in zip(entries, said))
+
+
 def markdown(r: dict) -> str:
     e, s, a = r["experiment"], r["sparsity"], r["accuracy"]
     lines = [
@@ -49,6 +58,8 @@ def markdown(r: dict) -> str:
         lines.append(f"| multiply-adds dense / nonzero | {flops.get('dense', 0):,} / {flops.get('nonzero', 0):,} |")
     if r.get("shrunk"):
         lines.append(f"| parameters after shrinking | {r['shrunk'].get('params', 0):,} |")
+    if r.get("finetuned_on"):
+        lines.append(f"| fine-tuned on | {finetuned_on(r)} |")
     for name, lat in (r.get("latency") or {}).items():
         cells = ", ".join(f"{k.replace('_ms', '')}: {v:.3f} ms" for k, v in lat.items())
         lines.append(f"| latency {name} | {cells} |")
@@ -113,6 +124,10 @@ def console_table(r: dict, console) -> None:
         table.add_row("MACs dense / nonzero", f"{r['flops']['dense']:,} / {r['flops']['nonzero']:,}")
     if r.get("shrunk"):
         table.add_row("params after shrinking", f"{r['shrunk'].get('params', 0):,}")
+    if any(entry["on"] == "shrunk" for entry in r.get("finetuned_on", [])):
+        last = r["finetuned_on"][-1]
+        table.add_row("fine-tuned on", f"{last['on']} model ({last['params']:,} params"
+                                       + (f", last of {len(r['finetuned_on'])} stages)" if len(r["finetuned_on"]) > 1 else ")"))
     speedup = r.get("speedup") or {}
     if speedup.get("method", "none") != "none" and speedup.get("measured"):
         table.add_row(f"measured speed-up ({speedup['method']})",

@@ -83,9 +83,13 @@ class RunState:
         self.saves += 1
         self.save_seconds += time.perf_counter() - start
 
-    def epoch_end(self, stage: str, epoch: int, model, optimizer, masks: Optional[Masks]) -> None:
+    def save_due(self) -> bool:
+        """Whether ``epoch_end`` would save now (``every_s`` has passed since the last save)."""
+        return time.monotonic() - self._last_save >= self.every_s
+
+    def epoch_end(self, stage: str, epoch: int, model, masks: Optional[Masks], optimizer) -> None:
         """Maybe save mid-stage progress (throttled by ``every_s``)."""
-        if time.monotonic() - self._last_save < self.every_s:
+        if not self.save_due():
             return
         self.position = {"stage": stage, "epoch": epoch, "optimizer": optimizer.state_dict()}
         self._write(model, masks)
