@@ -94,7 +94,7 @@ schema = {
                        "checkpoint": d({"type": ["integer", "null"]}, "pruned.pt on disk")}),
     "speedup": obj({"theoretical": NN, "method": d(S, "how the measured speed-up was obtained: none, shrunk model, sparse kernel (CSR), smaller model (compress)"),
                     "measured": d({"type": "object", "additionalProperties": N}, "dense latency / fastest variant's, per batch size")}),
-    "shrunk": d({"anyOf": [{"type": "object"}, {"type": "null"}]}, "structured runs: the physically smaller model (shapes, params, units_kept, fallback: layers left masked, max_abs_diff, matches_masked)"),
+    "shrunk": d({"anyOf": [{"type": "object"}, {"type": "null"}]}, "structured runs: the physically smaller model (shapes, params, units_kept, fallback: layers left masked, max_abs_diff and max_abs_output on the test split, matches_masked: the difference within 1e-5 of max(1, max_abs_output))"),
     "quantized": obj({"method": S, "backend": S, "int8_weights": {"type": "array", "items": S},
                       "kept_float": d({"type": "array", "items": S}, "prunable weights left in float, with why"),
                       "accuracy": FRAC, "val_accuracy": FRAC, "prunable_int8_zeros": I, "prunable_int8_weights": I,

@@ -189,3 +189,33 @@ def test_to_sparse_converts_only_layers_sparse_enough():
     assert sparse_layer_names(sparse) == ["1"] and type(model[1]) is nn.Linear  # the original is untouched
     x = torch.rand(5, 1, 8, 8)
     torch.testing.assert_close(sparse(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale,error,matches", [(1.0, 5e-6, True), (1.0, 5e-5, False), (1000.0, 5e-6, True),
+                                                 (1000.0, 5e-5, False)],
+                         ids=["small-ok", "small-off", "large-ok", "large-off"])
+def test_shrunk_matches_masked_within_1e5_of_the_output_scale(monkeypatch, scale, error, matches):
+    """The check is relative to the largest output (at least 1): float reordering in wide layers with large
+    logits passes, a difference the size of a wrongly kept unit does not."""
+    import prune_cli.pruning.shrink as shrinking
+    from prune_cli.data.splits import TensorSplit
+    from prune_cli.measure.final import measure_final
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 2, 2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[3].weight.mul_(scale / float(model(x).abs().max()))
+        peak = float(model(x).abs().max())
+    shift = error * max(1.0, peak)
+
+    class Off(nn.Module):  # the "shrunk" model: the masked one's outputs, all moved by ``shift``
+        def forward(self, inputs):
+            return model(inputs) + shift
+
+    monkeypatch.setattr(shrinking, "shrink", lambda m, masks, example: (Off(), {"params": 1, "shapes": {}}))
+    out = measure_final(model, masks={"1.weight": torch.ones(8, 4)}, structured=True, compressed=False,
+                        example=x[:1], test=TensorSplit(x, torch.zeros(16, dtype=torch.long)), device="cpu",
+                        dense_twin=model, measure_cfg={"latency": False}, export_cfg={})
+    assert out["shrunk"]["max_abs_output"] == pytest.approx(peak, rel=1e-6)
+    assert out["shrunk"]["max_abs_diff"] == pytest.approx(shift, rel=1e-2)
+    assert out["shrunk"]["matches_masked"] is matches
