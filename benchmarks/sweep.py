@@ -138,34 +138,66 @@ def full_sweep(work: Path, args) -> dict:
     return result
 
 
-def joblib_sweep(work: Path, args) -> dict:
-    """Part C (``--joblib``): the same 72 runs as one ``prune-run -m`` with Hydra's joblib launcher,
-    ``n_jobs`` = cores, in a subprocess with a fresh cache; then prune_cli.compare on the sweep dir."""
-    import subprocess
+def _sweep_command(sweep_dir: Path, launcher: list, extra) -> list:
     import sys
-    import prune_cli
-    cores = os.cpu_count() or 1
-    sweep_dir = work / "c_sweep"
-    command = [sys.executable, "-m", "prune_cli.app.cli", "-m", "hydra/launcher=joblib",
-               f"hydra.launcher.n_jobs={cores}", "model=lenet300", "dataset=digits", "progress=false",
-               "strategy=" + ",".join(STRATEGIES_B), "sparsity=" + ",".join(map(str, SPARSITIES_B)),
-               "seed=" + ",".join(map(str, SEEDS_B)), f"hydra.sweep.dir={sweep_dir}"] + args.extra
-    env = dict(os.environ, PRUNE_CLI_CACHE=str(work / "c_cache"))
+    return [sys.executable, "-m", "prune_cli.app.cli", "-m", *launcher, "model=lenet300", "dataset=digits",
+            "progress=false", "strategy=" + ",".join(STRATEGIES_B), "sparsity=" + ",".join(map(str, SPARSITIES_B)),
+            "seed=" + ",".join(map(str, SEEDS_B)), f"hydra.sweep.dir={sweep_dir}"] + list(extra)
+
+
+def _one_sweep(work: Path, name: str, launcher: list, extra) -> dict:
+    """One ``prune-run -m`` of the 72 runs in a subprocess (process start included), fresh cache; the summed
+    stage time is ``timings.total`` over its own reports (what the runs themselves spent)."""
+    import json
+    import subprocess
+    tag = name.replace(" ", "_").replace("=", "_")
+    sweep_dir, cache = work / f"c_sweep_{tag}", work / f"c_cache_{tag}"
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    command = _sweep_command(sweep_dir, launcher, extra)
+    env = dict(os.environ, PRUNE_CLI_CACHE=str(cache))
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
-    runs_seconds = time.perf_counter() - started
+    wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"prune-run -m failed ({done.returncode}): {done.stderr[-2000:]}")
+    reports = [json.loads(p.read_text()) for p in sweep_dir.rglob("report.json")]
+    stages = sum(r["timings"]["total"] for r in reports)
+    return {"command": " ".join(command[2:]), "runs": len(reports), "wall_s": wall, "stage_sum_s": stages,
+            "wall_over_stages": wall / stages, "sweep_dir": str(sweep_dir)}
+
+
+def joblib_sweep(work: Path, args) -> dict:
+    """Part C (``--joblib``): the 72 runs as one ``prune-run -m``, serially and with the joblib launcher at
+    n_jobs = cores, alternating which goes first; then prune_cli.compare on the last parallel sweep."""
+    import prune_cli
+    cores = os.cpu_count() or 1
+    variants = {"serial": [], f"joblib n_jobs={cores}": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={cores}"]}
+    results = {name: [] for name in variants}
+    for r in range(args.sweep_repeats):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            results[name].append(_one_sweep(work, name, variants[name], args.extra))
+            x = results[name][-1]
+            print(f"  {name}: {x['runs']} runs in {x['wall_s']:.1f} s, their stages {x['stage_sum_s']:.1f} s "
+                  f"({x['wall_over_stages']:.2f}x)", flush=True)
+    parallel = f"joblib n_jobs={cores}"
     t = time.perf_counter()
-    rows = prune_cli.compare([sweep_dir], out_dir=work / "c_compare")
+    rows = prune_cli.compare([Path(results[parallel][-1]["sweep_dir"])], out_dir=work / "c_compare")
     compare_seconds = time.perf_counter() - t
-    reports = len(list(sweep_dir.rglob("report.json")))
-    total = runs_seconds + compare_seconds
-    print(f"\nC. the same sweep as one `prune-run -m hydra/launcher=joblib hydra.launcher.n_jobs={cores}` "
-          f"(subprocess, process start included): {reports} runs in {runs_seconds:.1f} s + compare "
-          f"{compare_seconds:.1f} s = {total:.1f} s")
-    return {"command": " ".join(command[2:]), "runs": reports, "runs_s": runs_seconds,
-            "compare_s": compare_seconds, "total_s": total, "compare_rows": len(rows)}
+    summary = {name: {"wall_s_median": statistics.median(x["wall_s"] for x in xs),
+                      "stage_sum_s_median": statistics.median(x["stage_sum_s"] for x in xs),
+                      "wall_over_stages_median": statistics.median(x["wall_over_stages"] for x in xs)}
+               for name, xs in results.items()}
+    speedup = summary["serial"]["wall_s_median"] / summary[parallel]["wall_s_median"]
+    print(f"\nC. the 72-run comparison as one `prune-run -m` (subprocess, process start included), "
+          f"{args.sweep_repeats} alternating repeats")
+    print(table(["launcher", "wall s (median)", "summed stage s", "wall / stages"],
+                [[name, f"{v['wall_s_median']:.1f}", f"{v['stage_sum_s_median']:.1f}",
+                  f"{v['wall_over_stages_median']:.2f}x"] for name, v in summary.items()]))
+    print(f"parallel / serial wall: {1 / speedup:.2f} ({speedup:.2f}x faster); compare {compare_seconds:.1f} s, "
+          f"{len(rows)} rows")
+    return {"sweeps": results, "summary": summary, "speedup": speedup, "compare_s": compare_seconds,
+            "compare_rows": len(rows)}
 
 
 WIDE = ["model=mlp", "model.hidden=[1024,1024]", "dataset=synthetic", "dataset.shape=[1,28,28]",
@@ -213,6 +245,7 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the temporary runs, caches and compare outputs")
     parser.add_argument("--joblib", action="store_true",
                         help="part C: the same sweep as one prune-run -m with the joblib launcher")
+    parser.add_argument("--sweep-repeats", type=int, default=2, help="part C: repeats of each launcher")
     parser.add_argument("--finetune-on", action="store_true",
                         help="part D: structured fine-tuning on the shrunk vs the masked model")
     parser.add_argument("--compare-threads", action="store_true",

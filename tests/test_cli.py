@@ -1,6 +1,8 @@
 """prune-run as a user runs it: a subprocess, its exit code, what it prints, what it leaves behind."""
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,40 @@ def test_a_full_disk_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
                                            f"No space left on device")
     assert "Traceback" not in err
     assert json.loads((tmp_path / "run" / "report.json").read_text())["status"] == "failed"
+
+
+def _on_a_terminal(args, cwd):
+    """prune-run with a pseudo-terminal as stdout and stderr: (exit code, bytes shown, seconds to the first)."""
+    import pty
+    import select
+    import time
+    master, slave = pty.openpty()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "prune_cli.app.cli", *args], cwd=cwd, stdin=slave,
+                            stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    shown, first = b"", None
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.05)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            first = first if first is not None else time.perf_counter() - started
+            shown += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(), shown, first
+
+
+def test_a_terminal_shows_a_line_at_once_which_the_first_output_wipes(tmp_path):
+    """Within a second (torch alone takes two to load), then erased: bad input still reads as one line."""
+    code, shown, first = _on_a_terminal(["sparsity=2"], tmp_path)
+    assert code == 2
+    assert shown == (b"prune-run: starting...\r\x1b[Kprune-run: sparsity=2: must be a number in [0, 1) (the "
+                     b"fraction of prunable weights that are zero at the end)\r\n")
+    assert first < 1.0

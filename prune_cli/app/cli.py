@@ -21,6 +21,7 @@ from prune_cli.config import CONFIG_DIR
 from prune_cli.errors import RunFailed, UsageError
 
 log = logging.getLogger("prune_cli")
+STARTING = "starting: loading torch, the data and the model"
 _composed = False   # set once Hydra composed a config: failures before that are bad input (exit 2)
 
 
@@ -55,13 +56,14 @@ def run_job(cfg: DictConfig) -> dict | None:
         return None
     try:
         progress = _progress(cfg, multirun)
-        from prune_cli.pipeline.experiment import Experiment
-        with stop_signals():
-            if progress is not None:
-                with progress:
-                    result = Experiment(cfg, run_dir, progress).run()
-            else:
-                result = Experiment(cfg, run_dir).run()
+        with stop_signals(), (progress if progress is not None else contextlib.nullcontext()):
+            # On a terminal, say something at once: torch, the data and the model take seconds to load.
+            starting = progress.add_task(STARTING, total=None) if progress is not None else None
+            from prune_cli.pipeline.experiment import Experiment
+            experiment = Experiment(cfg, run_dir, progress)
+            if starting is not None:
+                progress.remove_task(starting)
+            result = experiment.run()
     except UsageError as err:
         reporting.write_status(run_dir, "failed", str(err))
         return _fail(f"prune-run: {err}", 2, multirun, job)
@@ -171,6 +173,8 @@ def console_main() -> None:
     teardown. Once torch (and the ``torch._dynamo`` its optimizers import) is loaded, tearing the interpreter
     down takes over a second after all work is done; every file is written and closed by then, and logging
     and the standard streams are flushed here. A sweep exits the ordinary way (its launcher may clean up)."""
+    from prune_cli.app.starting import show
+    show()
     code = 0
     try:
         main()
@@ -192,4 +196,7 @@ def console_main() -> None:
 
 
 if __name__ == "__main__":
-    console_main()
+    # ``python -m prune_cli.app.cli`` runs the imported module, as ``prune-run`` does: functions of __main__
+    # would travel to a sweep's workers by value (pickled with their globals, for every job), not by name.
+    from prune_cli.app.cli import console_main as _console_main
+    _console_main()

@@ -38,9 +38,24 @@ DATASETS = {"digits": _digits, "synthetic": _synthetic, "mnist": _torchvision, "
             "cifar10": _torchvision, "cifar100": _torchvision, "imagefolder": _imagefolder, "custom": _custom}
 
 
+# Sets read from the package or from fixed files: a process that runs many jobs (a sweep's worker, a script
+# calling prune_cli.run) keeps the last one it loaded, keyed by its whole config. Runs never write to their data.
+REUSABLE = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
+_last: dict = {}
+
+
 def load_dataset(cfg):
     """The dataset named by ``cfg.name``."""
     name = str(cfg.name)
     if name not in DATASETS:
         raise UsageError(f"dataset={name}: unknown dataset; built-in: {', '.join(DATASETS)}")
-    return DATASETS[name](cfg)
+    if name not in REUSABLE:
+        return DATASETS[name](cfg)
+    import json
+    from omegaconf import DictConfig, OmegaConf
+    key = json.dumps(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg),
+                     sort_keys=True, default=str)
+    if key not in _last:
+        _last.clear()
+        _last[key] = DATASETS[name](cfg)
+    return _last[key]

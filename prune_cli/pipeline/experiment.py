@@ -8,7 +8,6 @@ a strategy that replaces pruning (``loops.py``). Nothing here looks at which str
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -41,6 +40,20 @@ from prune_cli.validate import validate
 log = logging.getLogger("prune_cli")
 SMALL_MODEL_MACS = 5_000_000
 DISTILLED = ("finetune", "control")  # phases finetune.distill applies to: fine-tuning, and the lottery control  # per example; LeNets and MLPs on digits/MNIST are far below, CIFAR CNNs above
+
+
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice for this process, before any run changes it
+_macs: dict = {}
+
+
+def _dense_macs(spec: dict, model, input_shape: tuple) -> int:
+    """Multiply-adds of the freshly built dense model, counted once per architecture in a process."""
+    import json
+    key = (json.dumps(spec, sort_keys=True, default=str), input_shape)
+    if key not in _macs:
+        from prune_cli.measure.flops import count_flops
+        _macs[key] = count_flops(model, input_shape)["dense"]
+    return _macs[key]
 
 
 class Experiment:
@@ -97,9 +110,10 @@ class Experiment:
         if self.device.type != "cpu":
             return torch.get_num_threads()
         if wanted == "auto":
-            from prune_cli.measure.flops import count_flops
-            small = count_flops(self.model, tuple(self.data.info.input_shape))["dense"] < SMALL_MODEL_MACS
-            wanted = 1 if small else (os.cpu_count() or 1)
+            small = _dense_macs(self.spec, self.model, tuple(self.data.info.input_shape)) < SMALL_MODEL_MACS
+            # Large models take torch's default: every core, or cores / workers in a joblib sweep's worker
+            # (joblib sets OMP_NUM_THREADS there), so parallel jobs do not fight over the cores.
+            wanted = 1 if small else DEFAULT_THREADS
         torch.set_num_threads(int(wanted))
         return int(wanted)
 
