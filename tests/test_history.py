@@ -66,3 +66,29 @@ def test_a_missing_logger_package_names_its_extra(tmp_path, capsys, monkeypatch)
     assert code == 2
     assert err.strip() == ("prune-run: logger=mlflow: the mlflow package is not installed; pip install "
                            "'prune-cli[mlflow]' (or choose logger=csv)")
+
+
+def _colours(path):
+    from PIL import Image
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (720, 300)
+        return {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 16)}
+
+
+def test_history_png_draws_the_loss_and_the_validation_accuracy_only_when_there_is_one(tmp_path):
+    from prune_cli.report.history_plot import ACCURACY, LOSS, draw_history
+    history = [{"stage": "train", "epoch": i + 1, "epochs": 3, "loss": 2.0 / (i + 1), "lr": 1e-3, "seconds": 0.1}
+               for i in range(3)]
+    assert draw_history(history, tmp_path / "loss.png")
+    assert LOSS in _colours(tmp_path / "loss.png") and ACCURACY not in _colours(tmp_path / "loss.png")
+    with_val = [dict(h, val_accuracy=0.9) for h in history]
+    assert draw_history(with_val, tmp_path / "both.png")
+    assert {LOSS, ACCURACY} <= _colours(tmp_path / "both.png")
+    assert not draw_history([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_a_run_writes_history_png_and_report_md_shows_it(tmp_path):
+    prune_cli.run(["train.epochs=2", "finetune.epochs=1", "measure.latency=false", "progress=false",
+                   f"cache.dir={tmp_path / 'cache'}"], tmp_path / "run")
+    assert _colours(tmp_path / "run" / "history.png")
+    assert "![training loss and validation accuracy per epoch](history.png)" in (tmp_path / "run" / "report.md").read_text()

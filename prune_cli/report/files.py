@@ -11,7 +11,10 @@ from prune_cli.storage.run_dir import REPORT, completed_report
 
 
 def write_report(run_dir: Path, result: dict) -> None:
-    """report.md first, report.json last: a reader seeing ``completed`` finds everything else written."""
+    """history.png and report.md first, report.json last: a reader seeing ``completed`` finds everything else
+    written."""
+    from prune_cli.report.history_plot import NAME, draw_history
+    draw_history(result.get("history") or [], Path(run_dir) / NAME)
     atomic_write_text(Path(run_dir) / "report.md", markdown(result))
     atomic_write_text(Path(run_dir) / REPORT, json.dumps(result, indent=2) + "\n")
 

@@ -99,6 +99,7 @@ def markdown(r: dict) -> str:
             cached = " (cached)" if entries[0].get("cached") else ""
             lines.append(f"| {stage}{cached} | {len(entries)} | {entries[0]['loss']:.4f} | {entries[-1]['loss']:.4f} | "
                          f"{_pct(entries[-1].get('val_accuracy'))} |")
+        lines += ["", "![training loss and validation accuracy per epoch](history.png)"]
     lines += ["", "## Rounds", "", "| round | target | achieved | acc. after pruning | acc. after fine-tuning |",
               "|---|---|---|---|---|"]
     for rd in r["rounds"]:
