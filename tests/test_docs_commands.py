@@ -54,3 +54,21 @@ def test_the_docs_have_commands_to_check():
 def test_a_documented_command_composes_and_passes_the_checks(where, command):
     for overrides in variants(command):
         validate(compose_config(overrides))
+
+
+def _documented(prefix: str) -> list[str]:
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
+            found += [line.strip() for line in block.replace("\\\n", " ").splitlines()
+                      if line.strip().startswith(prefix)]
+    return found
+
+
+def test_documented_prune_compare_commands_parse():
+    """Their options exist and their values parse (the directories are the reader's own)."""
+    from prune_cli.comparison import _parser
+    commands = _documented("prune-compare ")
+    assert len(commands) >= 4
+    for command in commands:
+        _parser().parse_args(shlex.split(command, comments=True)[1:])  # exits 2 on an unknown option
