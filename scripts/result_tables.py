@@ -3,6 +3,7 @@
     python scripts/result_tables.py strategies   # every strategy, lenet300 on digits, 90% and 98%, 3 seeds
     python scripts/result_tables.py schedules    # schedules at 98% with the same total fine-tune epochs
     python scripts/result_tables.py modern       # magnitude, Wanda, SparseGPT at 50/70/90% and 2:4
+    python scripts/result_tables.py modern_vit   # the same on model=vit
     python scripts/result_tables.py distill      # fine-tuning with and without distillation, high sparsity
     python scripts/result_tables.py sensitivity  # per-layer rates from prune-sensitivity vs uniform and global
 
@@ -96,7 +97,15 @@ def sensitivity_curves(out: Path) -> None:
                               overrides), directory)
 
 
-def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = False) -> list[str]:
+# model=vit: the attention's output projections are left dense for every criterion (Wanda and SparseGPT cannot
+# measure their inputs: nn.MultiheadAttention uses their weight directly), and so is the 1-channel patch
+# embedding (no 4 inputs to group for 2:4), so all rows prune the same layers.
+VIT = ["model=vit", "dataset=digits", "measure.latency=false", "progress=false",
+       "strategy.ignore=[.*out_proj,.*conv_proj]"]
+
+
+def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = False,
+              common: list = COMMON) -> list[str]:
     rows = []
     for label, overrides in variants.items():
         for sparsity in sparsities:
@@ -108,7 +117,7 @@ def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = F
             for seed in SEEDS:
                 run_dir = out / f"{label.replace(' ', '_')}/{sparsity}{'_nm' if pattern else ''}/seed{seed}"
                 seeded = [o.format(seed=seed, out=out) for o in overrides]  # e.g. a per-seed sensitivity file
-                report = prune_cli.run([*COMMON, *seeded, *pattern, f"sparsity={sparsity}", f"seed={seed}"], run_dir)
+                report = prune_cli.run([*common, *seeded, *pattern, f"sparsity={sparsity}", f"seed={seed}"], run_dir)
                 results.append(report)
             acc = torch.tensor([r["accuracy"]["finetuned"] for r in results])
             dense = torch.tensor([r["accuracy"]["dense"] for r in results])
@@ -127,7 +136,7 @@ def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = F
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("table", choices=["strategies", "schedules", "modern", "distill", "sensitivity"])
+    parser.add_argument("table", choices=["strategies", "schedules", "modern", "modern_vit", "distill", "sensitivity"])
     args = parser.parse_args()
     out = Path("outputs/tables") / args.table / time.strftime("%Y-%m-%d_%H-%M-%S")
     started = time.perf_counter()
@@ -138,15 +147,16 @@ def main() -> None:
         rows = run_table(args.table, SENSITIVITY, (0.9, 0.95), out)
     elif args.table == "distill":
         rows = run_table(args.table, DISTILL, (0.95, 0.98), out, pruned=True)
-    elif args.table == "modern":
+    elif args.table in ("modern", "modern_vit"):
         modern = {k: [*v, "finetune.epochs=10"] for k, v in MODERN.items()}
-        rows = run_table(args.table, modern, (0.5, 0.7, 0.9, "2:4"), out, pruned=True)
+        rows = run_table(args.table, modern, (0.5, 0.7, 0.9, "2:4"), out, pruned=True,
+                         common=VIT if args.table == "modern_vit" else COMMON)
     else:
         rows = run_table(args.table, {k: ["strategy=magnitude", *v] for k, v in SCHEDULES.items()}, (0.98,), out)
     print()
     print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; seeds {SEEDS}; wall time {time.perf_counter() - started:.0f} s")
-    after = " after pruning (%) |" if args.table in ("modern", "distill") else ""
+    after = " after pruning (%) |" if args.table in ("modern", "modern_vit", "distill") else ""
     print(f"| variant | target | achieved | epochs | dense acc. (%) |{after} fine-tuned acc. (%) | seconds per run |")
     print("|---|---|---|---|---|---|---|" + ("---|" if after else ""))
     print("\n".join(rows))

@@ -7,6 +7,7 @@ from prune_cli.models.builtin import (MLP, VGG, BasicBlock, CIFARResNet, Conv2, 
                                       LeNet5, Normalize)
 from prune_cli.models.spec import build, build_for, make_spec
 from prune_cli.models.torchvision_model import TorchvisionModel
+from prune_cli.models.vit import ViT
 
 __all__ = ["MLP", "VGG", "BasicBlock", "CIFARResNet", "Conv2", "Conv4", "Conv6", "ConvNet", "LeNet5",
-           "Normalize", "TorchvisionModel", "build", "build_for", "make_spec"]
+           "Normalize", "TorchvisionModel", "ViT", "build", "build_for", "make_spec"]

@@ -9,6 +9,7 @@ count). ``activation`` keeps the units with the largest mean
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from prune_cli.training.evaluate import eval_mode
 from prune_cli.schema import Int
@@ -39,7 +40,10 @@ class _UnitStatistic(Strategy):
 
         def hook_for(name):
             def hook(module, inputs, output):
-                rectified = output.relu().transpose(0, 1).flatten(1)  # (units, batch * positions)
+                # (units, batch * positions): a Linear's units are its last dim (tokens come before it in a
+                # transformer), a Conv's or batch norm's the channel dim.
+                units = -1 if isinstance(module, nn.Linear) else 1
+                rectified = output.relu().movedim(units, 0).flatten(1)
                 totals[name] += self.statistic(rectified).double().cpu()
                 counts[name] += rectified.shape[1]
             return hook

@@ -106,6 +106,20 @@ class _Calibrated(Strategy):
                                  f"{' with groups' if isinstance(module, nn.Conv2d) else ''}; it calibrates Linear "
                                  f"and ungrouped Conv2d layers (leave it dense with strategy.ignore=[{name}])")
 
+    def _check_reached(self, ctx: ScoringContext, reached: list[str]) -> None:
+        """Every layer must be called as a module in the forward pass: its inputs are what is measured. (A
+        ``nn.MultiheadAttention``'s ``out_proj`` is not: the attention uses its weight directly.)"""
+        missing = [name for name in ctx.prunable if name not in reached]
+        if missing:
+            from prune_cli.errors import UsageError
+            modules = [name.rsplit(".", 1)[0] for name in missing]
+            leaves = {module.rsplit(".", 1)[-1] for module in modules}
+            pattern = f"'.*{leaves.pop()}'" if len(leaves) == 1 and len(modules) > 1 else ",".join(modules)
+            raise UsageError(f"strategy={self.name}: {missing[0]} is never called as a module in the forward pass "
+                             f"(its weight is used directly), so its inputs cannot be measured; leave "
+                             f"{'it' if len(missing) == 1 else f'these {len(missing)} layers'} dense with "
+                             f"strategy.ignore=[{pattern}]")
+
     def describe(self) -> dict:
         return {**super().describe(), "calibration_batches": self.calibration_batches}
 
@@ -122,7 +136,8 @@ class Wanda(_Calibrated):
             total = (columns.float() ** 2).sum(dim=0)
             squares[name] = squares[name] + total if name in squares else total
 
-        _capture(ctx.model, ctx.prunable, ctx.calibration_batches(self.calibration_batches), add)
+        self._check_reached(ctx, _capture(ctx.model, ctx.prunable,
+                                          ctx.calibration_batches(self.calibration_batches), add))
         params = dict(ctx.model.named_parameters())
         scores = {}
         for name in ctx.prunable:
@@ -157,7 +172,7 @@ class SparseGPT(_Calibrated):
         params = dict(ctx.model.named_parameters())
         # The order the forward pass reaches the layers: one pass, before anything is pruned.
         order = _capture(ctx.model, ctx.prunable, ctx.calibration_batches(1), lambda *_: None)
-        order += [n for n in ctx.prunable if n not in order]  # layers the pass never reached (unused)
+        self._check_reached(ctx, order)
         masks = {}
         for name in order:
             module, weight = _module_of(ctx.model, name), params[name]
