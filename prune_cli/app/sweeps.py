@@ -118,7 +118,10 @@ def execute_job(idx: int, overrides: Sequence[str], template: Optional[bytes], s
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
     """Hydra's joblib ``launch``, planned by shape (see the module docstring)."""
-    from joblib.externals import cloudpickle  # the one loky itself uses
+    try:  # what loky pickles with: a dependency of joblib >= 1.5, vendored inside it before
+        import cloudpickle
+    except ImportError:
+        from joblib.externals import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import configure_log, filter_overrides, setup_globals
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
