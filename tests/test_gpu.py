@@ -33,3 +33,27 @@ def test_cuda_row_scope_nm_pattern_and_int8_on_the_cpu(run_api):
     assert "CPU" in report["quantized"]["note"] and report["quantized"]["latency"] is None
     model = prune_cli.load_checkpoint(run_dir / "quantized.pt", quantized=True, map_location="cuda")
     assert torch.isfinite(model(torch.rand(4, 1, 8, 8))).all()
+
+
+def test_two_four_masks_are_timed_on_semi_structured_kernels(run_api):
+    """Ampere or newer: the masked Linear layers become semi-structured sparse weights, timed against the same
+    model in float16 on dense kernels; both compute the same outputs."""
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("semi-structured sparse kernels need compute capability 8.0+")
+    report, run_dir = run_api("device=cuda", "model=mlp", "model.hidden=[512,512]", "dataset=synthetic",
+                              "dataset.shape=[1,16,16]", "strategy=magnitude", "strategy.pattern=2:4",
+                              "sparsity=0.5", "finetune.epochs=1", "measure.latency_budget_s=0.2")
+    info = report["semi_structured"]
+    assert info["used"] and info["layers"], info
+    assert {"semi_structured", "masked_fp16"} <= set(report["latency"])
+    assert report["speedup"]["method"] == "semi-structured sparse kernel (2:4, float16)"
+    assert report["speedup"]["baseline"] == "masked model in float16"
+    assert all(v > 0 for v in report["speedup"]["measured"].values())
+    from prune_cli.measure.semi_structured import semi_structured_pair
+    model = prune_cli.load_checkpoint(run_dir / "pruned.pt", map_location="cuda")
+    masks = torch.load(run_dir / "pruned.pt", weights_only=True)["masks"]
+    from prune_cli.pruning.patterns import NMPattern
+    pair, _ = semi_structured_pair(model, masks, NMPattern.parse("2:4"), "cuda")
+    x = torch.rand(256, 1, 16, 16, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        assert torch.allclose(pair["semi_structured"](x), pair["masked_fp16"](x), atol=1e-2, rtol=1e-2)

@@ -128,6 +128,11 @@ def test_every_nm_group_in_the_saved_weights_holds_exactly_n(tmp_path, strategy)
         assert bool(((to_groups(state[layer["name"]], 4) != 0).sum(1) == 2).all()), layer["name"]
     assert [r["sparsity"] for r in report["rounds"]] == [0.25, 0.5]
     assert report["strategy"]["pattern"] == "2:4"
+    if not torch.cuda.is_available():  # the report says no kernel ran the masks (tests/test_gpu.py: with one)
+        from prune_cli.measure.semi_structured import CPU_NOTE
+        assert report["semi_structured"] == {"used": False, "layers": [], "skipped": {}, "note": CPU_NOTE}
+        assert report["speedup"]["method"] == "none" and report["speedup"]["note"] == CPU_NOTE
+        assert f"| measured speed-up | none: {CPU_NOTE} |" in (tmp_path / "run" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("schedule", ["oneshot", "iterative", "gradual", "lottery"])

@@ -19,16 +19,17 @@ EXACT = 1e-5
 
 
 def measure_final(model, *, masks, structured: bool, compressed: bool, example: torch.Tensor, test, device,
-                  dense_twin, measure_cfg, export_cfg, quantized=None) -> dict:
+                  dense_twin, measure_cfg, export_cfg, quantized=None, pattern=None) -> dict:
     """``{"flops", "latency", "shrunk", "size_bytes", "speedup", ["export"], ["shrunk_payload"]}``.
-    ``quantized``: an int8 model (CPU) timed beside the others when the run is on the CPU."""
+    ``quantized``: an int8 model (CPU) timed beside the others when the run is on the CPU. ``pattern``: the
+    strategy's N:M pattern; 2:4 on a CUDA GPU is also timed on semi-structured sparse kernels."""
     with eval_mode(model):
         return _measure(model, masks, structured, compressed, example, test, device, dense_twin, measure_cfg,
-                        export_cfg, quantized)
+                        export_cfg, quantized, pattern)
 
 
 def _measure(model, masks, structured, compressed, example, test, device, dense_twin, measure_cfg,
-             export_cfg, quantized=None) -> dict:
+             export_cfg, quantized=None, pattern=None) -> dict:
     example_shape = tuple(example.shape[1:])
     masks = dict(masks) if masks else None
     out = {"flops": count_flops(model, example_shape, masks)}
@@ -56,6 +57,11 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
             timed["sparse"] = sparse_model
     if quantized is not None and torch.device(device).type == "cpu":
         timed["quantized"] = quantized
+    if pattern is not None and masks:
+        from prune_cli.measure.semi_structured import semi_structured_pair
+        pair, out["semi_structured"] = semi_structured_pair(model, masks, pattern, device)
+        if pair is not None and measure_cfg.get("latency", True):
+            timed.update(pair)
     latency = {}
     if measure_cfg.get("latency", True):
         latency = measure_latency(timed, example_shape, device,
@@ -95,6 +101,15 @@ def _speedups(out: dict, compressed: bool) -> dict:
     """How a speed-up was obtained: measured on a shrunk model, or only theoretical (dense kernels)."""
     latency = out["latency"]
     result = {"theoretical": out["flops"].get("theoretical_speedup"), "method": "none", "measured": {}}
+    if latency.get("semi_structured") and latency.get("masked_fp16"):
+        # Against the same masked model in the same precision (float16) on dense kernels: the kernels' gain
+        # alone, not float16's.
+        base, fast = latency["masked_fp16"], latency["semi_structured"]
+        result.update(method="semi-structured sparse kernel (2:4, float16)", baseline="masked model in float16",
+                      measured={k: base[k] / fast[k] for k in base if fast.get(k)})
+        return result
+    if out.get("semi_structured", {}).get("note"):
+        result["note"] = out["semi_structured"]["note"]
     base = latency.get("dense")
     fastest = latency.get("shrunk") or latency.get("sparse") or latency.get("masked")
     if base and fastest:

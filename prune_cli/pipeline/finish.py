@@ -27,7 +27,8 @@ def finish(exp) -> dict:
                              compressed=exp.record.compress is not None, example=exp.example, test=exp.data.test,
                              device=exp.device, dense_twin=_dense_twin(exp), measure_cfg=exp.cfg.get("measure", {}),
                              export_cfg=exp.cfg.get("export", {}),
-                             quantized=quantized.model if quantized is not None else None)
+                             quantized=quantized.model if quantized is not None else None,
+                             pattern=exp.strategy.pattern)
     if quantized is not None:
         measured["quantized"] = _quantized_facts(exp, quantized, measured)
     state_dict = {k: v.detach().cpu() for k, v in exp.model.state_dict().items()}

@@ -118,6 +118,8 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
             log.warning(warning)
     if measured.get("export"):
         result["export"] = measured["export"]
+    if measured.get("semi_structured"):
+        result["semi_structured"] = measured["semi_structured"]
     if measured["shrunk"]:
         result["params"]["shrunk"] = measured["shrunk"].get("params")
     if record.compress is not None:

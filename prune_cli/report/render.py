@@ -66,6 +66,12 @@ def markdown(r: dict) -> str:
     for name, size in (r.get("size_bytes") or {}).items():
         if size is not None:
             lines.append(f"| size {name} | {size:,} bytes |")
+    speedup = r.get("speedup") or {}
+    if speedup.get("method", "none") != "none" and speedup.get("measured"):
+        cells = ", ".join(f"{k.replace('_ms', '')}: {v:.2f}x" for k, v in speedup["measured"].items())
+        lines.append(f"| measured speed-up ({speedup['method']}) | {cells} |")
+    elif speedup.get("note"):
+        lines.append(f"| measured speed-up | none: {speedup['note']} |")
     if r.get("resumed_from"):
         lines.append(f"| resumed from | {r['resumed_from']} |")
     units = any("units_kept" in l for l in r["layers"])
@@ -135,7 +141,7 @@ def console_table(r: dict, console) -> None:
                       ", ".join(f"{k.replace('_ms', '').replace('_', ' ')}: {v:.2f}x"
                                 for k, v in speedup["measured"].items()))
     elif speedup:
-        table.add_row("measured speed-up", "none (masked weights still run dense kernels)")
+        table.add_row("measured speed-up", f"none ({speedup.get('note') or 'masked weights still run dense kernels'})")
     quantized = r.get("quantized")
     if quantized:
         table.add_row(f"accuracy quantized ({quantized['method']})", _pct(quantized["accuracy"]))
