@@ -91,6 +91,10 @@ def fingerprint(cfg: DictConfig, leave_out: tuple = ()) -> str:
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in (*RESULT_NEUTRAL, *leave_out):
         plain.pop(key, None)
+    # finetune.on trains the same function either way (to float rounding): runs from before it existed still
+    # resume, and prune-compare averages both forms as one variant.
+    if isinstance(plain.get("finetune"), dict):
+        plain["finetune"].pop("on", None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

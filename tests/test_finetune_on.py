@@ -83,3 +83,46 @@ def test_a_stopped_shrunk_finetune_resumes_to_the_same_result(run_api, tmp_path,
     a, b = _weights(whole_dir), _weights(resumed_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(resumed["history"]) == len(whole["history"])
+
+
+def test_a_run_stopped_while_fine_tuning_masked_resumes_on_the_shrunk_model(run_api, tmp_path, monkeypatch):
+    """finetune.on is not part of the run's identity (both forms train the same function): a run stopped under
+    finetune.on=masked resumes under shrunk; the saved optimizer state, made for the full-size parameters,
+    does not fit the small model and is started afresh instead of crashing the step."""
+    from prune_cli.config import compose_config, fingerprint
+    assert fingerprint(compose_config(["finetune.on=masked"])) == fingerprint(compose_config([]))
+    args = [*STRUCTURED, "finetune.epochs=3"]
+    save = RunState.epoch_end
+
+    def stop_after_first_epoch(self, stage, epoch, model, masks, optimizer):
+        save(self, stage, epoch, model, masks, optimizer)
+        if stage == "round1.finetune" and epoch == 1:
+            raise Stopped
+
+    monkeypatch.setattr(RunState, "epoch_end", stop_after_first_epoch)
+    with pytest.raises(Stopped):
+        run_api(*args, "finetune.on=masked", name="run")
+    monkeypatch.undo()
+    resumed, _ = run_api(*args, name="run")
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == {"stage": "round1.finetune", "epoch": 1}
+    assert resumed["finetuned_on"] == [{"stage": "round1.finetune", "on": "shrunk", "params": resumed["params"]["shrunk"],
+                                        "note": "epochs 1-1 trained the masked model before the run was resumed"}]
+    assert resumed["shrunk"]["matches_masked"]
+
+
+def test_optimizer_state_fits_only_the_shapes_it_was_saved_for():
+    from prune_cli.pipeline.experiment import _fits
+    big, small = torch.nn.Linear(8, 4), torch.nn.Linear(8, 2)
+    optimizer = torch.optim.Adam(big.parameters())
+    big(torch.rand(3, 8)).sum().backward()
+    optimizer.step()
+    assert _fits(optimizer.state_dict(), big) and not _fits(optimizer.state_dict(), small)
+
+
+def test_counting_the_dense_model_leaves_the_random_stream_alone():
+    from prune_cli.pipeline.experiment import _dense_macs, _macs
+    _macs.clear()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    before = torch.get_rng_state()
+    assert _dense_macs({"target": "x", "kwargs": {}}, model, (1, 8, 8)) == 640
+    assert torch.equal(torch.get_rng_state(), before)

@@ -57,3 +57,24 @@ def test_a_key_that_does_not_exist_fails_while_planning(loader_and_master):
     loader, master = loader_and_master
     with pytest.raises(Exception, match="sparsty"):
         plan_batch(loader, master, [["sparsty=0.5"]])
+
+
+def test_mapping_and_list_values_get_their_own_template(loader_and_master):
+    """Hydra merges a mapping override into what is there: built on a template holding another job's mapping,
+    the job would get both mappings' keys."""
+    loader, master = loader_and_master
+    jobs = [[*FIXED[:2], "strategy=magnitude", f"strategy.layer_sparsity={m}", f"model.hidden={h}", "seed=1"]
+            for m in ("{layers.1.weight:0.5}", "{layers.3.weight:0.8}") for h in ("[300,100]", "[64]")]
+    templates, planned = plan_batch(loader, master, jobs)
+    assert len(templates) == 4
+    for shape, overrides in planned:
+        built = job_config(templates[shape], master, overrides)
+        assert _plain(built) == _plain(loader.load_sweep_config(master_config=master, sweep_overrides=overrides))
+    assert len(built.strategy.layer_sparsity) == 1
+
+
+def test_a_template_that_chose_another_option_is_not_used(loader_and_master):
+    loader, master = loader_and_master
+    templates, planned = plan_batch(loader, master, [[*FIXED[:2], "strategy=l1"]])
+    (shape, _), = planned
+    assert job_config(templates[shape], master, [*FIXED[:2], "strategy=magnitude"]) is None

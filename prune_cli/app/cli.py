@@ -184,6 +184,8 @@ def console_main() -> None:
             code = 1
         else:
             code = int(exit_.code or 0)
+    from prune_cli.app.starting import erase
+    erase()  # a command that wrote nothing leaves no half line before the shell's prompt
     if _ran_multirun or {"-m", "--multirun"} & set(sys.argv[1:]):
         sys.exit(code)
     logging.shutdown()

@@ -17,14 +17,28 @@ class _ErasesFirst:
         self._stream, self._shown = stream, shown
 
     def write(self, text):
-        if self._shown[0]:
-            self._shown[0] = False
-            self._shown[1].write(ERASE)
-            self._shown[1].flush()
+        erase()
         return self._stream.write(text)
 
+    def writelines(self, lines):
+        erase()
+        return self._stream.writelines(lines)
+
     def __getattr__(self, name):  # isatty, fileno, flush, encoding, ... of the real stream
+        if name.startswith("__") or name in ("_stream", "_shown"):  # copying or unpickling a half-built one
+            raise AttributeError(name)
         return getattr(self._stream, name)
+
+
+_SHOWN = [False, None]  # [the line is on the terminal, the stream it is on]
+
+
+def erase() -> None:
+    """Wipe the line if it is still shown (the first write does; so does ``prune-run`` before it exits)."""
+    if _SHOWN[0]:
+        _SHOWN[0] = False
+        _SHOWN[1].write(ERASE)
+        _SHOWN[1].flush()
 
 
 def show() -> None:
@@ -34,5 +48,5 @@ def show() -> None:
         return
     err.write(LINE)
     err.flush()
-    shown = [True, err]
-    sys.stdout, sys.stderr = _ErasesFirst(sys.stdout, shown), _ErasesFirst(err, shown)
+    _SHOWN[:] = [True, err]
+    sys.stdout, sys.stderr = _ErasesFirst(sys.stdout, _SHOWN), _ErasesFirst(err, _SHOWN)

@@ -44,7 +44,10 @@ def _shape(parsed, groups: set) -> Optional[tuple]:
                 or override.is_sweep_override()):
             return None
         key = override.key_or_group
-        shape.append((key, override.input_line if key in groups else None))
+        # Group choices, and mapping or list values (Hydra *merges* a mapping into what is there, so a template
+        # holding another job's mapping would leak its keys), are part of the shape; plain values are not.
+        keyed = key in groups or "/" in key or isinstance(override.value(), (dict, list))
+        shape.append((key, override.input_line if keyed else None))
     return tuple(shape)
 
 
@@ -64,12 +67,16 @@ def plan_batch(config_loader, master: DictConfig, batch: Sequence[Sequence[str]]
     return templates, jobs
 
 
-def job_config(template: DictConfig, master: DictConfig, overrides: Sequence[str]) -> DictConfig:
+def job_config(template: DictConfig, master: DictConfig, overrides: Sequence[str]) -> Optional[DictConfig]:
     """The job's config: ``template`` (composed for another job of the same shape) with this job's values,
-    as Hydra's ``load_sweep_config`` would compose it."""
+    as Hydra's ``load_sweep_config`` would compose it; None when the template chose another option for one of
+    the job's groups (then only a full composition is right)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
     parsed = _parse(overrides)
-    groups = set(template.hydra.runtime.choices.keys())
+    choices = template.hydra.runtime.choices
+    groups = set(choices.keys())
+    if any(str(choices[o.key_or_group]) != str(o.value()) for o in parsed if o.key_or_group in groups):
+        return None
     cfg = copy.deepcopy(template)
     ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.key_or_group not in groups], cfg)
     naming = cfg.hydra.job.config.override_dirname
@@ -99,21 +106,22 @@ def execute_job(idx: int, overrides: Sequence[str], template: Optional[bytes], s
         setup_globals()
         Singleton.set_state(_worker["shared"][3])
     hydra_context, master, task_function, _ = _worker["shared"]
-    if template is None:
-        cfg = hydra_context.config_loader.load_sweep_config(master_config=master, sweep_overrides=list(overrides))
-    else:
+    if _worker.get("jobs") == 1:
+        _freeze()
+    _worker["jobs"] = _worker.get("jobs", 0) + 1
+    cfg = None
+    if template is not None:
         if template not in _worker["templates"]:
             _worker["templates"][template] = pickle.loads(template)
         cfg = job_config(_worker["templates"][template], master, overrides)
+    if cfg is None:
+        cfg = hydra_context.config_loader.load_sweep_config(master_config=master, sweep_overrides=list(overrides))
     with open_dict(cfg):
         cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
         cfg.hydra.job.num = idx
     HydraConfig.instance().set_config(cfg)
-    try:
-        return run_job(hydra_context=hydra_context, config=cfg, task_function=task_function,
-                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    finally:
-        _freeze_once()
+    return run_job(hydra_context=hydra_context, config=cfg, task_function=task_function,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
@@ -164,14 +172,13 @@ def _warm_up() -> None:
     gc.freeze()
 
 
-def _freeze_once() -> None:
-    """After a worker's first job: what it imported on the way (Hydra's internals, torch._dynamo with the
-    first optimizer step, the strategy's modules) leaves garbage collection too."""
-    if not _worker.get("frozen"):
-        import gc
-        gc.collect()
-        gc.freeze()
-        _worker["frozen"] = True
+def _freeze() -> None:
+    """Before a worker's second job: what the first imported on the way (Hydra's internals, torch._dynamo with
+    the first optimizer step, the strategy's modules) leaves garbage collection too; the first job's own
+    objects are gone by then (collected first, so no garbage is frozen)."""
+    import gc
+    gc.collect()
+    gc.freeze()
 
 
 def release_workers(launcher) -> None:

@@ -52,8 +52,21 @@ def _dense_macs(spec: dict, model, input_shape: tuple) -> int:
     key = (json.dumps(spec, sort_keys=True, default=str), input_shape)
     if key not in _macs:
         from prune_cli.measure.flops import count_flops
-        _macs[key] = count_flops(model, input_shape)["dense"]
+        with torch.random.fork_rng(devices=[]):  # its example input would shift the run's random stream
+            _macs[key] = count_flops(model, input_shape)["dense"]
     return _macs[key]
+
+
+def _fits(optimizer_state: dict, model) -> bool:
+    """Whether a saved optimizer state's per-parameter tensors have the shapes of ``model``'s parameters."""
+    params = list(model.parameters())
+    for index, entry in optimizer_state.get("state", {}).items():
+        if int(index) >= len(params):
+            return False
+        for value in entry.values():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != params[int(index)].shape:
+                return False
+    return True
 
 
 class Experiment:
@@ -156,6 +169,11 @@ class Experiment:
         masks) to save instead; called only when a save is due."""
         model = model or self.model
         start, optimizer_state = self.state.start_of(stage)
+        if optimizer_state is not None and not _fits(optimizer_state, model):
+            # Saved for parameters of other shapes (the stage's model was shrunk differently, or a run from
+            # before finetune.on trained the masked model): continue with fresh optimizer state.
+            log.warning("%s: the saved optimizer state does not fit the model; starting it afresh", stage)
+            optimizer_state = None
         masks = kwargs.pop("masks", self.masks)
         phase = stage.split(".")[-1]  # round2.finetune -> finetune, round1.l1 -> l1
         if phase in DISTILLED and self.cfg.finetune.get("distill") and "loss_fn" not in kwargs:
@@ -211,7 +229,7 @@ class Experiment:
         with Timer(self.device) as t:
             try:
                 shrunk = shrink_for_training(self.model, self.masks, self.example)
-            except RuntimeError as err:  # the position check failed: train masked rather than wrongly
+            except (RuntimeError, TypeError) as err:  # e.g. the position check failed: train masked, not wrongly
                 log.warning("%s: fine-tuning the masked model: %s", stage, err)
                 return None, str(err)
         self.record.add_time("shrink", t.seconds)
@@ -220,10 +238,17 @@ class Experiment:
     def note_finetuned(self, stage: str, model, why: Optional[str]) -> None:
         """The report's ``finetuned_on``: which form each fine-tune stage trained, and its parameter count
         (once per stage: a resumed stage's entry came back with the record)."""
-        if self.state.start_of(stage)[0] == 0:
-            entry = {"stage": stage, "on": "shrunk" if why is None else "masked",
-                     "params": int(sum(p.numel() for p in model.parameters()))}
-            self.record.finetuned_on.append(entry if why is None else dict(entry, why=why))
+        start = self.state.start_of(stage)[0]
+        entry = {"stage": stage, "on": "shrunk" if why is None else "masked",
+                 "params": int(sum(p.numel() for p in model.parameters()))}
+        entry = entry if why is None else dict(entry, why=why)
+        earlier = next((e for e in self.record.finetuned_on if e["stage"] == stage), None)
+        if start == 0 or earlier is None:
+            self.record.finetuned_on.append(entry)
+        elif earlier["on"] != entry["on"]:  # resumed under the other finetune.on: say what trained what
+            earlier.clear()
+            earlier.update(entry, note=f"epochs 1-{start} trained the {'masked' if why is None else 'shrunk'} model "
+                                       f"before the run was resumed")
 
     def epoch_done(self, entry: dict, model) -> None:
         """One history entry per epoch (with the validation accuracy when there is a validation split), sent

@@ -177,17 +177,18 @@ def shrink_for_training(model: nn.Module, masks: Mapping[str, torch.Tensor], exa
     masked, small, plan, fallback, groups = _removal_plan(model, masks, example_input)
     if not plan:
         return None
-    tracer = copy.deepcopy(masked).to(torch.float64)
+    # On the CPU (float64 everywhere, and no second model copy on the GPU); the positions then move back.
+    tracer = copy.deepcopy(masked).cpu().to(torch.float64)
     with torch.no_grad():
         for value in tracer.state_dict().values():
             if value.is_floating_point():
-                value.copy_(torch.arange(value.numel(), dtype=torch.float64, device=value.device).view_as(value))
-    traced = _pruned_copy(tracer, example_input.to(torch.float64), plan).state_dict()
+                value.copy_(torch.arange(value.numel(), dtype=torch.float64).view_as(value))
+    traced = _pruned_copy(tracer, example_input.detach().cpu().to(torch.float64), plan).state_dict()
     full_state, positions = masked.state_dict(), {}
     for key, value in small.state_dict().items():
         if value.shape == full_state[key].shape:
             continue
-        where = traced[key].reshape(-1).long()
+        where = traced[key].reshape(-1).long().to(value.device)
         if not torch.equal(full_state[key].reshape(-1)[where], value.reshape(-1)):
             raise RuntimeError(f"shrink: the positions of {key} do not reproduce the small model")
         positions[key] = where

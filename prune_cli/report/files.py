@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from prune_cli.report.jsonable import jsonable
@@ -14,7 +15,12 @@ def write_report(run_dir: Path, result: dict) -> None:
     """history.png and report.md first, report.json last: a reader seeing ``completed`` finds everything else
     written."""
     from prune_cli.report.history_plot import NAME, draw_history
-    draw_history(result.get("history") or [], Path(run_dir) / NAME)
+    try:
+        draw_history(result.get("history") or [], Path(run_dir) / NAME)
+    except OSError:
+        raise  # a full disk or an unwritable directory: the run says so
+    except Exception as err:  # noqa: BLE001 - a picture must not cost the run its report
+        logging.getLogger("prune_cli").warning("history.png not drawn: %s: %s", type(err).__name__, err)
     atomic_write_text(Path(run_dir) / "report.md", markdown(result))
     atomic_write_text(Path(run_dir) / REPORT, json.dumps(result, indent=2) + "\n")
 
