@@ -8,7 +8,7 @@ waited). Composition was a third of the sweep.
 
 The jobs of a sweep differ in the values they override (``sparsity=0.9`` against ``0.5``) and in their group
 choices (``strategy=l1``). So the config is composed once per *shape*, the group choices plus the keys that
-are overridden, in the launching process (which also validates the sweep: a key or option that does not
+are overridden (and any mapping or list value, which Hydra merges rather than sets), in the launching process (which also validates the sweep: a key or option that does not
 exist fails before any job starts, as with Hydra's own sweeper). Each job applies its own values to a copy
 with Hydra's own override code and gets its own ``hydra.overrides.task`` and ``override_dirname``; a test
 checks the result equals what Hydra composes. Hydra's global state is restored once per worker, not per job.
