@@ -1,5 +1,7 @@
 """finetune.on: a structured result fine-tunes its physically smaller model; the report says which form each
 fine-tune stage trained, and the run (masks, rounds, resume, pruned.pt) sees the same model either way."""
+import contextlib
+
 import pytest
 import torch
 
@@ -53,12 +55,10 @@ class Stopped(Exception):
     pass
 
 
-def test_a_stopped_shrunk_finetune_resumes_to_the_same_result(run_api, tmp_path, monkeypatch):
-    """The state saved mid-stage holds the full-size weights (the small model's written back) and the small
-    model's optimizer state; the resumed stage shrinks the same way, so the optimizer state fits and the run
-    ends where an uninterrupted one does."""
-    args = [*STRUCTURED, "finetune.epochs=3"]
-    whole, whole_dir = run_api(*args, name="whole")
+@contextlib.contextmanager
+def stopped_after_the_first_finetune_epoch(monkeypatch):
+    """The run raises ``Stopped`` right after saving its state at the end of fine-tune epoch 1 (as a kill
+    there would leave it); the patch is gone afterwards."""
     save = RunState.epoch_end
 
     def stop_after_first_epoch(self, stage, epoch, model, masks, optimizer):
@@ -68,8 +68,18 @@ def test_a_stopped_shrunk_finetune_resumes_to_the_same_result(run_api, tmp_path,
 
     monkeypatch.setattr(RunState, "epoch_end", stop_after_first_epoch)
     with pytest.raises(Stopped):
-        run_api(*args, name="stopped")
+        yield
     monkeypatch.undo()
+
+
+def test_a_stopped_shrunk_finetune_resumes_to_the_same_result(run_api, tmp_path, monkeypatch):
+    """The state saved mid-stage holds the full-size weights (the small model's written back) and the small
+    model's optimizer state; the resumed stage shrinks the same way, so the optimizer state fits and the run
+    ends where an uninterrupted one does."""
+    args = [*STRUCTURED, "finetune.epochs=3"]
+    whole, whole_dir = run_api(*args, name="whole")
+    with stopped_after_the_first_finetune_epoch(monkeypatch):
+        run_api(*args, name="stopped")
     state = safe_load(tmp_path / "stopped" / "state.pt")
     assert state["position"]["stage"] == "round1.finetune" and state["position"]["epoch"] == 1
     full_rows = _weights(whole_dir)["layers.1.weight"].shape[0]
@@ -92,17 +102,8 @@ def test_a_run_stopped_while_fine_tuning_masked_resumes_on_the_shrunk_model(run_
     from prune_cli.config import compose_config, fingerprint
     assert fingerprint(compose_config(["finetune.on=masked"])) == fingerprint(compose_config([]))
     args = [*STRUCTURED, "finetune.epochs=3"]
-    save = RunState.epoch_end
-
-    def stop_after_first_epoch(self, stage, epoch, model, masks, optimizer):
-        save(self, stage, epoch, model, masks, optimizer)
-        if stage == "round1.finetune" and epoch == 1:
-            raise Stopped
-
-    monkeypatch.setattr(RunState, "epoch_end", stop_after_first_epoch)
-    with pytest.raises(Stopped):
+    with stopped_after_the_first_finetune_epoch(monkeypatch):
         run_api(*args, "finetune.on=masked", name="run")
-    monkeypatch.undo()
     resumed, _ = run_api(*args, name="run")
     assert resumed["status"] == "completed" and resumed["resumed_from"] == {"stage": "round1.finetune", "epoch": 1}
     assert resumed["finetuned_on"] == [{"stage": "round1.finetune", "on": "shrunk", "params": resumed["params"]["shrunk"],
