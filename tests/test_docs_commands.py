@@ -17,15 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 NEEDS_FILES = ("--config-dir",)  # commands of the walk-throughs that make their own files first
 
 
-def documented_commands() -> list[tuple[str, str]]:
+def _documented(prefix: str) -> list[tuple[str, str]]:
+    """(file, command) for every line of a fenced code block in README.md and docs/*.md that starts so."""
     found = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                line = line.strip()
-                if line.startswith("prune-run ") and not any(flag in line for flag in NEEDS_FILES):
-                    found.append((path.name, line))
+            found += [(path.name, line.strip()) for line in block.replace("\\\n", " ").splitlines()
+                      if line.strip().startswith(prefix)]
     return found
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    return [(where, line) for where, line in _documented("prune-run ")
+            if not any(flag in line for flag in NEEDS_FILES)]
 
 
 def _values(override: str) -> list[str]:
@@ -56,19 +60,11 @@ def test_a_documented_command_composes_and_passes_the_checks(where, command):
         validate(compose_config(overrides))
 
 
-def _documented(prefix: str) -> list[str]:
-    found = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
-            found += [line.strip() for line in block.replace("\\\n", " ").splitlines()
-                      if line.strip().startswith(prefix)]
-    return found
-
 
 def test_documented_prune_compare_commands_parse():
     """Their options exist and their values parse (the directories are the reader's own)."""
     from prune_cli.comparison import _parser
     commands = _documented("prune-compare ")
     assert len(commands) >= 4
-    for command in commands:
+    for _, command in commands:
         _parser().parse_args(shlex.split(command, comments=True)[1:])  # exits 2 on an unknown option
