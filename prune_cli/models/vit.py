@@ -6,11 +6,13 @@ Patches of ``patch_size`` pixels (``null``: a quarter of the image side, 2 on 8x
 MLP of ``mlp_dim`` hidden units each, then the class token's Linear head. ``width`` scales ``hidden_dim`` (kept
 a multiple of ``heads``) and ``mlp_dim``, for ``strategy=compress``.
 
-What pruning can reach: every Linear (the MLP blocks, the attention's output projection, the head) and the
-patch embedding take unstructured and N:M masks. Structured strategies remove MLP hidden units (physically,
-like any other structured result); the residual stream is tied to the class token, the position embedding and
-the LayerNorms, and attention heads live inside ``nn.MultiheadAttention``'s packed ``in_proj_weight``, so
-neither is removed (the report names them).
+Each block's ``nn.MultiheadAttention`` is replaced by ``HeadAttention`` (``attention.py``): the same function
+with the query, key, value and output projections as separate Linear layers, so that every Linear (the four
+projections, the MLP blocks, the head) and the patch embedding take unstructured and N:M masks and calibration
+(Wanda, SparseGPT) sees each projection's inputs. Structured strategies remove attention heads (a head's rows
+of query, key and value and its columns of the output projection) and MLP hidden units, physically, like any
+other structured result; the residual stream is tied to the class token, the position embedding and the
+LayerNorms, so it keeps its width (the report names it).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Optional
 from torch import nn
 
 from prune_cli.errors import UsageError
+from prune_cli.models.attention import HeadAttention
 from prune_cli.models.builtin import Normalize, _scaled
 from prune_cli.schema import WIDTH, Int, Optional_
 
@@ -44,6 +47,8 @@ class ViT(nn.Module):
                                      num_classes=int(num_classes))
         if channels != 3:  # torchvision's patch embedding takes RGB
             self.net.conv_proj = nn.Conv2d(channels, hidden, kernel_size=patch, stride=patch)
+        for block in self.net.encoder.layers:  # torchvision's attention dropout is 0.0 too
+            block.self_attention = HeadAttention(hidden, int(heads))
 
     def forward(self, x):
         return self.net(self.normalize(x))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prune_cli.pruning.masks import PRUNABLE_TYPES, Masks, classifier_name
-from prune_cli.pruning.units import UnitGroup, _join, dependency_graph, out_pruning_fn, unit_groups
+from prune_cli.pruning.units import UnitGroup, _join, dependency_graph, head_group, out_pruning_fn, unit_groups
 from prune_cli.training.evaluate import eval_mode
 
 
@@ -54,15 +54,36 @@ def _matches(model: nn.Module, x: torch.Tensor, expected: torch.Tensor) -> bool:
     return out.shape == expected.shape and bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-5 * scale))
 
 
+def _attention_of(modules: Mapping[str, nn.Module], name: str) -> Optional[UnitGroup]:
+    """The head group whose first projection is layer ``name``, or None."""
+    parent = name.rpartition(".")[0]
+    heads = head_group(modules[parent], parent) if parent in modules else None
+    return heads if heads is not None and heads.layers[0] == name else None
+
+
+def _remove_heads(modules: Mapping[str, nn.Module], heads: UnitGroup, dead: torch.Tensor) -> None:
+    """Torch-Pruning's layer pruners on the head's rows of each projection and its columns of the reader."""
+    import torch_pruning as tp
+    rows = (heads.couplings[0].unit.unsqueeze(1) == dead.nonzero().flatten()).any(1).nonzero().flatten().tolist()
+    for layer in heads.layers:
+        tp.prune_linear_out_channels(modules[layer], rows)
+    reader = next(c.param for c in heads.couplings if c.dim == 1).rpartition(".")[0]
+    tp.prune_linear_in_channels(modules[reader], rows)
+
+
 def _pruned_copy(masked: nn.Module, x: torch.Tensor, plan: Mapping[str, torch.Tensor]) -> nn.Module:
     small = copy.deepcopy(masked)
     graph = dependency_graph(small, x)
     modules = dict(small.named_modules())
     # All groups are resolved before any is pruned, so every index still refers to the unpruned layout.
+    heads = {name: _attention_of(modules, name) for name in plan}
     todo = [graph.get_pruning_group(modules[name], out_pruning_fn(modules[name]), idxs=dead.nonzero().flatten().tolist())
-            for name, dead in plan.items()]
+            for name, dead in plan.items() if heads[name] is None]
     for group in todo:
         group.prune()
+    for name, dead in plan.items():
+        if heads[name] is not None:
+            _remove_heads(modules, heads[name], dead)
     return small
 
 
@@ -110,7 +131,8 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: t
     """A smaller copy of ``model`` computing what ``model`` with ``masks`` applied computes.
 
     info: ``shapes`` {state-dict key: shape} (the rebuild spec), ``params`` (parameter count), ``units_kept``
-    {layer: [kept, total]} for every Linear/Conv layer, ``fallback`` [{layer, reason}] for layers with masked
+    {layer: [kept, total]} for every Linear/Conv layer, ``heads_kept`` {attention: [kept, total]} for a model
+    with declared attention heads, ``fallback`` [{layer, reason}] for layers with masked
     units that stay in place (masked) because removing them is impossible or would not be exact.
     """
     masks = Masks(masks).validate(model)
@@ -133,12 +155,17 @@ def _info(model, masked, small, masks, groups, fallback) -> dict:
         units_kept[name] = [int(kept), int(module.weight.shape[0])]
         if name in reasons and name not in listed and _zero_rows(masks.get(_join(name, "weight"))):
             fallback.append({"layer": name, "reason": reasons[name]})
-    return {
+    info = {
         "shapes": {k: list(v.shape) for k, v in small.state_dict().items()},
         "params": int(sum(p.numel() for p in small.parameters())),
         "units_kept": units_kept,
         "fallback": fallback,
     }
+    heads = {g.attention: [units_kept[g.layers[0]][0] // (units_kept[g.layers[0]][1] // g.num_units), g.num_units]
+             for g in groups if g.attention is not None}
+    if heads:
+        info["heads_kept"] = heads
+    return info
 
 
 @dataclass

@@ -6,6 +6,13 @@ outputs are added together (residual shortcuts) must lose the same units, so the
 together. Torch-Pruning's DependencyGraph finds all of this by tracing; here it becomes plain 0/1 masks, so a
 masked model computes exactly what the physically shrunk one (``shrink.py``) computes.
 
+Attention heads are units too, of a module that declares them (``HeadAttention`` does): its
+``head_projections`` name the Linear layers whose output rows form heads ``head_dim`` at a time (query, key,
+value) and the layer whose input columns read them (the output projection). A head's rows and columns go
+together, and its query, key and value rows are scored as the head's mean. Torch-Pruning's tracing sees the
+projections' outputs meet in the attention as if feature by feature, which would shrink heads instead of
+removing them, so the declared heads replace that group.
+
 Flow: ``unit_layers`` -> a strategy scores each layer's units -> ``select_units`` picks the units for a target
 sparsity -> ``unit_masks`` turns them into masks.
 """
@@ -33,11 +40,13 @@ class Coupling:
 
 @dataclass
 class UnitGroup:
-    """Layers whose units are removed together. Units are numbered as the outputs of ``layers[0]``."""
+    """Layers whose units are removed together. Units are numbered as the outputs of ``layers[0]``, or are
+    the heads of the attention module ``attention`` (then ``head_dim`` outputs of each layer per unit)."""
     layers: list[str]
     num_units: int
     couplings: list[Coupling] = field(default_factory=list)
     reason: Optional[str] = None  # why its units cannot be removed exactly; None when they can
+    attention: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -141,8 +150,31 @@ def _build_group(graph, module: nn.Module, names: Mapping[nn.Module, str], head:
     return UnitGroup(layers, num_units, couplings, "; ".join(reasons) or None)
 
 
+def head_group(module: nn.Module, name: str) -> Optional[UnitGroup]:
+    """The heads of an attention module that declares them (see the module docstring), or None."""
+    declared = getattr(module, "head_projections", None)
+    if declared is None:
+        return None
+    head_dim = int(module.head_dim)
+    projections = [getattr(module, p) for p in declared["heads"]]
+    reader = getattr(module, declared["reader"])
+    rows = projections[0].weight.shape[0]
+    if (any(not isinstance(p, nn.Linear) or p.weight.shape[0] != rows for p in projections) or rows % head_dim
+            or not isinstance(reader, nn.Linear) or reader.weight.shape[1] != rows):
+        raise UsageError(f"{name}: declares attention heads, but {list(declared['heads'])} are not Linear layers of "
+                         f"equal outputs, a multiple of head_dim={head_dim}, read by the Linear "
+                         f"{declared['reader']!r}")
+    unit = torch.arange(rows) // head_dim
+    layers = [_join(name, p) for p in declared["heads"]]
+    couplings = [Coupling(_join(layer, p), 0, unit) for layer, proj in zip(layers, projections)
+                 for p in ("weight", "bias") if getattr(proj, p) is not None]
+    couplings.append(Coupling(_join(_join(name, declared["reader"]), "weight"), 1, unit))
+    return UnitGroup(layers, rows // head_dim, couplings, attention=name)
+
+
 def unit_groups(model: nn.Module, example_input: torch.Tensor, graph=None) -> list[UnitGroup]:
-    """Every group of coupled Linear/Conv layers in module order, removable or not (``reason`` says why not).
+    """Every group of coupled Linear/Conv layers in module order, removable or not (``reason`` says why not),
+    attention heads included.
 
     The classifier alone is no group: it never loses outputs."""
     graph = graph if graph is not None else dependency_graph(model, example_input)
@@ -150,6 +182,12 @@ def unit_groups(model: nn.Module, example_input: torch.Tensor, graph=None) -> li
     head = classifier_name(model)
     groups, seen = [], set()
     for name, module in model.named_modules():
+        heads = head_group(module, name)
+        if heads is not None and any(model.get_submodule(layer) in graph.module2node for layer in heads.layers):
+            # the attention module comes before its projections in module order, so they are not yet seen
+            seen.update(heads.layers)
+            groups.append(heads)
+            continue
         if not isinstance(module, PRUNABLE_TYPES) or name in seen or module not in graph.module2node:
             continue  # not a unit layer, already in an earlier group, or unused by forward()
         group = _build_group(graph, module, names, head)
@@ -252,14 +290,15 @@ def _removed_before(layers: list[UnitLayer], existing: Mapping[str, torch.Tensor
         rows_zero = ((mask.flatten(1) == 0).all(1).cpu() if mask is not None
                      else torch.zeros(layer.num_units, dtype=torch.bool))
         gone = before.setdefault(layer.group.name, torch.ones(layer.group.num_units, dtype=torch.bool))
-        gone[layer.units] &= rows_zero
+        gone[layer.units[~rows_zero]] = False  # a head is gone only when all its rows are
     return before
 
 
 def _group_scores(layers: list[UnitLayer], unit_scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One score per group unit: the mean over member layers of each layer's scores divided by their mean
-    magnitude, so layers of different scale (and the members of a coupled group) compare fairly."""
-    sums: dict[str, list] = {}
+    """One score per group unit: the mean over member layers (and over a head's rows) of each layer's scores
+    divided by their mean magnitude, so layers of different scale (and the members of a coupled group)
+    compare fairly."""
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for layer in layers:
         if layer.name not in unit_scores:
             continue
@@ -268,10 +307,12 @@ def _group_scores(layers: list[UnitLayer], unit_scores: Mapping[str, torch.Tenso
             raise ValueError(f"{layer.name}: {score.numel()} scores for {layer.num_units} units")
         scale = score.abs().mean()
         score = score / scale if scale > 0 else score
-        entry = sums.setdefault(layer.group.name, [torch.zeros(layer.group.num_units, dtype=torch.float64), 0])
-        entry[0][layer.units] += score
-        entry[1] += 1
-    return {name: total / count for name, (total, count) in sums.items()}
+        n = layer.group.num_units
+        total, count = sums.setdefault(layer.group.name, (torch.zeros(n, dtype=torch.float64),
+                                                          torch.zeros(n, dtype=torch.float64)))
+        total.index_add_(0, layer.units, score)  # index_add: a head's rows all count, repeated indices too
+        count.index_add_(0, layer.units, torch.ones_like(score))
+    return {name: total / count.clamp(min=1) for name, (total, count) in sums.items()}
 
 
 def select_units(unit_scores: Mapping[str, torch.Tensor], target_sparsity: float, model: nn.Module,

@@ -27,6 +27,13 @@ def compression_lines(r: dict) -> list[str]:
     return lines
 
 
+def heads_kept(shrunk: dict) -> str:
+    """"7 of 8 (3/4, 4/4)": the heads left over all attention modules, then per module in model order."""
+    counts = list(shrunk["heads_kept"].values())
+    return (f"{sum(k for k, _ in counts)} of {sum(t for _, t in counts)} "
+            f"({', '.join(f'{k}/{t}' for k, t in counts)})")
+
+
 def finetuned_on(r: dict) -> str:
     """"shrunk model (25,335 params)", or per stage when the stages differ."""
     entries = r["finetuned_on"]
@@ -58,6 +65,8 @@ def markdown(r: dict) -> str:
         lines.append(f"| multiply-adds dense / nonzero | {flops.get('dense', 0):,} / {flops.get('nonzero', 0):,} |")
     if r.get("shrunk"):
         lines.append(f"| parameters after shrinking | {r['shrunk'].get('params', 0):,} |")
+        if r["shrunk"].get("heads_kept"):
+            lines.append(f"| attention heads kept | {heads_kept(r['shrunk'])} |")
     if r.get("finetuned_on"):
         lines.append(f"| fine-tuned on | {finetuned_on(r)} |")
     for name, lat in (r.get("latency") or {}).items():
@@ -131,6 +140,8 @@ def console_table(r: dict, console) -> None:
         table.add_row("MACs dense / nonzero", f"{r['flops']['dense']:,} / {r['flops']['nonzero']:,}")
     if r.get("shrunk"):
         table.add_row("params after shrinking", f"{r['shrunk'].get('params', 0):,}")
+        if r["shrunk"].get("heads_kept"):
+            table.add_row("attention heads kept", heads_kept(r["shrunk"]))
     if any(entry["on"] == "shrunk" for entry in r.get("finetuned_on", [])):
         last = r["finetuned_on"][-1]
         table.add_row("fine-tuned on", f"{last['on']} model ({last['params']:,} params"
