@@ -4,6 +4,7 @@
     python scripts/result_tables.py schedules    # schedules at 98% with the same total fine-tune epochs
     python scripts/result_tables.py modern       # magnitude, Wanda, SparseGPT at 50/70/90% and 2:4
     python scripts/result_tables.py modern_vit   # the same on model=vit
+    python scripts/result_tables.py vit_structured  # attention heads and MLP units removed from model=vit
     python scripts/result_tables.py distill      # fine-tuning with and without distillation, high sparsity
     python scripts/result_tables.py sensitivity  # per-layer rates from prune-sensitivity vs uniform and global
 
@@ -97,11 +98,15 @@ def sensitivity_curves(out: Path) -> None:
                               overrides), directory)
 
 
-# model=vit: the attention's output projections are left dense for every criterion (Wanda and SparseGPT cannot
-# measure their inputs: nn.MultiheadAttention uses their weight directly), and so is the 1-channel patch
-# embedding (no 4 inputs to group for 2:4), so all rows prune the same layers.
-VIT = ["model=vit", "dataset=digits", "measure.latency=false", "progress=false",
-       "strategy.ignore=[.*out_proj,.*conv_proj]"]
+# model=vit: the 1-channel patch embedding is left dense for every criterion (it has no 4 inputs to group for
+# 2:4), so all rows prune the same layers: the four attention projections, the MLPs and the head.
+VIT = ["model=vit", "dataset=digits", "measure.latency=false", "progress=false", "strategy.ignore=[.*conv_proj]"]
+# Structured pruning of the ViT: whole attention heads and MLP units, physically removed.
+VIT_STRUCTURED = {
+    "magnitude (structured, layer)": ["strategy=magnitude", "strategy.granularity=structured", "strategy.scope=layer"],
+    "magnitude (structured, global)": ["strategy=magnitude", "strategy.granularity=structured"],
+    "activation (layer)": ["strategy=activation", "strategy.scope=layer"],
+}
 
 
 def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = False,
@@ -126,7 +131,10 @@ def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = F
             budgets = "/".join(str(b) for b in sorted({r["budget"]["total_epochs"] for r in results}))
             after = torch.tensor([r["accuracy"]["pruned"] for r in results])
             target = pattern[0].split("=")[1] if pattern else f"{100 * sparsity:.0f}%"
-            rows.append(f"| {label} | {target} | {100 * achieved.mean():.2f}% | {budgets} | "
+            heads = [sum(k for k, _ in (r.get("shrunk") or {}).get("heads_kept", {}).values()) for r in results]
+            of = sum(t for _, t in (results[0].get("shrunk") or {}).get("heads_kept", {}).values())
+            kept = f" ({sum(heads) / len(heads):.1f} of {of} heads)" if of else ""
+            rows.append(f"| {label} | {target} | {100 * achieved.mean():.2f}%{kept} | {budgets} | "
                         f"{100 * dense.mean():.2f} ± {100 * dense.std():.2f} | "
                         + (f"{100 * after.mean():.2f} ± {100 * after.std():.2f} | " if pruned else "") +
                         f"{100 * acc.mean():.2f} ± {100 * acc.std():.2f} | {seconds:.1f} |")
@@ -136,7 +144,8 @@ def run_table(name: str, variants: dict, sparsities, out: Path, pruned: bool = F
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("table", choices=["strategies", "schedules", "modern", "modern_vit", "distill", "sensitivity"])
+    parser.add_argument("table", choices=["strategies", "schedules", "modern", "modern_vit", "vit_structured",
+                                          "distill", "sensitivity"])
     args = parser.parse_args()
     out = Path("outputs/tables") / args.table / time.strftime("%Y-%m-%d_%H-%M-%S")
     started = time.perf_counter()
@@ -151,12 +160,15 @@ def main() -> None:
         modern = {k: [*v, "finetune.epochs=10"] for k, v in MODERN.items()}
         rows = run_table(args.table, modern, (0.5, 0.7, 0.9, "2:4"), out, pruned=True,
                          common=VIT if args.table == "modern_vit" else COMMON)
+    elif args.table == "vit_structured":
+        rows = run_table(args.table, {k: [*v, "finetune.epochs=10"] for k, v in VIT_STRUCTURED.items()},
+                         (0.25, 0.5), out, pruned=True, common=VIT[:-1])
     else:
         rows = run_table(args.table, {k: ["strategy=magnitude", *v] for k, v in SCHEDULES.items()}, (0.98,), out)
     print()
     print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; seeds {SEEDS}; wall time {time.perf_counter() - started:.0f} s")
-    after = " after pruning (%) |" if args.table in ("modern", "modern_vit", "distill") else ""
+    after = " after pruning (%) |" if args.table in ("modern", "modern_vit", "vit_structured", "distill") else ""
     print(f"| variant | target | achieved | epochs | dense acc. (%) |{after} fine-tuned acc. (%) | seconds per run |")
     print("|---|---|---|---|---|---|---|" + ("---|" if after else ""))
     print("\n".join(rows))
