@@ -59,6 +59,8 @@ def run_job(cfg: DictConfig) -> dict | None:
         with stop_signals(), (progress if progress is not None else contextlib.nullcontext()):
             # On a terminal, say something at once: torch, the data and the model take seconds to load.
             starting = progress.add_task(STARTING, total=None) if progress is not None else None
+            from prune_cli.training.dynamo_free import skip_dynamo_marks
+            skip_dynamo_marks()  # this process never compiles: spare it the torch._dynamo import
             from prune_cli.pipeline.experiment import Experiment
             experiment = Experiment(cfg, run_dir, progress)
             if starting is not None:
