@@ -84,7 +84,9 @@ def test_calibrated_criteria_refuse_a_projection_they_cannot_measure():
 def test_head_attention_computes_what_multihead_attention_computes():
     torch.manual_seed(0)
     packed, ours = nn.MultiheadAttention(16, 4, batch_first=True), HeadAttention(16, 4)
-    with torch.no_grad():
+    with torch.no_grad():  # random biases, so a bias landing in the wrong projection shows
+        packed.in_proj_bias.normal_()
+        packed.out_proj.bias.normal_()
         for i, layer in enumerate((ours.query, ours.key, ours.value)):
             layer.weight.copy_(packed.in_proj_weight[16 * i:16 * (i + 1)])
             layer.bias.copy_(packed.in_proj_bias[16 * i:16 * (i + 1)])
@@ -93,6 +95,16 @@ def test_head_attention_computes_what_multihead_attention_computes():
     x = torch.randn(3, 7, 16)
     assert torch.allclose(ours(x, x, x)[0], packed(x, x, x, need_weights=False)[0], atol=1e-6)
     assert ours.num_heads == 4 and ours.head_dim == 4
+
+
+def test_head_attention_starts_as_multihead_attention_does():
+    """Xavier-uniform over the packed (3E, E) projection, zero projection biases, zero output bias."""
+    torch.manual_seed(0)
+    ours = HeadAttention(64, 4)
+    bound = (6 / (64 + 3 * 64)) ** 0.5
+    packed = torch.cat([ours.query.weight, ours.key.weight, ours.value.weight]).detach()
+    assert float(packed.abs().max()) <= bound and float(packed.abs().max()) > 0.99 * bound
+    assert all(int(layer.bias.count_nonzero()) == 0 for layer in (ours.query, ours.key, ours.value, ours.out))
 
 
 def test_heads_are_units_of_query_key_value_rows_and_output_columns():
@@ -135,8 +147,11 @@ def test_structured_pruning_removes_heads_and_the_reloaded_checkpoint_reproduces
     report, run_dir = run_api(*VIT, "strategy=magnitude", "strategy.granularity=structured", "sparsity=0.5",
                               f"strategy.scope={scope}", "finetune.epochs=1")
     heads = report["shrunk"]["heads_kept"]
-    assert len(heads) == 2 and all(total == 4 for _, total in heads.values())
-    assert sum(kept for kept, _ in heads.values()) < 8  # at least one head went
+    if scope == "layer":  # the same fraction of every group's units: 2 of each block's 4 heads
+        assert list(heads.values()) == [[2, 4], [2, 4]]
+    else:  # ranked against the MLP units: which go depends on the weights, but some do and each block keeps one
+        assert len(heads) == 2 and all(1 <= kept <= total == 4 for kept, total in heads.values())
+        assert sum(kept for kept, _ in heads.values()) < 8
     assert report["shrunk"]["matches_masked"]
     (a, _), (b, _) = heads.values()
     assert f"| attention heads kept | {a + b} of 8 ({a}/4, {b}/4) |" in (run_dir / "report.md").read_text()
@@ -169,3 +184,35 @@ def test_a_module_declaring_heads_it_does_not_have_is_refused_in_one_line():
                                          r"Linear layers of equal outputs, a multiple of head_dim=4, read by the "
                                          r"Linear 'out'$"):
         head_group(attention, "block")
+
+
+def test_activation_scores_a_head_by_its_output_and_apoz_leaves_heads_alone(run_api):
+    from prune_cli.pruning.strategies.activation import APoZ, Activation
+    from prune_cli.pruning.strategies.base import ScoringContext
+    from prune_cli.data.splits import TensorSplit
+    from prune_cli.pruning.masks import Masks, prunable_names
+    from prune_cli.pruning.units import unit_layers
+    torch.manual_seed(0)
+    model, x = ViT((1, 8, 8), 10, [0.5], [0.25]), torch.rand(16, 1, 8, 8)
+    names = prunable_names(model)
+    ctx = ScoringContext(model=model, masks=Masks.ones(model, names), train=TensorSplit(x, torch.zeros(16).long()),
+                         prunable=names, device=torch.device("cpu"), seed=0, round=1, batch_size=16,
+                         unit_layers=unit_layers(model, x))
+    scores = Activation(batches=1).score(ctx)
+    attention = "net.encoder.layers.encoder_layer_0.self_attention"
+    seen = []
+    handle = model.get_submodule(f"{attention}.out").register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+    with torch.no_grad():
+        model.eval()(next(iter(ctx.calibration_batches(1)))[0])
+    handle.remove()
+    expected = seen[0].abs().flatten(0, 1).mean(0)  # mean |head output| per feature, over images and tokens
+    for projection in ("query", "key", "value"):
+        assert torch.allclose(scores[f"{attention}.{projection}"], expected.float(), rtol=1e-5)
+    # APoZ: heads are no units of its run, so every head stays.
+    report, _ = run_api(*VIT, "strategy=apoz", "sparsity=0.3", "finetune.epochs=1")
+    assert list(report["shrunk"]["heads_kept"].values()) == [[4, 4], [4, 4]]
+    assert APoZ.scores_heads is False and Activation.scores_heads is True
+    with pytest.raises(UsageError, match=r"^sparsity=0.5: strategy=apoz removes whole units and can reach at most "
+                                         r"0.4894 on model=vit \(every layer keeps one unit, the classifier all its "
+                                         r"outputs, every attention head\)$"):
+        run_api(*VIT, "strategy=apoz", "sparsity=0.5", name="beyond")

@@ -172,8 +172,8 @@ _ran_multirun = False  # set by a job of a sweep, however the sweep was asked fo
 
 def console_main() -> None:
     """The ``prune-run`` command: ``main``, then, for a single run, an exit that skips the interpreter's
-    teardown. Once torch (and the ``torch._dynamo`` its optimizers import) is loaded, tearing the interpreter
-    down takes over a second after all work is done; every file is written and closed by then, and logging
+    teardown. Once torch is loaded, tearing the interpreter
+    down can take a second after all work is done; every file is written and closed by then, and logging
     and the standard streams are flushed here. A sweep exits the ordinary way (its launcher may clean up)."""
     from prune_cli.app.starting import show
     show()

@@ -173,8 +173,8 @@ def _warm_up() -> None:
 
 
 def _freeze() -> None:
-    """Before a worker's second job: what the first imported on the way (Hydra's internals, torch._dynamo with
-    the first optimizer step, the strategy's modules) leaves garbage collection too; the first job's own
+    """Before a worker's second job: what the first imported on the way (Hydra's internals, torch's lazily imported
+    modules, the strategy's modules) leaves garbage collection too; the first job's own
     objects are gone by then (collected first, so no garbage is frozen)."""
     import gc
     gc.collect()

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 
 class HeadAttention(nn.Module):
+    # Head h owns rows [h * head_dim, (h + 1) * head_dim) of query, key and value and the same columns of out.
     head_projections = {"heads": ("query", "key", "value"), "reader": "out"}
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
@@ -31,6 +32,21 @@ class HeadAttention(nn.Module):
         self.key = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.value = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self._reset_parameters()
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        """nn.MultiheadAttention's initialisation: Xavier-uniform over the packed (3E, E) projection (so each
+        projection draws from the bound of that shape), zero projection biases; the output projection keeps
+        nn.Linear's weights with a zero bias."""
+        embed_dim = self.query.in_features
+        bound = (6.0 / (embed_dim + 3 * embed_dim)) ** 0.5
+        for layer in (self.query, self.key, self.value):
+            nn.init.uniform_(layer.weight, -bound, bound)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        if self.out.bias is not None:
+            nn.init.zeros_(self.out.bias)
 
     @property
     def num_heads(self) -> int:

@@ -40,7 +40,11 @@ def prunable_of(model: nn.Module, example: torch.Tensor, strategy, schedule, spa
     if strategy.structured:
         from prune_cli.pruning.units import check_reachable, sparing, unit_layers
         layers = sparing(unit_layers(model, example), ignored)
-        check_reachable(model, example, names, sparsity, strategy.name, model_name, layers=layers)
+        kept = ""
+        if not strategy.scores_heads and any(layer.group.attention is not None for layer in layers):
+            layers = [layer for layer in layers if layer.group.attention is None]
+            kept = ", every attention head"
+        check_reachable(model, example, names, sparsity, strategy.name, model_name, layers=layers, kept=kept)
     return Prunable(names, ignored, layers)
 
 

@@ -384,7 +384,8 @@ def select_units(unit_scores: Mapping[str, torch.Tensor], target_sparsity: float
 
 
 def check_reachable(model: nn.Module, example_input: torch.Tensor, prunable: list[str], target: float,
-                    strategy: str, model_name: str, layers: Optional[list[UnitLayer]] = None) -> None:
+                    strategy: str, model_name: str, layers: Optional[list[UnitLayer]] = None,
+                    kept: str = "") -> None:
     """Whole-unit removal keeps one unit per layer: refuse a target beyond that, before any training."""
     if target < 0.5:
         return
@@ -398,4 +399,4 @@ def check_reachable(model: nn.Module, example_input: torch.Tensor, prunable: lis
     if target > reachable + 1e-9:
         raise UsageError(f"sparsity={target}: strategy={strategy} removes whole units and can reach at most "
                          f"{reachable:.4f} on model={model_name} (every layer keeps one unit, the classifier "
-                         f"all its outputs)")
+                         f"all its outputs{kept})")

@@ -8,9 +8,10 @@ imports it to place graph breaks. Outside ``torch.compile``, neither the mark no
 
 ``skip_dynamo_marks`` fills that cache with each function itself, so the decorators call straight through,
 and ``step`` runs an optimizer's own update (``Optimizer.step`` without its wrappers) in the grad mode the
-wrapper would set. Both act only while ``torch._dynamo`` is not loaded: once anything imports it, every call
-goes through torch's wrappers as usual. Only prune-run's own process calls ``skip_dynamo_marks`` (never the
-library API): a process that compiles its own training loop needs the marks.
+wrapper would set. ``step`` does so only while ``torch._dynamo`` is not loaded. The filled cache stays for the
+rest of the process: were something to compile later, those functions would be traced rather than skipped.
+So only prune-run's own process, which never compiles, calls ``skip_dynamo_marks`` (never the library API:
+a process that compiles its own training needs the marks).
 """
 from __future__ import annotations
 
@@ -57,11 +58,11 @@ def _has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
 def step(optimizer: torch.optim.Optimizer) -> None:
     """``optimizer.step()``: the same update, without importing torch._dynamo while it is not loaded.
 
-    With step hooks registered (or dynamo loaded) this is ``optimizer.step()`` itself."""
-    if _loaded() or _has_step_hooks(optimizer):
+    With step hooks registered, ``step`` replaced on the instance (an LR scheduler does that) or dynamo loaded,
+    this is ``optimizer.step()`` itself. The unwrapped update skips only the profiler's record_function label."""
+    if _loaded() or _has_step_hooks(optimizer) or "step" in vars(optimizer):
         optimizer.step()
         return
     update = inspect.unwrap(type(optimizer).step)
     with torch.set_grad_enabled(bool(optimizer.defaults.get("differentiable", False))):
         update(optimizer)
-    optimizer._opt_called = True  # what the profiling wrapper records (LR schedulers check it)

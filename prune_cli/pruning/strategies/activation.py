@@ -5,6 +5,11 @@ batch norm reads that output directly (Conv -> BN -> ReLU in VGG and ResNet), th
 passed through a ReLU and averaged over calibration batches of training data (all positions of a conv channel
 count). ``activation`` keeps the units with the largest mean
 |activation|; ``apoz`` keeps those with the smallest Average Percentage of Zeros (Hu et al. 2016).
+
+An attention head's activation is its output, the features of the concatenated heads that the output
+projection reads; nothing rectifies it, so ``activation`` takes its mean |value| there (the same for the
+head's query, key and value rows, whose own outputs only meet inside the softmax). APoZ counts the zeros a
+rectifier makes, which a head's output has none of, so ``apoz`` does not score heads: they all stay.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ class _UnitStatistic(Strategy):
         self.batches = int(batches)
 
     def statistic(self, activation: torch.Tensor) -> torch.Tensor:
-        """Per-unit sum over the batch (and positions) of some function of the rectified activation."""
+        """Per-unit sum over the batch (and positions) of some function of the activation (rectified, but for
+        a head's output, which the network does not rectify)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -37,6 +43,12 @@ class _UnitStatistic(Strategy):
         counts = {layer.name: 0 for layer in ctx.unit_layers}
         batches = list(ctx.calibration_batches(self.batches))
         where = self._observed_modules(ctx, modules, batches[0][0]) if batches else {}
+        heads: dict[str, list[str]] = {}  # {output projection: the head layers its input scores}
+        for layer in ctx.unit_layers:
+            if layer.group.attention is not None:
+                reader = next(c.param for c in layer.group.couplings if c.dim == 1).rpartition(".")[0]
+                heads.setdefault(reader, []).append(layer.name)
+        in_heads = {name for names in heads.values() for name in names}
 
         def hook_for(name):
             def hook(module, inputs, output):
@@ -48,8 +60,18 @@ class _UnitStatistic(Strategy):
                 counts[name] += rectified.shape[1]
             return hook
 
+        def head_hook_for(names):
+            def hook(module, inputs):
+                features = inputs[0].movedim(-1, 0).flatten(1)  # (heads * head_dim, batch * tokens), not rectified
+                statistic = self.statistic(features).double().cpu()
+                for name in names:
+                    totals[name] += statistic
+                    counts[name] += features.shape[1]
+            return hook
+
         handles = [modules[where.get(layer.name, layer.name)].register_forward_hook(hook_for(layer.name))
-                   for layer in ctx.unit_layers]
+                   for layer in ctx.unit_layers if layer.name not in in_heads]
+        handles += [modules[reader].register_forward_pre_hook(head_hook_for(names)) for reader, names in heads.items()]
         try:
             with eval_mode(ctx.model):
                 for x, _ in batches:
@@ -104,6 +126,7 @@ class Activation(_UnitStatistic):
 
 class APoZ(_UnitStatistic):
     name = "apoz"
+    scores_heads = False
 
     def statistic(self, rectified):
         return (rectified == 0).sum(dim=1)

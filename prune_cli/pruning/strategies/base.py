@@ -49,6 +49,7 @@ class Strategy:
     """Base class. ``structured`` strategies score units (one value per output unit of each layer)."""
     name = "strategy"
     structured = False
+    scores_heads = True  # structured: whether attention heads are among the units it scores
     # The config keys every strategy takes (subclasses add theirs; see prune_cli/schema.py).
     config_schema = {"scope": Choice(("global", "layer", "row")), "prune_classifier": Bool(),
                      "granularity": Choice(("unstructured", "structured")),
