@@ -67,8 +67,7 @@ def _remove_heads(modules: Mapping[str, nn.Module], heads: UnitGroup, dead: torc
     rows = (heads.couplings[0].unit.unsqueeze(1) == dead.nonzero().flatten()).any(1).nonzero().flatten().tolist()
     for layer in heads.layers:
         tp.prune_linear_out_channels(modules[layer], rows)
-    reader = next(c.param for c in heads.couplings if c.dim == 1).rpartition(".")[0]
-    tp.prune_linear_in_channels(modules[reader], rows)
+    tp.prune_linear_in_channels(modules[heads.reader], rows)
 
 
 def _pruned_copy(masked: nn.Module, x: torch.Tensor, plan: Mapping[str, torch.Tensor]) -> nn.Module:

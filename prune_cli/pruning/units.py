@@ -47,6 +47,7 @@ class UnitGroup:
     couplings: list[Coupling] = field(default_factory=list)
     reason: Optional[str] = None  # why its units cannot be removed exactly; None when they can
     attention: Optional[str] = None
+    reader: Optional[str] = None  # heads: the layer whose input columns read them (the output projection)
 
     @property
     def name(self) -> str:
@@ -168,8 +169,9 @@ def head_group(module: nn.Module, name: str) -> Optional[UnitGroup]:
     layers = [_join(name, p) for p in declared["heads"]]
     couplings = [Coupling(_join(layer, p), 0, unit) for layer, proj in zip(layers, projections)
                  for p in ("weight", "bias") if getattr(proj, p) is not None]
-    couplings.append(Coupling(_join(_join(name, declared["reader"]), "weight"), 1, unit))
-    return UnitGroup(layers, rows // head_dim, couplings, attention=name)
+    reader_name = _join(name, declared["reader"])
+    couplings.append(Coupling(_join(reader_name, "weight"), 1, unit))
+    return UnitGroup(layers, rows // head_dim, couplings, attention=name, reader=reader_name)
 
 
 def unit_groups(model: nn.Module, example_input: torch.Tensor, graph=None) -> list[UnitGroup]:

@@ -46,8 +46,7 @@ class _UnitStatistic(Strategy):
         heads: dict[str, list[str]] = {}  # {output projection: the head layers its input scores}
         for layer in ctx.unit_layers:
             if layer.group.attention is not None:
-                reader = next(c.param for c in layer.group.couplings if c.dim == 1).rpartition(".")[0]
-                heads.setdefault(reader, []).append(layer.name)
+                heads.setdefault(layer.group.reader, []).append(layer.name)
         in_heads = {name for names in heads.values() for name in names}
 
         def hook_for(name):
