@@ -388,8 +388,9 @@ def select_units(unit_scores: Mapping[str, torch.Tensor], target_sparsity: float
 def check_reachable(model: nn.Module, example_input: torch.Tensor, prunable: list[str], target: float,
                     strategy: str, model_name: str, layers: Optional[list[UnitLayer]] = None,
                     kept: str = "") -> None:
-    """Whole-unit removal keeps one unit per layer: refuse a target beyond that, before any training."""
-    if target < 0.5:
+    """Whole-unit removal keeps one unit per layer: refuse a target beyond that, before any training.
+    ``kept`` names what else stays whole (", every attention head"): then even a low target may be beyond."""
+    if target < 0.5 and not kept:  # skipped below one half when every group may lose units (it costs a search)
         return
     layers = layers if layers is not None else unit_layers(model, example_input)
     scores = {layer.name: torch.ones(layer.num_units) for layer in layers}
