@@ -232,7 +232,7 @@ def main():
                          ms([r["accuracy"] for r in rs]), ms([r["seconds"] for r in rs], 1),
                          ms([r["stage_seconds"] for r in rs], 1) if "stage_seconds" in rs[0] else ""])
     print(table(headers, out_rows))
-    print(f"dense training by prune_cli (per seed, includes the 1st-run imports): "
+    print("dense training by prune_cli (per seed, includes the 1st-run imports): "
           + ", ".join(f"{v['seconds']:.1f} s" for v in dense_info.values()) + f"; total {total:.0f} s")
     print(contention.line())
     path = write_results("peers", {"machine": info, "settings": vars(args), "dense": dense_info,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -18,10 +17,6 @@ from prune_cli.errors import UsageError
 # An absolute path works both from the console script and from ``python -m``; a relative one does not.
 # prune_cli/conf links to the repository's conf/ (an editable install) or is a copy of it (a wheel).
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-# conf/hydra/launcher/joblib.yaml and conf/hydra/sweeper/basic.yaml replace the configs of those names on purpose
-# (same options, our classes, prune_cli/app/sweeps.py); Hydra 1.3 still checks them against the original
-# schemas, which is what we want, and warns that this matching is deprecated.
-warnings.filterwarnings("ignore", message=r"\s*'hydra/(launcher/joblib|sweeper/basic)' is validated against ConfigStore")
 
 # Knobs that do not change a run's results: they stay out of its fingerprint, so changing them resumes.
 RESULT_NEUTRAL = ("progress", "checkpoint", "device", "cache", "threads", "measure", "dry_run")

@@ -223,8 +223,7 @@ def top_level() -> dict:
         "measure": {"latency": Bool(), "latency_budget_s": Num(0.0, 3600.0, lo_open=True)},
         "export": {"sparse": Bool(), "min_sparsity": Num(0.0, 1.0)},
         "logger": Noted(Optional_(Free(mapping=True)), "loggers by name: csv, tensorboard, mlflow"),
-        "quantize": {"name": Choice(("none", "int8_dynamic", "int8_static")), "calibration_batches": Int(1, 100_000),
-                     "backend": Choice(("auto", "x86", "fbgemm", "qnnpack", "onednn"))},
+        "quantize": {"name": Choice(("none", "int8_dynamic", "int8_weight_only", "int8_static"))},
     }
 
 

@@ -19,5 +19,9 @@ def validate(cfg: DictConfig) -> None:
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"config: {line}") from None
     check_config(plain)
+    method = (plain.get("quantize") or {}).get("name")
+    from prune_cli.measure.quantized import REFUSED
+    if method in REFUSED:
+        raise UsageError(f"quantize={method}: not available: {REFUSED[method]}")
     from prune_cli.loggers import check as check_loggers
     check_loggers(plain.get("logger"))

@@ -16,7 +16,7 @@ def test_the_schema_is_a_valid_json_schema():
 
 
 @pytest.mark.parametrize("overrides", [
-    ["strategy=activation", "model=lenet5", "quantize=int8_static", "quantize.calibration_batches=1",
+    ["strategy=activation", "model=lenet5", "quantize=int8_dynamic",
      "dataset.val_fraction=0.1", "finetune.distill=true"],
     ["schedule=lottery", "schedule.rounds=2", "schedule.reinit=true", "sparsity=0.999", "export.sparse=true"],
     ["strategy=compress"],

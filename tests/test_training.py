@@ -62,38 +62,3 @@ def test_evaluate_counts_correct_predictions():
     data = toy_data()
     assert evaluate(model, data) == float((data.y == 0).float().mean())
 
-
-@pytest.mark.parametrize("name,kwargs", [("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
-                                         ("Adam", {"lr": 1e-2, "weight_decay": 1e-3}),
-                                         ("AdamW", {"lr": 1e-2, "weight_decay": 1e-2})])
-def test_the_dynamo_free_step_is_the_optimizers_own_update(monkeypatch, name, kwargs):
-    from prune_cli.training import dynamo_free
-    monkeypatch.setattr(dynamo_free, "_loaded", lambda: False)  # this test process may have dynamo loaded
-
-    def trained(stepper):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-        optimizer = getattr(torch.optim, name)(model.parameters(), **kwargs)
-        x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
-        for _ in range(4):
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            stepper(optimizer)
-        return model.state_dict(), optimizer.state_dict()
-
-    (ours, our_state), (theirs, their_state) = trained(dynamo_free.step), trained(lambda o: o.step())
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    for p, state in their_state["state"].items():
-        assert all(torch.equal(torch.as_tensor(our_state["state"][p][k]), torch.as_tensor(v)) for k, v in state.items())
-
-
-def test_the_dynamo_free_step_runs_step_hooks_through_the_optimizer(monkeypatch):
-    from prune_cli.training import dynamo_free
-    monkeypatch.setattr(dynamo_free, "_loaded", lambda: False)
-    model = nn.Linear(2, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    calls = []
-    optimizer.register_step_post_hook(lambda *args: calls.append("post"))
-    model(torch.ones(1, 2)).sum().backward()
-    dynamo_free.step(optimizer)
-    assert calls == ["post"]

@@ -1,12 +1,12 @@
-"""Hydra callbacks: a sweep that had failed jobs says which, and exits non-zero.
+"""Hydra callbacks: each finished job of a sweep gets one line, and a sweep that had failed jobs says which, and
+exits non-zero.
 
-A sweep (``prune-run -m``) runs every job even when some fail: ``cli.run_job`` records a failed or bad-input job
-in its ``report.json`` and returns normally. A job that *crashes* (an unexpected exception, i.e. a bug) would
-make Hydra's sweeper re-raise after the batch, which skips ``on_multirun_end`` - so the summary, the one place
-that names the failed jobs, would be lost - and would make the submitit launcher's result collection fail.
-``on_job_end`` therefore prints the crash's traceback, records it in the job's ``report.json``, and lets the
-sweep carry on. ``on_multirun_end`` then reads every job directory of the sweep and exits 1 naming each job
-that did not complete.
+A sweep (``prune-run -m``) runs every job even when some fail: ``cli.run_job`` records a failed, bad-input or
+crashed job in its ``report.json`` and returns normally (a crash prints its traceback first), so Hydra's
+sweeper sees every job finish and carries on. ``on_job_end`` reads the job's outcome from Hydra's public
+``JobReturn`` (``status``, and ``return_value`` only when it completed) and prints one line.
+``on_multirun_end`` then reads every job directory of the sweep and exits 1 naming each job that did not
+complete.
 
 Both hooks work with every launcher: ``on_job_end`` runs wherever the job runs (this process for the basic
 launcher, a joblib worker, a SLURM node), ``on_multirun_end`` in the process that started the sweep, and they
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +84,15 @@ class SweepSummary(Callback):
             print(f"prune-run: cannot record job {hydra.job.num} in {marker.parent}: {err.strerror}", file=sys.stderr)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status != JobStatus.FAILED or _mode(config) != RunMode.MULTIRUN:
-            return  # a single run's crash propagates: Hydra prints the traceback and exits 1
-        error = job_return._return_value  # the public property would re-raise it
+        if _mode(config) != RunMode.MULTIRUN:
+            return
         hydra = config.hydra
         name = f"job {hydra.job.num} ({hydra.job.override_dirname or 'defaults'})"
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        print(f"prune-run: {name} crashed; the sweep goes on:\n{text}", file=sys.stderr, end="", flush=True)
-        _record_crash(Path(hydra.runtime.output_dir), f"{type(error).__name__}: {error}")
-        # Handled: the sweeper and the submitit launcher see a finished job; on_multirun_end names it.
-        job_return.status = JobStatus.COMPLETED
-        job_return.return_value = None
+        if job_return.status != JobStatus.COMPLETED:
+            # Raised outside the task function (Hydra's own job set-up): Hydra re-raises it after the batch.
+            print(f"prune-run: {name} crashed before it started", file=sys.stderr, flush=True)
+            return
+        print(f"prune-run: {name}: {_outcome(job_return.return_value)}", file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("dry_run"):
@@ -166,9 +163,15 @@ def _mode(config: DictConfig):
         return None
 
 
-def _record_crash(run_dir: Path, error: str) -> None:
-    try:
-        from prune_cli.report.files import write_status
-        write_status(run_dir, "failed", error)  # keeps the report cli.run_job already wrote, if any
-    except Exception as err:  # the summary still counts the job: it then has no report.json
-        print(f"prune-run: could not record the failure in {run_dir / REPORT}: {err}", file=sys.stderr)
+def _outcome(value) -> str:
+    """One job's result in a few words: its test accuracy, or what kept it from completing."""
+    if isinstance(value, dict) and value.get("status") == "completed":
+        accuracy = (value.get("accuracy") or {}).get("finetuned")
+        achieved = (value.get("sparsity") or {}).get("achieved")
+        parts = [f"test accuracy {100 * accuracy:.2f}%" if isinstance(accuracy, (int, float)) else "completed"]
+        if isinstance(achieved, (int, float)):
+            parts.append(f"sparsity {100 * achieved:.2f}%")
+        return ", ".join(parts)
+    if isinstance(value, dict) and value.get("status"):
+        return f"{value['status']}: {value.get('error', '')}".rstrip(": ")
+    return "did not complete"

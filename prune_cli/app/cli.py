@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -43,8 +44,6 @@ def run_job(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    global _ran_multirun
-    _ran_multirun = _ran_multirun or multirun
     job = f"job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname or 'defaults'})" if multirun else "run"
     from prune_cli.report import files as reporting
     if cfg.get("dry_run"):
@@ -52,15 +51,13 @@ def run_job(cfg: DictConfig) -> dict | None:
         try:
             print_plan(cfg)
         except UsageError as err:
-            return _fail(f"prune-run: {err}", 2, multirun, job)
+            return _fail(f"prune-run: {err}", 2, multirun, job, str(err))
         return None
     try:
         progress = _progress(cfg, multirun)
         with stop_signals(), (progress if progress is not None else contextlib.nullcontext()):
             # On a terminal, say something at once: torch, the data and the model take seconds to load.
             starting = progress.add_task(STARTING, total=None) if progress is not None else None
-            from prune_cli.training.dynamo_free import skip_dynamo_marks
-            skip_dynamo_marks()  # this process never compiles: spare it the torch._dynamo import
             from prune_cli.pipeline.experiment import Experiment
             experiment = Experiment(cfg, run_dir, progress)
             if starting is not None:
@@ -68,10 +65,10 @@ def run_job(cfg: DictConfig) -> dict | None:
             result = experiment.run()
     except UsageError as err:
         reporting.write_status(run_dir, "failed", str(err))
-        return _fail(f"prune-run: {err}", 2, multirun, job)
+        return _fail(f"prune-run: {err}", 2, multirun, job, str(err))
     except RunFailed as err:
         reporting.write_status(run_dir, "failed", str(err))
-        return _fail(f"prune-run: {job} failed: {err}", 1, multirun, job)
+        return _fail(f"prune-run: {job} failed: {err}", 1, multirun, job, str(err))
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, Stopped) else signal.SIGINT
         why = "by the user (Ctrl-C)" if signum == signal.SIGINT else f"by {signal.Signals(signum).name}"
@@ -83,11 +80,16 @@ def run_job(cfg: DictConfig) -> dict | None:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"prune-run: {job} could not write its files{where}: {err.strerror or err}", file=sys.stderr)
         reporting.write_status(run_dir, "failed", f"could not write its files: {err.strerror or err}")
-        return _fail("", 1, multirun, job)
+        return _fail("", 1, multirun, job, f"could not write its files: {err.strerror or err}")
     except Exception as err:
-        # A bug, not bad input: keep the traceback (Hydra prints it), but never leave a run looking finished.
+        # A bug, not bad input: keep the traceback, and never leave a run looking finished. A single run lets
+        # Hydra print it; in a sweep it is printed here and the sweep goes on (the summary names the job).
         reporting.write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
-        raise
+        if not multirun:
+            raise
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        print(f"prune-run: {job} crashed; the sweep goes on:\n{text}", file=sys.stderr, end="", flush=True)
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     from rich.console import Console
     if not multirun:
         from prune_cli.report.render import console_table
@@ -124,11 +126,11 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
-def _fail(message: str, code: int, multirun: bool, job: str):
+def _fail(message: str, code: int, multirun: bool, job: str, error: str):
     if message:
         print(message, file=sys.stderr)
-    if multirun:
-        return None  # the sweep goes on; prune_cli.app.callbacks.SweepSummary names the job and exits non-zero
+    if multirun:  # the sweep goes on; prune_cli.app.callbacks.SweepSummary names the job and exits non-zero
+        return {"status": "failed", "error": error}
     sys.exit(code)
 
 
@@ -167,36 +169,29 @@ def _callbacks_composed() -> bool:
     return SweepSummary.started
 
 
-_ran_multirun = False  # set by a job of a sweep, however the sweep was asked for (-m, hydra.mode=MULTIRUN)
-
-
 def console_main() -> None:
-    """The ``prune-run`` command: ``main``, then, for a single run, an exit that skips the interpreter's
-    teardown. Once torch is loaded, tearing the interpreter
-    down can take a second after all work is done; every file is written and closed by then, and logging
-    and the standard streams are flushed here. A sweep exits the ordinary way (its launcher may clean up)."""
-    from prune_cli.app.starting import show
-    show()
+    """The ``prune-run`` command: ``main`` with the terminal's "starting..." line around it, then an ordinary
+    exit (so atexit handlers, e.g. MLflow's and TensorBoard's, run). The standard streams are given back as
+    they were before the exit."""
+    from prune_cli.app.starting import showing_start
     code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-            code = 1
-        else:
-            code = int(exit_.code or 0)
-    from prune_cli.app.starting import erase
-    erase()  # a command that wrote nothing leaves no half line before the shell's prompt
-    if _ran_multirun or {"-m", "--multirun"} & set(sys.argv[1:]):
-        sys.exit(code)
-    logging.shutdown()
+    with showing_start():
+        try:
+            main()
+        except SystemExit as exit_:
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+                code = 1
+            else:
+                code = int(exit_.code or 0)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (BrokenPipeError, ValueError):  # `prune-run | head` closed the pipe: nothing more to show
-            pass
-    os._exit(code)
+            with contextlib.suppress(OSError, ValueError):
+                # Python flushes stdout again at exit; point it at nothing so that flush cannot fail.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    sys.exit(code)
 
 
 if __name__ == "__main__":

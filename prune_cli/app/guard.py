@@ -18,11 +18,27 @@ from typing import Optional
 from prune_cli.errors import UsageError
 
 
+def _parser():
+    """The command line as ``@hydra.main`` reads it (Hydra 1.3's documented flags, docs: "Hydra's command line
+    flags"); Hydra's own parser is not public API, so its flags are spelled out here."""
+    import argparse
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"),
+                  ("--multirun", "-m"), ("--shell-completion", "-sc")):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"),
+                  ("--config-dir", "-cd"), ("--experimental-rerun",)):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    return parser
+
+
 def _parsed(argv: list[str]):
-    from hydra._internal.utils import get_args_parser
+    import argparse
     try:
-        return get_args_parser().parse_args(argv)
-    except SystemExit:
+        return _parser().parse_args(argv)
+    except (SystemExit, argparse.ArgumentError):
         return None  # Hydra will print its own usage message
 
 
@@ -32,7 +48,7 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
     An override Hydra cannot parse or apply is bad input: one line and exit 2, before Hydra prints its
     several. An unknown group option is left to Hydra, whose message lists the options there are."""
     args = _parsed(argv)
-    if args is None or args.multirun or args.help or args.hydra_help or args.cfg or args.info \
+    if args is None or args.multirun or args.help or args.hydra_help or args.version or args.cfg or args.info \
             or args.shell_completion or args.experimental_rerun or args.config_path:
         return None  # (a --config-path is resolved by Hydra from the caller: the run checks it itself)
     from hydra import compose, initialize_config_dir

@@ -1,11 +1,13 @@
 """The first thing a terminal shows: ``prune-run: starting...`` at once, while the config is checked and torch
 loads (about two seconds), wiped by whatever is written next.
 
-The standard streams are wrapped so that the first write to either erases the line first; everything else
-passes straight through, so loggers, rich and error messages created later behave as without it. Nothing
-is shown off a terminal (logs and pipes get no stray characters)."""
+While the command runs, the standard streams are wrapped so that the first write to either erases the line
+first; everything else passes straight through, so loggers, rich and error messages created later behave as
+without it. Nothing is shown off a terminal (logs and pipes get no stray characters). Only the console entry
+point uses it, and it gives the original streams back when the command ends (``showing_start``)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 LINE = "prune-run: starting..."
@@ -41,12 +43,20 @@ def erase() -> None:
         _SHOWN[1].flush()
 
 
-def show() -> None:
-    """On a terminal: print the line (no newline) and arm the streams to erase it on their first write."""
-    err = sys.stderr
+@contextlib.contextmanager
+def showing_start():
+    """On a terminal: print the line (no newline) and arm the streams to erase it on their first write; at the
+    end, wipe it if nothing was written and put the original streams back."""
+    out, err = sys.stdout, sys.stderr
     if not (hasattr(err, "isatty") and err.isatty()):
+        yield
         return
     err.write(LINE)
     err.flush()
     _SHOWN[:] = [True, err]
-    sys.stdout, sys.stderr = _ErasesFirst(sys.stdout, _SHOWN), _ErasesFirst(err, _SHOWN)
+    sys.stdout, sys.stderr = _ErasesFirst(out, _SHOWN), _ErasesFirst(err, _SHOWN)
+    try:
+        yield
+    finally:
+        erase()  # a command that wrote nothing leaves no half line before the shell's prompt
+        sys.stdout, sys.stderr = out, err

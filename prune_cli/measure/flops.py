@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from prune_cli.measure.inputs import example_input, model_device
+from prune_cli.pruning.masks import CONVOLUTIONS, TRANSPOSED_CONVOLUTIONS
 from prune_cli.pruning.sparsity import zero_count
 from prune_cli.training.evaluate import eval_mode
 
 # Layers whose multiply-adds shrink with their weights' sparsity (ShrinkBench's "theoretical" speed-up).
-# _ConvNd covers Conv1d/2d/3d and the transposed convolutions.
-WEIGHTED_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+WEIGHTED_LAYERS = (nn.Linear, *CONVOLUTIONS, *TRANSPOSED_CONVOLUTIONS)
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _scaled(size: int, width: float) -> int:
+def scaled(size: int, width: float) -> int:
     return max(1, int(round(size * width)))
 
 
@@ -45,7 +45,7 @@ class MLP(nn.Module):
     def __init__(self, input_shape, num_classes, mean, std, hidden=(256,), width: float = 1.0):
         super().__init__()
         self.normalize = Normalize(mean, std)
-        sizes = [int(torch.tensor(input_shape).prod())] + [_scaled(h, width) for h in hidden]
+        sizes = [int(torch.tensor(input_shape).prod())] + [scaled(h, width) for h in hidden]
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
@@ -64,7 +64,7 @@ class LeNet5(nn.Module):
                  width: float = 1.0):
         super().__init__()
         c_in, height, _ = input_shape
-        c1, c2 = (_scaled(c, width) for c in channels)
+        c1, c2 = (scaled(c, width) for c in channels)
         pad2 = 0 if height // 2 >= 10 else 2
         self.normalize = Normalize(mean, std)
         self.features = nn.Sequential(
@@ -74,7 +74,7 @@ class LeNet5(nn.Module):
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, *input_shape)).shape[1]
-        h1, h2 = (_scaled(h, width) for h in hidden)
+        h1, h2 = (scaled(h, width) for h in hidden)
         self.classifier = nn.Sequential(
             nn.Linear(flat, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, num_classes))
 
@@ -98,7 +98,7 @@ def _flat_size(features: nn.Module, input_shape) -> int:
 def _mlp_head(n_in: int, hidden, num_classes: int, width: float, batchnorm: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for size in hidden:
-        size = _scaled(size, width)
+        size = scaled(size, width)
         layers += [nn.Linear(n_in, size)] + ([nn.BatchNorm1d(size)] if batchnorm else []) + [nn.ReLU()]
         n_in = size
     layers.append(nn.Linear(n_in, num_classes))
@@ -117,7 +117,7 @@ class ConvNet(nn.Module):
         self.normalize = Normalize(mean, std)
         layers: list[nn.Module] = []
         for i, channels_out in enumerate(channels):
-            channels_out = _scaled(channels_out, width)
+            channels_out = scaled(channels_out, width)
             layers += [nn.Conv2d(c_in, channels_out, 3, padding=1), nn.ReLU()]
             c_in = channels_out
             if i % 2 == 1:
@@ -188,7 +188,7 @@ class VGG(nn.Module):
                 pool, size = _pool_if_room(size)
                 layers += pool
                 continue
-            channels_out = _scaled(item, width)
+            channels_out = scaled(item, width)
             layers += [nn.Conv2d(c_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out),
                        nn.ReLU(inplace=True)]
             c_in = channels_out
@@ -235,7 +235,7 @@ class CIFARResNet(nn.Module):
         if int(depth) < 8 or (int(depth) - 2) % 6:
             raise UsageError(f"model.depth={depth}: a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110)")
         blocks = (int(depth) - 2) // 6
-        widths = [_scaled(c, width) for c in channels]
+        widths = [scaled(c, width) for c in channels]
         self.normalize = Normalize(mean, std)
         self.conv1 = nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -22,7 +22,7 @@ from torch import nn
 
 from prune_cli.errors import UsageError
 from prune_cli.models.attention import HeadAttention
-from prune_cli.models.builtin import Normalize, _scaled
+from prune_cli.models.builtin import Normalize, scaled
 from prune_cli.schema import WIDTH, Int, Optional_
 
 
@@ -43,7 +43,7 @@ class ViT(nn.Module):
         hidden = int(heads) * max(1, round(int(hidden_dim) * float(width) / int(heads)))
         self.normalize = Normalize(mean, std)
         self.net = VisionTransformer(image_size=height, patch_size=patch, num_layers=int(layers),
-                                     num_heads=int(heads), hidden_dim=hidden, mlp_dim=_scaled(int(mlp_dim), width),
+                                     num_heads=int(heads), hidden_dim=hidden, mlp_dim=scaled(int(mlp_dim), width),
                                      num_classes=int(num_classes))
         if channels != 3:  # torchvision's patch embedding takes RGB
             self.net.conv_proj = nn.Conv2d(channels, hidden, kernel_size=patch, stride=patch)

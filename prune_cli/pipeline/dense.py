@@ -11,11 +11,16 @@ import logging
 import time
 from pathlib import Path
 
+from typing import Optional
+
 from omegaconf import DictConfig
 
 from prune_cli.config import plain
 from prune_cli.errors import UsageError
+from prune_cli.pipeline.stages import TRAIN
+from prune_cli.pruning.masks import Masks
 from prune_cli.storage.cache import DenseCache, cache_key
+from prune_cli.storage.resume import cpu_copy
 from prune_cli.training.settings import StageSettings
 
 log = logging.getLogger("prune_cli")
@@ -51,12 +56,14 @@ def run_cache(cfg: DictConfig, kind: str = "dense", **kwargs) -> DenseCache:
                       **kwargs)
 
 
-def train_dense(exp) -> None:
-    if exp.state.is_done("train"):
-        return  # the loop continues from the saved weights
+def train_dense(exp) -> Optional[Masks]:
+    """The trained dense model, in ``exp.model``; returns the masks the loops start from: those of a loaded
+    ``pruned.pt`` (``weights=``), or, on a resumed run, those of the last saved stage."""
+    if exp.state.is_done(TRAIN):
+        return exp.state.saved_masks(exp.device)  # the loop continues from the saved weights and masks
     if exp.cfg.get("weights"):
         return _load(exp)
-    if exp.state.in_progress("train"):
+    if exp.state.in_progress(TRAIN.step):
         exp.restore_saved_weights(exp.model)
     key = dense_key(exp.cfg, exp.schedule, exp.device.type)
     cache = run_cache(exp.cfg)
@@ -76,23 +83,25 @@ def train_dense(exp) -> None:
     exp.record.cache = {"dense": source, "key": key}
     val = entry.get("val_accuracy") if "val_accuracy" in entry else exp.evaluate()[1]  # older entries lack it
     exp.record.set_accuracy("dense", entry["accuracy"], val)
-    exp.record.timings["train"] = entry["seconds"] if source != "reused" else 0.0
+    exp.record.timings[str(TRAIN)] = entry["seconds"] if source != "reused" else 0.0
     if exp.schedule.rewind:
-        exp.state.extra["rewind"] = entry["rewind"]
+        exp.state.kept.rewind = entry["rewind"]
     exp.keep_teacher()
-    exp.state.boundary("train", exp.model, exp.masks)
+    exp.state.boundary(TRAIN, exp.model, None)
+    return None
 
 
-def _load(exp) -> None:
+def _load(exp) -> Optional[Masks]:
     """The dense stage of ``weights=PATH``: load, keep the file's masks (a pruned.pt is pruned further), and
     evaluate. Rewinding schedules go back to a fresh initialisation of the model (seeded as always)."""
-    from prune_cli.pruning.masks import Masks, prunable_names
+    from prune_cli.pruning.masks import prunable_names
     from prune_cli.pruning.sparsity import model_sparsity
     from prune_cli.storage.weights import read_weights
-    initial = {k: v.detach().cpu().clone() for k, v in exp.model.state_dict().items()}
+    initial = cpu_copy(exp.model)
     name = exp.cfg.model.get("name", exp.cfg.model.get("_target_"))
     loaded = read_weights(exp.cfg.weights, exp.model, name)
     exp.model.load_state_dict(loaded.state_dict)
+    masks = None
     if loaded.masks:
         masks = Masks.from_state(loaded.masks, exp.device)
         zeroed = [n for n in exp.ignored if n in masks and bool((masks[n] == 0).any())]
@@ -109,7 +118,6 @@ def _load(exp) -> None:
             log.warning("weights=%s: %s keep the zeros of the file but are not prunable in this run, so the "
                         "report's sparsity does not count them", exp.cfg.weights, ", ".join(outside))
         masks.apply_(exp.model)
-        exp.masks = masks
         _, zeros, total = model_sparsity(exp.model, exp.prunable)
         if zeros > round(float(exp.cfg.sparsity) * total):  # the zero count a target means (topk_masks)
             raise UsageError(f"sparsity={exp.cfg.sparsity}: weights={exp.cfg.weights} already has "
@@ -119,11 +127,12 @@ def _load(exp) -> None:
                         "weights": loaded.describe()}
     log.info("dense model loaded from %s (%s, sha256 %s)", loaded.path, loaded.kind, loaded.sha256[:12])
     exp.record.set_accuracy("dense", *exp.evaluate())
-    exp.record.timings["train"] = 0.0
+    exp.record.timings[str(TRAIN)] = 0.0
     if exp.schedule.rewind:
-        exp.state.extra["rewind"] = initial
+        exp.state.kept.rewind = initial
     exp.keep_teacher()
-    exp.state.boundary("train", exp.model, exp.masks)
+    exp.state.boundary(TRAIN, exp.model, masks)
+    return masks
 
 
 def _misfit(model, entry: dict) -> str | None:
@@ -144,18 +153,19 @@ def _misfit(model, entry: dict) -> str | None:
 def _train(exp) -> dict:
     """Train from the initialisation; keeps the weights a rewinding schedule goes back to."""
     rewind_epoch = int(exp.schedule.rewind_epoch)
-    initial = {k: v.detach().cpu().clone() for k, v in exp.model.state_dict().items()}
-    exp.state.extra.setdefault("initial", initial)
+    kept = exp.state.kept
+    if kept.initial is None:  # a resumed dense stage keeps the initial weights its first process saved
+        kept.initial = cpu_copy(exp.model)
 
     def keep_rewind_point(epoch, model):
         if epoch == rewind_epoch:
-            exp.state.extra["rewind_point"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            kept.rewind_point = cpu_copy(model)
 
     started = time.perf_counter()
-    exp.fit("train", StageSettings.from_cfg(exp.cfg.train), masks=None, each_epoch=keep_rewind_point)
+    exp.fit(TRAIN, StageSettings.from_cfg(exp.cfg.train), None, each_epoch=keep_rewind_point)
     seconds = time.perf_counter() - started
-    rewind = exp.state.extra.get("rewind_point") if rewind_epoch else exp.state.extra["initial"]
+    rewind = kept.rewind_point if rewind_epoch else kept.initial
     test, val = exp.evaluate()
     return {"trained": {k: v.detach().cpu() for k, v in exp.model.state_dict().items()},
             "rewind": rewind, "accuracy": test, "val_accuracy": val, "seconds": seconds,
-            "history": [dict(h) for h in exp.record.history if h["stage"] == "train"]}
+            "history": [dict(h) for h in exp.record.history if h["stage"] == str(TRAIN)]}

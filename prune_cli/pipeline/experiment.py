@@ -4,6 +4,11 @@
 ``Experiment`` wires one run together and offers the loops the steps they share (``fit`` with resume,
 ``evaluate``, ``prune_to``, ``context``); each loop lives in its own file and is chosen by the schedule, or by
 a strategy that replaces pruning (``loops.py``). Nothing here looks at which strategy or schedule it runs.
+
+Stages hand on their results explicitly: the dense stage returns the masks a loaded ``pruned.pt`` brings, each
+loop takes the masks it starts from and returns an ``Outcome`` (the final model, its spec, masks and prunable
+weights), and ``finish`` measures that outcome. The steps take the masks they work with as arguments; the
+experiment's own fields (data, model, strategy, ...) are set once, here, and not reassigned by the loops.
 """
 from __future__ import annotations
 
@@ -24,13 +29,15 @@ from prune_cli.pipeline import dense
 from prune_cli.pipeline.facts import DataFacts
 from prune_cli.pipeline.finish import finish
 from prune_cli.pipeline.loops import loop_for
+from prune_cli.pipeline.outcome import Outcome
 from prune_cli.pipeline.prunable import prunable_of
 from prune_cli.pipeline.record import RunRecord
 from prune_cli.pipeline.scores import first_round_scores
+from prune_cli.pipeline.stages import Stage
 from prune_cli.pruning.masks import Masks, topk_masks
 from prune_cli.pruning.sparsity import model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
-from prune_cli.storage.resume import RunState
+from prune_cli.storage.resume import RunState, cpu_copy
 from prune_cli.storage.run_dir import completed_report, refuse_other_config, remove_leftovers
 from prune_cli.training.evaluate import evaluate
 from prune_cli.training.loop import fit, stage_seed
@@ -38,8 +45,8 @@ from prune_cli.training.settings import StageSettings
 from prune_cli.validate import validate
 
 log = logging.getLogger("prune_cli")
-SMALL_MODEL_MACS = 5_000_000
-DISTILLED = ("finetune", "control")  # phases finetune.distill applies to: fine-tuning, and the lottery control  # per example; LeNets and MLPs on digits/MNIST are far below, CIFAR CNNs above
+SMALL_MODEL_MACS = 5_000_000  # per example; LeNets and MLPs on digits/MNIST are far below, CIFAR CNNs above
+DISTILLED = ("finetune", "control")  # phases finetune.distill applies to: fine-tuning, and the lottery control
 
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice for this process, before any run changes it
@@ -101,7 +108,6 @@ class Experiment:
         remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
         self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
         self.state.restore_rng()
-        self.masks: Optional[Masks] = self.state.saved_masks(self.device)
         self.record = RunRecord.from_state(self.state.record) if self.state.record else self._new_record()
         self.state.snapshot = self.record.to_state
         from prune_cli.loggers import Loggers
@@ -141,10 +147,10 @@ class Experiment:
             log.info("resuming from %s", self.state.resumed_from)
             self.record.resumed_from = self.state.resumed_from
         try:
-            dense.train_dense(self)
-            self.loop.run(self)
+            masks = dense.train_dense(self)
+            outcome = self.loop.run(self, masks)
             self.record.add_time("total", time.perf_counter() - started)
-            report = finish(self)
+            report = finish(self, outcome)
             self.loggers.finish(report)
             return report
         finally:
@@ -161,9 +167,10 @@ class Experiment:
         self.record.add_time("evaluate", t.seconds)
         return test, val
 
-    def fit(self, stage: str, settings: StageSettings, model=None, each_epoch=None, save_as=None,
-            **kwargs) -> Optional[Masks]:
-        """fit() with resume: starts at the saved epoch of this stage, saves progress at epoch ends.
+    def fit(self, stage: Stage, settings: StageSettings, masks: Optional[Masks], model=None, each_epoch=None,
+            save_as=None, **kwargs) -> Optional[Masks]:
+        """fit() with resume: starts at the saved epoch of this stage, saves progress at epoch ends; returns the
+        masks in force at the end (``after_step`` may replace them).
 
         ``save_as``: when ``model`` is not the form the run state keeps (a shrunk model), gives the (model,
         masks) to save instead; called only when a save is due."""
@@ -174,8 +181,7 @@ class Experiment:
             # before finetune.on trained the masked model): continue with fresh optimizer state.
             log.warning("%s: the saved optimizer state does not fit the model; starting it afresh", stage)
             optimizer_state = None
-        masks = kwargs.pop("masks", self.masks)
-        phase = stage.split(".")[-1]  # round2.finetune -> finetune, round1.l1 -> l1
+        phase = stage.kind
         if phase in DISTILLED and self.cfg.finetune.get("distill") and "loss_fn" not in kwargs:
             kwargs["loss_fn"] = self.distillation()
         if phase != "train" and start == 0:  # a resumed stage was counted by the process that began it
@@ -190,59 +196,59 @@ class Experiment:
                 self.state.epoch_end(stage, epoch, *save_as(), optimizer)
 
         with Timer(self.device) as t:
-            masks = fit(model, self.data.train, settings, stage=stage, seed=stage_seed(self.seed, stage),
+            masks = fit(model, self.data.train, settings, stage=str(stage), seed=stage_seed(self.seed, str(stage)),
                         masks=masks, start_epoch=start, optimizer_state=optimizer_state,
                         on_epoch_end=on_epoch_end, on_epoch_stats=lambda entry: self.epoch_done(entry, model),
                         progress=self.progress, **kwargs)
         self.record.add_time(phase, t.seconds)
         return masks
 
-    def finetune(self, stage: str, settings: StageSettings) -> None:
+    def finetune(self, stage: Stage, settings: StageSettings, masks: Optional[Masks]) -> None:
         """Fine-tune the pruned model. A structured result trains its physically smaller form
         (``finetune.on=shrunk``): the same function with fewer multiply-adds, layers that could not shrink
         masked inside it. Its values go back into the full-size model before every save and at the end, so the
         masks, later rounds, the resume state and ``pruned.pt`` (which holds both forms) see what was trained;
         a resumed stage shrinks the saved full-size model again, the same way, and its optimizer state fits."""
-        shrunk, why = self._shrunk(stage)
+        shrunk, why = self._shrunk(stage, masks)
         if shrunk is None:
             self.note_finetuned(stage, self.model, why)
-            self.fit(stage, settings)
+            self.fit(stage, settings, masks)
             return
         self.note_finetuned(stage, shrunk.model, None)
 
         def save_as():
             shrunk.write_back(self.model)
-            return self.model, self.masks
+            return self.model, masks
 
-        self.fit(stage, settings, model=shrunk.model, masks=shrunk.masks, save_as=save_as)
+        self.fit(stage, settings, shrunk.masks, model=shrunk.model, save_as=save_as)
         shrunk.write_back(self.model)
 
-    def _shrunk(self, stage: str):
+    def _shrunk(self, stage: Stage, masks: Optional[Masks]):
         """(the smaller model to fine-tune, None) or (None, why the full-size masked model is trained)."""
         if not self.strategy.structured:
             return None, "unstructured masks keep every unit"
         if self.cfg.finetune.get("on", "shrunk") == "masked":
             return None, "finetune.on=masked"
-        if self.masks is None:
+        if masks is None:
             return None, "nothing is pruned"
         from prune_cli.pruning.shrink import shrink_for_training
         with Timer(self.device) as t:
             try:
-                shrunk = shrink_for_training(self.model, self.masks, self.example)
+                shrunk = shrink_for_training(self.model, masks, self.example)
             except (RuntimeError, TypeError) as err:  # e.g. the position check failed: train masked, not wrongly
                 log.warning("%s: fine-tuning the masked model: %s", stage, err)
                 return None, str(err)
         self.record.add_time("shrink", t.seconds)
         return (shrunk, None) if shrunk is not None else (None, "no unit can be removed")
 
-    def note_finetuned(self, stage: str, model, why: Optional[str]) -> None:
+    def note_finetuned(self, stage: Stage, model, why: Optional[str]) -> None:
         """The report's ``finetuned_on``: which form each fine-tune stage trained, and its parameter count
         (once per stage: a resumed stage's entry came back with the record)."""
         start = self.state.start_of(stage)[0]
-        entry = {"stage": stage, "on": "shrunk" if why is None else "masked",
+        entry = {"stage": str(stage), "on": "shrunk" if why is None else "masked",
                  "params": int(sum(p.numel() for p in model.parameters()))}
         entry = entry if why is None else dict(entry, why=why)
-        earlier = next((e for e in self.record.finetuned_on if e["stage"] == stage), None)
+        earlier = next((e for e in self.record.finetuned_on if e["stage"] == str(stage)), None)
         if start == 0 or earlier is None:
             self.record.finetuned_on.append(entry)
         elif earlier["on"] != entry["on"]:  # resumed under the other finetune.on: say what trained what
@@ -268,7 +274,7 @@ class Experiment:
         """After the dense stage: keep the dense weights as the distillation teacher (saved with the resume
         state, so a resumed run distils from the same model)."""
         if self.cfg.finetune.get("distill"):
-            self.state.extra["teacher"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.state.kept.teacher = cpu_copy(self.model)
 
     def distillation(self):
         """The fine-tune loss against the dense teacher's logits (``finetune.temperature``, ``alpha``)."""
@@ -276,7 +282,7 @@ class Experiment:
             from prune_cli.models.spec import build
             with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep a resumed run's stream
                 self._teacher = build(self.spec).to(self.device)
-            self._teacher.load_state_dict(self.state.extra["teacher"])
+            self._teacher.load_state_dict(self.state.kept.teacher)
         from prune_cli.training.distill import distillation_loss
         return distillation_loss(self._teacher, float(self.cfg.finetune.temperature), float(self.cfg.finetune.alpha))
 
@@ -286,24 +292,26 @@ class Experiment:
         if weights is not None:
             model.load_state_dict(weights)
 
-    def context(self, round_index: int, target: float, previous_target: float = 0.0) -> ScoringContext:
+    def context(self, round_index: int, target: float, masks: Optional[Masks],
+                previous_target: float = 0.0) -> ScoringContext:
+        """What a strategy scores (and, with ``prepare``, trains) in; ``masks`` are the masks in force."""
         finetune = self.cfg.finetune
 
         def train_for(epochs: int, stage: str, **kwargs):
-            new_masks = self.fit(stage, StageSettings.from_cfg(finetune, epochs=epochs), **kwargs)
-            if new_masks is not None and kwargs.get("after_step") is not None:
-                self.masks = new_masks if self.masks is None else self.masks.intersect(new_masks)
+            # A strategy's own training (l1, l0) keeps the masks in force; its projections zero weights
+            # in place, and the round's masks come from its scores afterwards.
+            self.fit(Stage.parse(stage), StageSettings.from_cfg(finetune, epochs=epochs), masks, **kwargs)
 
-        masks = self.masks if self.masks is not None else Masks.ones(self.model, self.prunable)
-        return ScoringContext(model=self.model, masks=masks, train=self.data.train, prunable=self.prunable,
+        return ScoringContext(model=self.model, masks=masks if masks is not None else Masks.ones(self.model, self.prunable), train=self.data.train, prunable=self.prunable,
                               device=self.device, seed=self.seed, round=round_index,
                               batch_size=int(finetune.batch_size), target=target, previous_target=previous_target,
                               fit=train_for, unit_layers=self.unit_layers)
 
-    def prune_to(self, target: float, ctx: ScoringContext, share_scores: bool = False,
+    def prune_to(self, target: float, ctx: ScoringContext, previous: Optional[Masks], share_scores: bool = False,
                  layer_rates: Optional[dict] = None) -> Masks:
-        """Score, then turn scores into masks at exactly ``target`` (shared thresholding), applied in place; a
-        strategy that ``reconstructs`` gives its masks (and updated weights) itself.
+        """Score, then turn scores into masks at exactly ``target`` (shared thresholding), applied in place and
+        returned; they only shrink from ``previous`` (the masks in force, or None). A strategy that
+        ``reconstructs`` gives its masks (and updated weights) itself.
 
         ``share_scores``: the loop says these are the first scores of the dense model, which a sweep over
         sparsities can compute once (``scores.py`` decides whether the strategy allows it)."""
@@ -315,43 +323,48 @@ class Experiment:
                 except ValueError as err:  # earlier zeros (a pruned.pt) that this target cannot keep
                     raise UsageError(f"sparsity={target:.6g}: strategy={self.strategy.name}: {err}") from None
             else:
-                scores = first_round_scores(self, ctx) if share_scores else self.strategy.score(ctx)
+                scores = first_round_scores(self, ctx) if share_scores and previous is None \
+                    else self.strategy.score(ctx)
         self.record.add_time("score", t.seconds)
         with Timer(self.device) as t:
             if masks is None:
-                masks = self._threshold(scores, target, layer_rates)
+                masks = self._threshold(scores, target, layer_rates, previous)
             masks = masks.to(self.device)
-            if self.masks is not None:
-                masks = self.masks.intersect(masks)
+            if previous is not None:
+                masks = previous.intersect(masks)
             masks.validate(self.model)
             masks.apply_(self.model)
         self.record.add_time("prune", t.seconds)
         return masks
 
-    def _threshold(self, scores, target: float, layer_rates: Optional[dict]) -> Masks:
+    def _threshold(self, scores, target: float, layer_rates: Optional[dict], previous: Optional[Masks]) -> Masks:
         """Scores -> masks at ``target``: whole units, N:M groups, or exact top-k (the strategy says which)."""
         pattern = self.strategy.pattern
         if self.strategy.structured:
             from prune_cli.pruning.units import select_units, unit_masks
             removed = select_units(scores, target, self.model, self.example, scope=self.strategy.scope,
-                                   existing_masks=self.masks, prunable=self.prunable,
+                                   existing_masks=previous, prunable=self.prunable,
                                    layers=self.unit_layers)
             return Masks(unit_masks(self.model, self.example, removed, layers=self.unit_layers))
         if pattern is not None:
             from prune_cli.pruning.patterns import nm_masks
             try:
-                return nm_masks(scores, pattern, pattern.kept_at(target), previous=self.masks)
+                return nm_masks(scores, pattern, pattern.kept_at(target), previous=previous)
             except ValueError as err:  # a pruned.pt whose zeros do not fit the pattern
                 raise UsageError(f"strategy.pattern={pattern}: {err}") from None
         try:
-            return topk_masks(scores, target, self.strategy.scope, previous=self.masks, layer_rates=layer_rates)
+            return topk_masks(scores, target, self.strategy.scope, previous=previous, layer_rates=layer_rates)
         except ValueError as err:  # per-layer rates the other layers cannot complete
             raise UsageError(f"sparsity={target:.6g}: {err}") from None
 
-    def round_masks(self) -> Optional[dict]:
+    def round_masks(self, masks: Optional[Masks]) -> Optional[dict]:
         """What a round record keeps of the masks: a CPU copy when asked for (``keep_round_masks``)."""
-        return self.masks.cpu_state() if self.keep_round_masks and self.masks is not None else None
+        return masks.cpu_state() if self.keep_round_masks and masks is not None else None
 
     def achieved(self) -> float:
-        """Sparsity of the prunable weights now, counted from the weights."""
+        """Sparsity of the prunable weights of the (in-place pruned) model now, counted from the weights."""
         return model_sparsity(self.model, self.prunable)[0]
+
+    def outcome(self, masks: Optional[Masks]) -> Outcome:
+        """The result of a loop that pruned the run's own model in place."""
+        return Outcome(self.model, self.spec, masks, self.prunable)

@@ -3,12 +3,12 @@ following the cubic sparsity ramp, then fine-tune at the final mask for the rema
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from prune_cli.pipeline.record import Round
-from prune_cli.pruning.masks import round_layer_rates
+from prune_cli.pipeline.stages import GRADUAL_FINETUNE, GRADUAL_PREPARE
+from prune_cli.pruning.masks import Masks, round_layer_rates
 from prune_cli.training.settings import StageSettings
-
-STAGE = "gradual"
 
 
 def plan(cfg, strategy, schedule, data) -> dict:
@@ -21,20 +21,22 @@ def plan(cfg, strategy, schedule, data) -> dict:
             "prunes": [{"step": s, "target": schedule.sparsity_at(s, final, total)} for s in steps]}
 
 
-def run(exp) -> None:
+def run(exp, masks: Optional[Masks] = None):
     state, record = exp.state, exp.record
     exp.restore_saved_weights(exp.model)
-    if state.is_done(f"{STAGE}.finetune"):
-        return
+    if state.is_done(GRADUAL_FINETUNE):
+        return exp.outcome(masks)
     settings = StageSettings.from_cfg(exp.cfg.finetune)
     prunes = {p["step"]: p["target"] for p in plan(exp.cfg, exp.strategy, exp.schedule, exp.facts)["prunes"]}
     final = float(exp.cfg.sparsity)
-    if not state.is_done(f"{STAGE}.prepare") and state.start_of(f"{STAGE}.finetune")[0] == 0:
+    if not state.is_done(GRADUAL_PREPARE) and state.start_of(GRADUAL_FINETUNE)[0] == 0:
         # Sparsity-constrained training (l1, l0) runs once, before the gradual fine-tuning.
-        exp.strategy.prepare(exp.context(0, final))
-        state.boundary(f"{STAGE}.prepare", exp.model, exp.masks)
+        exp.strategy.prepare(exp.context(0, final, masks))
+        state.boundary(GRADUAL_PREPARE, exp.model, masks)
 
     def after_step(step: int):
+        """At a scheduled step: prune to its target; the new masks go back to fit, which applies them."""
+        nonlocal masks
         if step not in prunes:
             return None
         started = time.perf_counter()
@@ -43,19 +45,19 @@ def run(exp) -> None:
         target = prunes[step]
         index = len(record.rounds) + 1
         rates = round_layer_rates(exp.strategy.layer_sparsity, None, target, final)
-        exp.masks = exp.prune_to(target, exp.context(index, target), layer_rates=rates)
+        masks = exp.prune_to(target, exp.context(index, target, masks), masks, layer_rates=rates)
         test, val = exp.evaluate()
         record.rounds.append(Round(round=index, step=step, target=target, sparsity=exp.achieved(),
                                    accuracy_pruned=test, val_accuracy_pruned=val,
-                                   seconds=time.perf_counter() - started, masks=exp.round_masks()))
-        return exp.masks
+                                   seconds=time.perf_counter() - started, masks=exp.round_masks(masks)))
+        return masks
 
     # Pruning happens inside this fine-tuning, so the model keeps its full size (and its masks) throughout.
-    exp.note_finetuned(f"{STAGE}.finetune", exp.model, "gradual pruning prunes during the fine-tuning")
-    exp.fit(f"{STAGE}.finetune", settings, after_step=after_step)
+    exp.note_finetuned(GRADUAL_FINETUNE, exp.model, "gradual pruning prunes during the fine-tuning")
+    masks = exp.fit(GRADUAL_FINETUNE, settings, masks, after_step=after_step)
     last = record.rounds[-1]
     last.accuracy, last.val_accuracy = exp.evaluate()
     record.set_accuracy("pruned", last.accuracy_pruned, last.val_accuracy_pruned)
     record.set_accuracy("finetuned", last.accuracy, last.val_accuracy)
-    state.boundary(f"{STAGE}.finetune", exp.model, exp.masks)
-
+    state.boundary(GRADUAL_FINETUNE, exp.model, masks)
+    return exp.outcome(masks)

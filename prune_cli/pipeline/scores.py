@@ -24,8 +24,10 @@ def _misfit(exp, scores) -> str | None:
 
 
 def first_round_scores(exp, ctx) -> dict:
+    """The strategy's scores of the dense, unmasked model (the loop says when), from the cache when a run with
+    the same dense model and strategy settings computed them."""
     dense_entry = exp.record.cache.get("key")
-    if exp.masks is not None or exp.strategy.trains_before_scoring or not dense_entry or not exp.cfg.cache.enabled:
+    if exp.strategy.trains_before_scoring or not dense_entry or not exp.cfg.cache.enabled:
         return exp.strategy.score(ctx)
     key = cache_key({"dense": dense_entry, "strategy": plain(exp.cfg.strategy), "seed": exp.seed,
                      "prunable": exp.prunable, "batch_size": ctx.batch_size})

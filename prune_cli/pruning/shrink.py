@@ -15,8 +15,8 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from prune_cli.pruning.masks import PRUNABLE_TYPES, Masks, classifier_name
-from prune_cli.pruning.units import UnitGroup, _join, dependency_graph, head_group, out_pruning_fn, unit_groups
+from prune_cli.pruning.masks import BATCH_NORMS, CONVOLUTIONS, PRUNABLE_TYPES, Masks, classifier_name
+from prune_cli.pruning.units import UnitGroup, join_name, dependency_graph, head_group, out_pruning_fn, unit_groups
 from prune_cli.training.evaluate import eval_mode
 
 
@@ -92,7 +92,7 @@ def _removal_plan(model: nn.Module, masks: Masks, example_input: torch.Tensor):
     masked = copy.deepcopy(model)
     masks.apply_(masked)
     groups = unit_groups(masked, example_input)
-    weights = {_join(n, "weight") for n, m in masked.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    weights = {join_name(n, "weight") for n, m in masked.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     plan, fallback = {}, []
     for group in groups:
         dead = _dead_units(group, masks, weights)
@@ -152,7 +152,7 @@ def _info(model, masked, small, masks, groups, fallback) -> dict:
             continue
         kept = small_modules[name].weight.shape[0]
         units_kept[name] = [int(kept), int(module.weight.shape[0])]
-        if name in reasons and name not in listed and _zero_rows(masks.get(_join(name, "weight"))):
+        if name in reasons and name not in listed and _zero_rows(masks.get(join_name(name, "weight"))):
             fallback.append({"layer": name, "reason": reasons[name]})
     info = {
         "shapes": {k: list(v.shape) for k, v in small.state_dict().items()},
@@ -230,14 +230,14 @@ def shrink_for_training(model: nn.Module, masks: Mapping[str, torch.Tensor], exa
 
 def _resized(module: nn.Module, name: str, shapes: Mapping[str, list[int]]):
     """A fresh layer of the recorded size, or None when ``module`` already has it (or is not resizable)."""
-    key = lambda p: _join(name, p)  # noqa: E731
+    key = lambda p: join_name(name, p)  # noqa: E731
     if isinstance(module, nn.Linear) and key("weight") in shapes:
         out_f, in_f = shapes[key("weight")]
         if [out_f, in_f] == list(module.weight.shape):
             return None
         return type(module)(in_f, out_f, bias=module.bias is not None,
                             device=module.weight.device, dtype=module.weight.dtype)
-    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and key("weight") in shapes:
+    if isinstance(module, CONVOLUTIONS) and key("weight") in shapes:
         shape = shapes[key("weight")]
         if list(shape) == list(module.weight.shape):
             return None
@@ -245,7 +245,7 @@ def _resized(module: nn.Module, name: str, shapes: Mapping[str, list[int]]):
                             padding=module.padding, dilation=module.dilation, groups=module.groups,
                             bias=module.bias is not None, padding_mode=module.padding_mode,
                             device=module.weight.device, dtype=module.weight.dtype)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if isinstance(module, BATCH_NORMS):
         shape = shapes.get(key("weight")) or shapes.get(key("running_mean"))
         if shape is None or shape[0] == module.num_features:
             return None

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from prune_cli.pruning.masks import PRUNABLE_TYPES, Masks, classifier_name, prunable_names
+from prune_cli.pruning.masks import BATCH_NORMS, CONVOLUTIONS, PRUNABLE_TYPES, Masks, classifier_name, prunable_names
 from prune_cli.pruning.sparsity import zero_count
 from prune_cli.errors import UsageError
 from prune_cli.training.evaluate import eval_mode
@@ -86,7 +86,7 @@ def out_pruning_fn(module: nn.Module):
     return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
 
 
-def _join(prefix: str, name: str) -> str:
+def join_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
@@ -103,12 +103,12 @@ def _plain(item) -> tuple[list[int], list[int]]:
 def _param_slices(module: nn.Module, type_name: str, is_out: bool) -> tuple[list[tuple[str, int]], Optional[str]]:
     """Parameter slices of one group member, or why masking cannot reproduce its removal exactly."""
     if type_name in ("LINEAR", "CONV") and isinstance(module, PRUNABLE_TYPES):
-        if isinstance(module, nn.modules.conv._ConvNd) and (module.groups != 1 or module.transposed):
+        if isinstance(module, CONVOLUTIONS) and module.groups != 1:
             return [], "grouped or transposed convolution"
         if not is_out:
             return [("weight", 1)], None
         return [("weight", 0)] + ([("bias", 0)] if module.bias is not None else []), None
-    if type_name == "BN" and isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if type_name == "BN" and isinstance(module, BATCH_NORMS):
         return ([("weight", 0), ("bias", 0)] if module.affine else []), None
     # LayerNorm/GroupNorm statistics, PReLU slopes, bare parameters, model outputs: a zeroed unit would still
     # change what the rest of the layer computes, so only physical removal could be exact.
@@ -139,7 +139,7 @@ def _build_group(graph, module: nn.Module, names: Mapping[nn.Module, str], head:
             if sorted(idxs) != list(range(target.weight.shape[0])) or sorted(roots) != list(range(num_units)):
                 reasons.append(f"{name}: only part of its outputs is coupled")
         for pname, dim in params:
-            full = _join(name, pname)
+            full = join_name(name, pname)
             unit = slices.get((full, dim))
             if unit is None:
                 unit = slices[(full, dim)] = torch.full((getattr(target, pname).shape[dim],), -1, dtype=torch.long)
@@ -166,11 +166,11 @@ def head_group(module: nn.Module, name: str) -> Optional[UnitGroup]:
                          f"equal outputs, a multiple of head_dim={head_dim}, read by the Linear "
                          f"{declared['reader']!r}")
     unit = torch.arange(rows) // head_dim
-    layers = [_join(name, p) for p in declared["heads"]]
-    couplings = [Coupling(_join(layer, p), 0, unit) for layer, proj in zip(layers, projections)
+    layers = [join_name(name, p) for p in declared["heads"]]
+    couplings = [Coupling(join_name(layer, p), 0, unit) for layer, proj in zip(layers, projections)
                  for p in ("weight", "bias") if getattr(proj, p) is not None]
-    reader_name = _join(name, declared["reader"])
-    couplings.append(Coupling(_join(reader_name, "weight"), 1, unit))
+    reader_name = join_name(name, declared["reader"])
+    couplings.append(Coupling(join_name(reader_name, "weight"), 1, unit))
     return UnitGroup(layers, rows // head_dim, couplings, attention=name, reader=reader_name)
 
 
@@ -211,7 +211,7 @@ def unit_layers(model: nn.Module, example_input: torch.Tensor, groups: Optional[
             continue
         rows = {c.param: c.unit for c in group.couplings if c.dim == 0}
         for name in group.layers:
-            weight = _join(name, "weight")
+            weight = join_name(name, "weight")
             layers.append(UnitLayer(name, weight, modules[name].weight.shape[0], group, rows[weight]))
     return sorted(layers, key=lambda layer: order[layer.name])
 

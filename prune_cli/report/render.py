@@ -97,7 +97,7 @@ def markdown(r: dict) -> str:
         lines += compression_lines(r)
         quantized = r.get("quantized")
         if quantized:
-            lines += ["", f"Quantized ({quantized['method']}, {quantized['backend']} backend): "
+            lines += ["", f"Quantized ({quantized['method']}, {quantized['library']}): "
                           f"{_pct(quantized.get('sparsity'))} of the prunable int8 weights are zero "
                           f"({quantized['prunable_int8_zeros']:,} of {quantized['prunable_int8_weights']:,})."
                           + (f" Kept float: {', '.join(quantized['kept_float'])}." if quantized["kept_float"] else "")

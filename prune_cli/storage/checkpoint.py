@@ -2,7 +2,7 @@
 
 ``pruned.pt`` holds ``{"state_dict", "masks", "model", "config", "report"}`` (and ``"shrunk"`` when a
 structured result was physically shrunk). ``quantized.pt`` (``quantize=int8_*``) holds ``{"quantized":
-{"method", "backend", "example_shape", "state_dict"}, "model", "config", "report"}``. ``load_checkpoint``
+{"method", "library", "state_dict"}, "model", "config", "report"}``. ``load_checkpoint``
 rebuilds either module from the spec alone.
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ def save_checkpoint(path, *, state_dict, masks, spec, config, report, shrunk=Non
     atomic_torch_save(payload, path)
 
 
-def save_quantized(path, quantized, *, spec, example_shape, config, report) -> None:
+def save_quantized(path, quantized, *, spec, config, report) -> None:
     payload = {"format_version": FORMAT_VERSION,
-               "quantized": {"method": quantized.method, "backend": quantized.backend,
-                             "example_shape": list(example_shape), "state_dict": quantized.model.state_dict()},
+               "quantized": {"method": quantized.method, "library": quantized.library,
+                             "state_dict": quantized.model.state_dict()},
                "model": spec, "config": config, "report": report}
     atomic_torch_save(payload, path)
 
@@ -47,14 +47,13 @@ def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool
     or the ``_target_`` of the config that trained it); any other target is refused with one line.
     ``shrunk=True`` gives the physically smaller model of a structured run; ``sparse=True`` converts Linear
     layers that are at least ``export.min_sparsity`` sparse to CSR (inference only); ``quantized=True`` reads
-    ``quantized.pt`` and gives the int8 model (CPU only: PyTorch's quantized kernels run there).
+    ``quantized.pt`` and gives torchao's int8 model, on the CPU.
     """
-    import warnings
-
     from prune_cli.models.spec import build_trusted
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")  # quantized tensors' storage
-        payload = safe_load(path, "cpu" if quantized else map_location)  # int8 kernels run on the CPU
+    if quantized:
+        from prune_cli.measure.quantized import import_torchao
+        import_torchao()  # registers its int8 tensor types as safe for weights_only loading
+    payload = safe_load(path, "cpu" if quantized else map_location)
     if not isinstance(payload, dict):
         raise UsageError(f"checkpoint {path}: not a prune-cli checkpoint (holds a {type(payload).__name__})")
     for key in ("quantized" if quantized else "state_dict", "model"):
@@ -80,11 +79,14 @@ def load_checkpoint(path, map_location="cpu", shrunk: bool = False, sparse: bool
 
 
 def _rebuild_quantized(path, model, info):
-    from prune_cli.measure.quantized import METHODS, backend_for, convert, structure
-    if not isinstance(info, dict) or info.get("method") not in METHODS[1:]:
-        raise UsageError(f"checkpoint {path}: its quantized entry names no known method")
-    shape = [int(s) for s in info.get("example_shape", [])]
-    prepared = structure(model, info["method"], backend_for(str(info.get("backend", "auto"))), shape)
-    quantized = convert(prepared, info["method"])
-    quantized.load_state_dict(info["state_dict"])
+    from prune_cli.measure.quantized import METHODS, structure
+    if not isinstance(info, dict) or info.get("method") not in METHODS[1:] or not isinstance(info.get("state_dict"), dict):
+        raise UsageError(f"checkpoint {path}: its quantized entry names no known method (written before "
+                         f"quantization moved to torchao?); the methods are {', '.join(METHODS[1:])}")
+    quantized = structure(model, info["method"])
+    try:
+        quantized.load_state_dict(info["state_dict"], assign=True)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"checkpoint {path}: its int8 weights do not fit the model: {str(err).splitlines()[0]}") \
+            from None
     return quantized.eval()

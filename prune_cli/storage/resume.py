@@ -7,20 +7,43 @@ Training randomness depends only on (seed, stage, epoch), so the resumed run com
 one would have.
 
 The state holds the weights of whichever model the latest stage trained; the stage that continues puts them
-back (``saved_weights``), so this file knows nothing about which stages exist.
+back (``saved_weights``), so this file knows nothing about which stages exist. Whole-model copies that later
+stages need (the initial weights, the rewind point, the teacher) are named fields of ``KeptWeights``.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from prune_cli.pipeline.stages import Stage
 from prune_cli.pruning.masks import Masks
 from prune_cli.storage.atomic import atomic_torch_save
 from prune_cli.storage.run_dir import STATE
 from prune_cli.storage.safe_load import safe_load
+
+StateDict = dict  # {name: CPU tensor}, a model's state_dict
+
+
+@dataclass
+class KeptWeights:
+    """Whole-model weights (CPU state dicts) a later stage needs, kept with the resume state."""
+    initial: Optional[StateDict] = None       # the model before dense training
+    rewind_point: Optional[StateDict] = None  # after dense epoch ``schedule.rewind_epoch``, while training
+    rewind: Optional[StateDict] = None        # what a rewinding schedule's rounds go back to
+    teacher: Optional[StateDict] = None       # the dense model: distillation's teacher, compress's too
+
+    @classmethod
+    def from_saved(cls, saved: Optional[dict]) -> "KeptWeights":
+        saved = saved if isinstance(saved, dict) else {}
+        return cls(**{f.name: saved.get(f.name) for f in fields(cls)})
+
+
+def cpu_copy(model) -> StateDict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 class RunState:
@@ -28,12 +51,12 @@ class RunState:
         self.path = Path(run_dir) / STATE
         self.fingerprint = fingerprint
         self.every_s = float(every_s)
-        self.done: list[str] = []
-        self.position: Optional[dict] = None      # {"stage", "epoch", "optimizer"} of a stage in progress
+        self.done: list[Stage] = []
+        self.position: Optional[dict] = None      # {"stage": Stage, "epoch", "optimizer"} of a stage in progress
         self.model_state: Optional[dict] = None
         self.masks: Optional[dict] = None
         self.record: dict = {}                    # the run record's fields, as plain data
-        self.extra: dict = {}                     # tensors later stages need (initial weights, width, ...)
+        self.kept = KeptWeights()
         self.resumed_from: Optional[dict] = None
         self.rng: Optional[dict] = None           # global RNG states at the last save
         self.snapshot: Callable[[], dict] = lambda: self.record  # what to save as the record
@@ -46,26 +69,27 @@ class RunState:
         if not self.path.exists():
             return self
         saved = safe_load(self.path)
-        self.done = list(saved["done"])
-        self.position = saved.get("position")
+        self.done = [Stage.parse(s) for s in saved["done"]]
+        position = saved.get("position")
+        self.position = dict(position, stage=Stage.parse(position["stage"])) if position is not None else None
         self.model_state, self.masks = saved.get("model"), saved.get("masks")
-        self.record, self.extra = saved.get("record", {}), saved.get("extra", {})
+        self.record = saved.get("record", {})
+        self.kept = KeptWeights.from_saved(saved.get("kept"))
         self.rng = saved.get("rng")
         if self.position is not None:
-            self.resumed_from = {"stage": self.position["stage"], "epoch": int(self.position["epoch"])}
+            self.resumed_from = {"stage": str(self.position["stage"]), "epoch": int(self.position["epoch"])}
         elif self.done:
-            self.resumed_from = {"stage": self.done[-1], "epoch": None}
+            self.resumed_from = {"stage": str(self.done[-1]), "epoch": None}
         return self
 
-    def is_done(self, stage: str) -> bool:
+    def is_done(self, stage: Stage) -> bool:
         return stage in self.done
 
-    def in_progress(self, stage: str) -> bool:
-        """Saved in the middle of ``stage`` (or of one of its sub-stages: ``round2`` covers ``round2.finetune``)."""
-        return self.position is not None and (self.position["stage"] == stage
-                                              or self.position["stage"].startswith(f"{stage}."))
+    def in_progress(self, step: str) -> bool:
+        """Saved in the middle of a stage of ``step`` (``round2`` covers ``round2.finetune``)."""
+        return self.position is not None and self.position["stage"].step == step
 
-    def start_of(self, stage: str) -> tuple[int, Optional[dict]]:
+    def start_of(self, stage: Stage) -> tuple[int, Optional[dict]]:
         """(epoch to start from, optimizer state) for a stage about to run."""
         if self.position is not None and self.position["stage"] == stage:
             return int(self.position["epoch"]), self.position.get("optimizer")
@@ -73,11 +97,12 @@ class RunState:
 
     def _write(self, model, masks: Optional[Masks]) -> None:
         start = time.perf_counter()
+        position = None if self.position is None else dict(self.position, stage=str(self.position["stage"]))
         atomic_torch_save({
-            "fingerprint": self.fingerprint, "done": self.done, "position": self.position,
+            "fingerprint": self.fingerprint, "done": [str(s) for s in self.done], "position": position,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "masks": masks.cpu_state() if masks else None,
-            "record": self.snapshot(), "extra": self.extra, "rng": _rng_state(),
+            "record": self.snapshot(), "kept": asdict(self.kept), "rng": _rng_state(),
         }, self.path)
         self._last_save = time.monotonic()
         self.saves += 1
@@ -87,14 +112,14 @@ class RunState:
         """Whether ``epoch_end`` would save now (``every_s`` has passed since the last save)."""
         return time.monotonic() - self._last_save >= self.every_s
 
-    def epoch_end(self, stage: str, epoch: int, model, masks: Optional[Masks], optimizer) -> None:
+    def epoch_end(self, stage: Stage, epoch: int, model, masks: Optional[Masks], optimizer) -> None:
         """Maybe save mid-stage progress (throttled by ``every_s``)."""
         if not self.save_due():
             return
         self.position = {"stage": stage, "epoch": epoch, "optimizer": optimizer.state_dict()}
         self._write(model, masks)
 
-    def boundary(self, stage: str, model, masks: Optional[Masks]) -> None:
+    def boundary(self, stage: Stage, model, masks: Optional[Masks]) -> None:
         """A stage finished: always saved."""
         self.done.append(stage)
         self.position = None

@@ -17,7 +17,6 @@ from torch import nn
 from prune_cli.errors import RunFailed
 from prune_cli.pruning.masks import Masks
 from prune_cli.training.settings import StageSettings, make_optimizer
-from prune_cli.training.dynamo_free import step
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -72,7 +71,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                 loss = loss + regularizer(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            step(optimizer)
+            optimizer.step()
             with torch.no_grad():
                 for param, mask in pairs:
                     param.mul_(mask)

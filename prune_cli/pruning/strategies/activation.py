@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prune_cli.training.evaluate import eval_mode
+from prune_cli.pruning.masks import BATCH_NORMS
 from prune_cli.schema import Int
 from prune_cli.pruning.strategies.base import ScoringContext, Strategy
 
@@ -102,7 +103,7 @@ class _UnitStatistic(Strategy):
         for name, module in modules.items():
             if name in layer_names:
                 handles.append(module.register_forward_hook(remember(name)))
-            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            elif isinstance(module, BATCH_NORMS):
                 handles.append(module.register_forward_pre_hook(match(name)))
         try:
             with eval_mode(ctx.model):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune_cli.pruning.masks import Masks
+from prune_cli.pruning.masks import CONVOLUTIONS, Masks
 from prune_cli.pruning.strategies.base import ScoringContext, Strategy
 from prune_cli.schema import Int, Num
 from prune_cli.training.evaluate import eval_mode
@@ -30,7 +30,7 @@ def _module_of(model: nn.Module, weight_name: str) -> nn.Module:
 
 def _column_order(module: nn.Module) -> torch.Tensor | None:
     """For a Conv, the permutation from F.unfold's (channel, kh, kw) order to (kh, kw, channel)."""
-    if not isinstance(module, nn.modules.conv._ConvNd):
+    if not isinstance(module, CONVOLUTIONS):
         return None
     c, kernel = module.in_channels, module.kernel_size
     return torch.arange(c * int(torch.tensor(kernel).prod())).view(c, *kernel).permute(
