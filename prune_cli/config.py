@@ -18,8 +18,25 @@ from prune_cli.errors import UsageError
 # prune_cli/conf links to the repository's conf/ (an editable install) or is a copy of it (a wheel).
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
-# Knobs that do not change a run's results: they stay out of its fingerprint, so changing them resumes.
-RESULT_NEUTRAL = ("progress", "checkpoint", "device", "cache", "threads", "measure", "dry_run")
+# Knobs that do not change a run's results (the one list): changing one resumes a run (the fingerprint leaves
+# them out), the dense cache ignores them, prune-compare does not tell variants apart by them, and a sweep's job
+# directories are not named after them. A key is neutral when it is listed or lies under a listed key.
+# finetune.on trains the same function either way (to float rounding).
+RESULT_NEUTRAL = ("progress", "checkpoint", "device", "cache", "threads", "measure", "dry_run", "eval_batch_size",
+                  "finetune.on", "dataset.download", "dataset.workers", "dataset.in_memory", "dataset.memory_mb")
+
+
+def result_neutral(key: str) -> bool:
+    """Whether a dotted config key (``checkpoint.every_s``, ``dataset.download``) is one of ``RESULT_NEUTRAL``."""
+    key = str(key).lstrip("+~")
+    return any(key == k or key.startswith(k + ".") for k in RESULT_NEUTRAL)
+
+
+def without_neutral(node, prefix: str = ""):
+    """A plain config (or part of one, at ``prefix``) without its result-neutral keys."""
+    if not isinstance(node, dict):
+        return node
+    return {k: without_neutral(v, f"{prefix}{k}.") for k, v in node.items() if not result_neutral(f"{prefix}{k}")}
 
 
 def compose_config(overrides: Sequence[str] = (), config_dir: str | None = None) -> DictConfig:
@@ -78,18 +95,18 @@ def resolve_device(name: str):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device={name}: no CUDA GPU is available here; use device=cpu or device=auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def fingerprint(cfg: DictConfig, leave_out: tuple = ()) -> str:
     """What identifies a run for resuming: the whole config except knobs that do not change results."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in (*RESULT_NEUTRAL, *leave_out):
+    plain = without_neutral(OmegaConf.to_container(cfg, resolve=True))
+    for key in leave_out:
         plain.pop(key, None)
-    # finetune.on trains the same function either way (to float rounding): runs from before it existed still
-    # resume, and prune-compare averages both forms as one variant.
-    if isinstance(plain.get("finetune"), dict):
-        plain["finetune"].pop("on", None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -232,20 +232,18 @@ _TORCHVISION_SET = {"name": NAME, "root": Text(), "download": Bool(), "val_fract
 _OWN_SET = {"name": NAME, "val_fraction": VAL_FRACTION, "split_seed": SEED, "augment": Optional_(Bool()),
             "in_memory": AnyOf((Choice(("auto",)), Bool())), "memory_mb": Num(0.0, 1e9), "workers": Int(0, 256)}
 _SPLIT = Noted(Optional_(Free(mapping=True)), "a {_target_: module.factory, ...arguments} building a Dataset")
-DATASETS = {
-    "digits": {"name": NAME, "test_fraction": Num(0.0, 1.0, lo_open=True, hi_open=True), "split_seed": SEED,
-               "val_fraction": VAL_FRACTION},
-    "synthetic": {"name": NAME, "shape": ListOf(Int(1, 4096), 3, 3), "num_classes": Int(2, 100_000),
-                  "train_size": Int(1, 10_000_000), "test_size": Int(1, 10_000_000), "noise": Num(0.0, 100.0),
-                  "split_seed": SEED, "val_fraction": VAL_FRACTION},
-    "mnist": _TORCHVISION_SET, "fashion_mnist": _TORCHVISION_SET, "cifar10": _TORCHVISION_SET,
-    "cifar100": _TORCHVISION_SET,
-    "imagefolder": {**_OWN_SET, "root": Optional_(Text()), "channels": Optional_(Int(1, 3)),
-                    "image_size": Optional_(AnyOf((Int(1, 65536), ListOf(Int(1, 65536), 2, 2))))},
-    "custom": {**_OWN_SET, "train": _SPLIT, "test": _SPLIT, "val": _SPLIT, "num_classes": Optional_(Int(2, 10_000_000)),
-               "version": Noted(Optional_(AnyOf((Text(), Int()))), "change it when the data changes: the dense "
-                                "cache keys on the config, not on what the factories return")},
-}
+# The keys each kind of dataset takes; which dataset is which kind is registered once, in prune_cli/data.
+DIGITS_SET = {"name": NAME, "test_fraction": Num(0.0, 1.0, lo_open=True, hi_open=True), "split_seed": SEED,
+              "val_fraction": VAL_FRACTION}
+SYNTHETIC_SET = {"name": NAME, "shape": ListOf(Int(1, 4096), 3, 3), "num_classes": Int(2, 100_000),
+                 "train_size": Int(1, 10_000_000), "test_size": Int(1, 10_000_000), "noise": Num(0.0, 100.0),
+                 "split_seed": SEED, "val_fraction": VAL_FRACTION}
+TORCHVISION_SET = _TORCHVISION_SET
+IMAGEFOLDER_SET = {**_OWN_SET, "root": Optional_(Text()), "channels": Optional_(Int(1, 3)),
+                   "image_size": Optional_(AnyOf((Int(1, 65536), ListOf(Int(1, 65536), 2, 2))))}
+CUSTOM_SET = {**_OWN_SET, "train": _SPLIT, "test": _SPLIT, "val": _SPLIT, "num_classes": Optional_(Int(2, 10_000_000)),
+              "version": Noted(Optional_(AnyOf((Text(), Int()))), "change it when the data changes: the dense "
+                               "cache keys on the config, not on what the factories return")}
 
 # Keys every strategy, schedule and model config has, whatever its class.
 GROUP_KEYS = {"strategy": {"_target_": TARGET, "name": NAME}, "schedule": {"_target_": TARGET, "name": NAME},
@@ -341,11 +339,11 @@ def check_config(cfg: Mapping) -> None:
         if group not in cfg:
             raise UsageError(f"{group}: missing from the config")
     dataset = cfg["dataset"]
+    from prune_cli.data import DATASETS
     if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str) or dataset["name"] not in DATASETS:
-        from prune_cli.data import DATASETS as REGISTERED
         name = dataset.get("name") if isinstance(dataset, dict) else dataset
-        raise UsageError(f"dataset.name={name!r}: unknown dataset; built-in: {', '.join(REGISTERED)}")
-    check_section("dataset", dataset, DATASETS[dataset["name"]], f"dataset={dataset['name']}")
+        raise UsageError(f"dataset.name={name!r}: unknown dataset; built-in: {', '.join(DATASETS)}")
+    check_section("dataset", dataset, DATASETS[dataset["name"]].keys, f"dataset={dataset['name']}")
     for group in ("model", "strategy", "schedule"):
         check_class_group(group, cfg[group])
     missing = [f"{section}.{key}" for section, table in top.items() if isinstance(table, dict)

@@ -28,6 +28,19 @@ def sweep(tmp_path, *overrides, name="sweep", cache="cache", timeout=300):
     return result, sweep_dir, cache_dir
 
 
+def summary_lines(stderr: str) -> list[str]:
+    """The jobs the sweep's closing summary names: the indented lines right after its header (a warning that
+    a library printed elsewhere, with its own indented source line, is not one of them)."""
+    lines = stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if "job(s) of the sweep" in line)
+    named = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        named.append(line.strip())
+    return named
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return sorted(dirs, key=lambda p: int(p.name.split("_", 1)[0]))
@@ -71,7 +84,7 @@ def test_a_bad_job_is_named_the_others_complete_and_the_sweep_exits_1(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "1 job(s) of the sweep" in result.stderr
-    named = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    named = summary_lines(result.stderr)
     assert len(named) == 1 and named[0].startswith("0_") and "sparsity=1.5" in named[0]
     assert "must be a number in [0, 1)" in named[0]
     statuses = [read_report(job)["status"] for job in job_dirs(sweep_dir)]
@@ -82,7 +95,7 @@ def test_a_job_writing_outside_the_sweep_directory_is_still_counted(tmp_path):
     """The summary counts every job Hydra launched, not only those whose directory it finds below the sweep."""
     result, sweep_dir, _ = sweep(tmp_path, "sparsity=0.5,1.5", "hydra.sweep.subdir=../elsewhere_${hydra.job.num}")
     assert result.returncode == 1, result.stderr
-    named = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    named = summary_lines(result.stderr)
     assert len(named) == 1 and "elsewhere_1" in named[0] and "must be a number in [0, 1)" in named[0]
     assert sorted(p.name for p in (sweep_dir / ".jobs").iterdir()) == ["0", "1"]
 
@@ -103,7 +116,7 @@ def test_joblib_sweep_trains_the_dense_model_once_and_survives_failed_jobs(tmp_p
     assert "Joblib.Parallel(n_jobs=2" in result.stdout
     assert result.returncode == 1, result.stderr
     assert "4 job(s) of the sweep" in result.stderr
-    named = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    named = summary_lines(result.stderr)
     assert len(named) == 4 and all("train.lr=1e+30" in line and "non-finite loss" in line for line in named)
     reports = [read_report(job) for job in job_dirs(sweep_dir)]
     assert len(reports) == 8
@@ -194,7 +207,7 @@ def test_submitit_local_sweep(tmp_path, request):
     result, sweep_dir, cache_dir = sweep(tmp_path, "hydra/launcher=submitit_local", "sparsity=0.5,1.5,0.9",
                                          timeout=600)
     assert result.returncode == 1, result.stderr
-    named = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    named = summary_lines(result.stderr)
     assert len(named) == 1 and named[0].startswith("1_") and "sparsity=1.5" in named[0]
     assert [read_report(job)["status"] for job in job_dirs(sweep_dir)] == ["completed", "failed", "completed"]
     assert dense_sources(sweep_dir) == ["computed", "reused"]
@@ -223,26 +236,48 @@ def _job_config(sweep_dir: Path, num: int, name: str):
     from hydra.types import RunMode
     return OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep_dir)},
                                        "job": {"num": num, "override_dirname": name},
+                                       "overrides": {"task": [name]},
                                        "runtime": {"output_dir": str(sweep_dir / f"{num}_{name}")}}})
 
 
-def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
-    """An unexpected exception (a bug) in one job must not lose the sweep summary: the callback prints the
-    traceback, records the failure, and hands the sweeper a finished job."""
+def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch):
+    """An unexpected exception (a bug) in one job must not lose the sweep summary: the job prints the
+    traceback, records the failure and returns normally, so Hydra's sweeper sees a finished job (its public
+    ``JobReturn.status`` is COMPLETED; nothing rewrites it), and the job's line says what happened."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from prune_cli.app import cli
+    from prune_cli.app.callbacks import SweepSummary
+    from prune_cli.pipeline import experiment
+
+    class Crashing:
+        def __init__(self, *args, **kwargs):
+            raise TypeError("boom")
+
+    monkeypatch.setattr(experiment, "Experiment", Crashing)
+    config = _job_config(tmp_path, 0, "seed=1")
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: config.hydra))
+    job_dir = tmp_path / "0_seed=1"
+    job_dir.mkdir()
+    from omegaconf import OmegaConf
+    returned = cli.run_job(OmegaConf.create({"progress": False}))
+    assert returned == {"status": "failed", "error": "TypeError: boom"}
+    assert read_report(job_dir) == {"status": "failed", "error": "TypeError: boom"}
+    SweepSummary().on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=returned))
+    err = capsys.readouterr().err
+    assert "job 0 (seed=1) crashed; the sweep goes on" in err and "TypeError: boom" in err and "Traceback" in err
+    assert err.strip().splitlines()[-1] == "prune-run: job 0 (seed=1): failed: TypeError: boom"
+
+
+def test_a_finished_job_gets_one_line_with_its_accuracy(tmp_path, capsys):
     from hydra.core.utils import JobReturn, JobStatus
 
     from prune_cli.app.callbacks import SweepSummary
-    job_dir = tmp_path / "0_seed=1"
-    (job_dir / ".hydra").mkdir(parents=True)
-    try:
-        raise TypeError("boom")
-    except TypeError as err:
-        crash = JobReturn(status=JobStatus.FAILED, _return_value=err)
-    SweepSummary().on_job_end(_job_config(tmp_path, 0, "seed=1"), crash)
-    assert crash.status == JobStatus.COMPLETED and crash.return_value is None
-    err = capsys.readouterr().err
-    assert "job 0 (seed=1) crashed" in err and "TypeError: boom" in err and "Traceback" in err
-    assert read_report(job_dir) == {"status": "failed", "error": "TypeError: boom"}
+    report = {"status": "completed", "accuracy": {"finetuned": 0.91525}, "sparsity": {"achieved": 0.9}}
+    SweepSummary().on_job_end(_job_config(tmp_path, 3, "sparsity=0.9"),
+                              JobReturn(status=JobStatus.COMPLETED, _return_value=report))
+    assert capsys.readouterr().err == "prune-run: job 3 (sparsity=0.9): test accuracy 91.53%, sparsity 90.00%\n"
 
 
 def test_summary_names_failed_and_unfinished_jobs(tmp_path, capsys):

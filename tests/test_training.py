@@ -62,3 +62,20 @@ def test_evaluate_counts_correct_predictions():
     data = toy_data()
     assert evaluate(model, data) == float((data.y == 0).float().mean())
 
+
+
+def test_stage_settings_defaults_are_the_configs_and_every_key_is_read():
+    """Training defaults live in conf/config.yaml; StageSettings' own defaults may not drift from them."""
+    import dataclasses
+    from omegaconf import OmegaConf
+    from prune_cli.config import compose_config
+    cfg = compose_config([])
+    for stage in ("train", "finetune"):
+        node = OmegaConf.to_container(cfg[stage])
+        settings = StageSettings.from_cfg(cfg[stage])
+        for field in dataclasses.fields(StageSettings):
+            expected = tuple(node[field.name]) if field.name == "lr_milestones" else node[field.name]
+            assert getattr(settings, field.name) == expected, (stage, field.name)
+            if field.default is not dataclasses.MISSING:
+                assert field.default == expected, (stage, field.name)
+    assert StageSettings.from_cfg(cfg.finetune, epochs=3).epochs == 3

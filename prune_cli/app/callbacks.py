@@ -32,13 +32,20 @@ JOBS = ".jobs"  # <sweep dir>/.jobs/<job number>: the job's output directory
 NAME_LIMIT = 240  # bytes; most filesystems refuse a name over 255 ("File name too long")
 
 
-def job_dirname(num, override_dirname) -> str:
+def job_dirname(num, overrides) -> str:
     """``hydra.sweep.subdir``: ``<job number>_<overrides>``, shortened when the overrides are too long.
 
-    Hydra's ``override_dirname`` holds every override given on the command line, fixed ones included, so a
-    sweep with many settings easily passes the filesystem's 255-byte limit; Hydra would then crash the whole
-    sweep on the first job. The job number keeps shortened names unique; the hash tells the full list apart.
+    ``overrides`` is the job's list of overrides (``hydra.overrides.task``), of which the result-neutral ones
+    (``config.RESULT_NEUTRAL``) are left out and the rest sorted, as Hydra's ``override_dirname`` would with
+    those keys excluded; or an already joined string. It holds every override given on the command line, fixed
+    ones included, so a sweep with many settings easily passes the filesystem's 255-byte limit; Hydra would
+    then crash the whole sweep on the first job. The job number keeps shortened names unique; the hash tells
+    the full list apart.
     """
+    if not isinstance(overrides, str):
+        from prune_cli.config import result_neutral
+        overrides = ",".join(sorted(str(o) for o in overrides if not result_neutral(str(o).partition("=")[0])))
+    override_dirname = overrides
     name = path_part_keeping_length(f"{num}_{override_dirname}")
     raw = name.encode()
     if len(raw) <= NAME_LIMIT:

@@ -89,13 +89,13 @@ def variant_labels(reports: Sequence[dict]) -> dict:
     """{variant hash: what sets it apart}, e.g. ``finetune.epochs=30``: the config keys (from each report's
     ``config``) whose values differ between the variants, seed and sparsity aside. Reports without a
     config keep their hash."""
-    from prune_cli.config import RESULT_NEUTRAL
+    from prune_cli.config import result_neutral
     configs = {}
     for report in reports:
         variant, config = group_value(report, "variant"), report.get("config")
         if variant is not None and isinstance(config, dict) and variant not in configs:
             configs[variant] = {k: v for k, v in _flatten(config).items()
-                                if k.split(".")[0] not in (*RESULT_NEUTRAL, "seed", "sparsity")}
+                                if not result_neutral(k) and k not in ("seed", "sparsity")}
     if len(configs) < 2:
         return {}
     keys = sorted(set().union(*configs.values()))

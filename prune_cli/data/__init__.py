@@ -1,10 +1,17 @@
-"""Datasets: one registry from ``dataset.name`` to the loader that builds its splits.
+"""Datasets: one registry from ``dataset.name`` to the loader that builds its splits, the config keys it takes
+and whether a process may keep it for the next job. Adding a dataset is an entry here (a torchvision set: an
+entry in ``files.SOURCES``) and its YAML in ``conf/dataset/``.
 
 Every dataset gives images in [0, 1], (N, C, H, W), and integer labels; a validation split, when asked for,
 is carved out of the training split, never out of the test split.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+from prune_cli import schema
+from prune_cli.data.files import SOURCES
 from prune_cli.errors import UsageError
 
 
@@ -33,14 +40,21 @@ def _custom(cfg):
     return load_factory(cfg)
 
 
-# name -> loader(cfg) -> Dataset. The torchvision sets share one loader, which reads files.SOURCES.
-DATASETS = {"digits": _digits, "synthetic": _synthetic, "mnist": _torchvision, "fashion_mnist": _torchvision,
-            "cifar10": _torchvision, "cifar100": _torchvision, "imagefolder": _imagefolder, "custom": _custom}
+@dataclass(frozen=True)
+class Registered:
+    load: Callable      # loader(cfg) -> Dataset
+    keys: dict          # the config keys it takes (prune_cli/schema.py's types)
+    # Read from the package or from fixed files: a process that runs many jobs (a sweep's worker, a script
+    # calling prune_cli.run) keeps the last one it loaded, keyed by its whole config. Runs never write to data.
+    reusable: bool
 
 
-# Sets read from the package or from fixed files: a process that runs many jobs (a sweep's worker, a script
-# calling prune_cli.run) keeps the last one it loaded, keyed by its whole config. Runs never write to their data.
-REUSABLE = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
+# The torchvision sets share one loader, which reads files.SOURCES.
+DATASETS = {"digits": Registered(_digits, schema.DIGITS_SET, True),
+            "synthetic": Registered(_synthetic, schema.SYNTHETIC_SET, True),
+            **{name: Registered(_torchvision, schema.TORCHVISION_SET, True) for name in SOURCES},
+            "imagefolder": Registered(_imagefolder, schema.IMAGEFOLDER_SET, False),
+            "custom": Registered(_custom, schema.CUSTOM_SET, False)}
 _last: dict = {}
 
 
@@ -49,13 +63,13 @@ def load_dataset(cfg):
     name = str(cfg.name)
     if name not in DATASETS:
         raise UsageError(f"dataset={name}: unknown dataset; built-in: {', '.join(DATASETS)}")
-    if name not in REUSABLE:
-        return DATASETS[name](cfg)
+    if not DATASETS[name].reusable:
+        return DATASETS[name].load(cfg)
     import json
     from omegaconf import DictConfig, OmegaConf
     key = json.dumps(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg),
                      sort_keys=True, default=str)
     if key not in _last:
         _last.clear()
-        _last[key] = DATASETS[name](cfg)
+        _last[key] = DATASETS[name].load(cfg)
     return _last[key]

@@ -15,7 +15,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from prune_cli.config import plain
+from prune_cli.config import plain, without_neutral
 from prune_cli.errors import UsageError
 from prune_cli.pipeline.stages import TRAIN
 from prune_cli.pruning.masks import Masks
@@ -25,12 +25,8 @@ from prune_cli.training.settings import StageSettings
 
 log = logging.getLogger("prune_cli")
 
-# How data is fetched, not what it is: these dataset keys do not change the dense model.
-FETCH_KNOBS = ("download", "workers", "in_memory", "memory_mb")
-
-
 def dense_key(cfg: DictConfig, schedule, device_type: str) -> str:
-    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in FETCH_KNOBS}
+    dataset = without_neutral(plain(cfg.dataset), "dataset.")  # how data is fetched, not what it is
     if dataset.get("name") == "imagefolder" and dataset.get("root"):  # the files, not only their directory
         from prune_cli.data.own import folder_identity
         dataset["files"] = folder_identity(dataset["root"])

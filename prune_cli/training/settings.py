@@ -11,7 +11,8 @@ from torch import nn
 
 @dataclass
 class StageSettings:
-    """``train.*`` or ``finetune.*`` from the config."""
+    """``train.*`` or ``finetune.*`` from the config. The defaults below are the ones of ``conf/config.yaml``
+    (a test holds them equal), for code that builds settings itself; a run takes every value from its config."""
     epochs: int
     lr: float
     batch_size: int
@@ -24,12 +25,15 @@ class StageSettings:
 
     @classmethod
     def from_cfg(cls, cfg, epochs: Optional[int] = None) -> "StageSettings":
-        return cls(epochs=int(cfg.epochs if epochs is None else epochs), lr=float(cfg.lr),
-                   batch_size=int(cfg.batch_size), optimizer=str(cfg.optimizer),
-                   momentum=float(cfg.get("momentum", 0.9)), weight_decay=float(cfg.get("weight_decay", 0.0)),
-                   lr_decay=str(cfg.get("lr_decay", "none")),
-                   lr_milestones=tuple(float(m) for m in cfg.get("lr_milestones", (0.5, 0.75))),
-                   lr_gamma=float(cfg.get("lr_gamma", 0.1)))
+        """The settings of a ``train`` or ``finetune`` node (its other keys, e.g. ``finetune.distill``, are
+        another stage's business); ``epochs`` replaces the node's own (a round's share)."""
+        kinds = {"epochs": int, "lr": float, "batch_size": int, "optimizer": str, "momentum": float,
+                 "weight_decay": float, "lr_decay": str, "lr_gamma": float,
+                 "lr_milestones": lambda ms: tuple(float(m) for m in ms)}
+        values = {name: kind(cfg[name]) for name, kind in kinds.items() if name in cfg}
+        if epochs is not None:
+            values["epochs"] = int(epochs)
+        return cls(**values)
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of an epoch: a pure function of the epoch, so a resumed run gets the same one."""
