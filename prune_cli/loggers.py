@@ -13,6 +13,7 @@ A missing optional package is one line naming the extra to install, before any t
 from __future__ import annotations
 
 import csv
+import os
 import importlib.util
 from pathlib import Path
 from typing import Mapping, Optional
@@ -22,6 +23,12 @@ from prune_cli.errors import UsageError
 FIELDS = ("stage", "epoch", "epochs", "loss", "lr", "seconds", "val_accuracy", "cached")
 KEYS = {"csv": ("filename",), "tensorboard": ("dir",), "mlflow": ("tracking_uri", "experiment")}
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def files(loggers: Optional[Mapping]) -> tuple[str, ...]:
+    """The names the configured loggers write in a run directory (``logger.csv.filename``, ...)."""
+    return tuple(str(options[key]) for name, options in (loggers or {}).items() if isinstance(options, Mapping)
+                 for key in ("filename", "dir") if options.get(key))
 
 
 def check(loggers: Optional[Mapping]) -> None:
@@ -53,7 +60,9 @@ class CSVLogger:
 
     def __init__(self, run_dir: Path, history: list, filename: str = "metrics.csv"):
         self.path = Path(run_dir) / str(filename)
-        self.file = open(self.path, "w", newline="")
+        # Never through a link planted where the file goes (O_NOFOLLOW refuses one with ELOOP).
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        self.file = open(descriptor, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=FIELDS, extrasaction="ignore")
         self.writer.writeheader()
         for entry in history:

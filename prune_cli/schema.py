@@ -329,8 +329,9 @@ def check_class_group(group: str, values: dict) -> None:
     check_section(group, values, schema, f"{group}={values.get('name', target)}")
 
 
-def check_config(cfg: Mapping) -> None:
-    """The whole run config (resolved, plain), before any work."""
+def check_config(cfg: Mapping, datasets: Mapping[str, Mapping]) -> None:
+    """The whole run config (resolved, plain), before any work; ``datasets``: each registered dataset's keys
+    (``prune_cli.data.DATASETS``, passed in so that this module needs nothing from the data package)."""
     groups = {"model", "dataset", "strategy", "schedule"}
     top = top_level()
     rest = {k: v for k, v in cfg.items() if k not in groups}
@@ -339,11 +340,10 @@ def check_config(cfg: Mapping) -> None:
         if group not in cfg:
             raise UsageError(f"{group}: missing from the config")
     dataset = cfg["dataset"]
-    from prune_cli.data import DATASETS
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str) or dataset["name"] not in DATASETS:
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str) or dataset["name"] not in datasets:
         name = dataset.get("name") if isinstance(dataset, dict) else dataset
-        raise UsageError(f"dataset.name={name!r}: unknown dataset; built-in: {', '.join(DATASETS)}")
-    check_section("dataset", dataset, DATASETS[dataset["name"]].keys, f"dataset={dataset['name']}")
+        raise UsageError(f"dataset.name={name!r}: unknown dataset; built-in: {', '.join(datasets)}")
+    check_section("dataset", dataset, datasets[dataset["name"]], f"dataset={dataset['name']}")
     for group in ("model", "strategy", "schedule"):
         check_class_group(group, cfg[group])
     missing = [f"{section}.{key}" for section, table in top.items() if isinstance(table, dict)

@@ -18,7 +18,8 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"config: {line}") from None
-    check_config(plain)
+    from prune_cli.data import DATASETS
+    check_config(plain, {name: registered.keys for name, registered in DATASETS.items()})
     method = (plain.get("quantize") or {}).get("name")
     from prune_cli.measure.quantized import REFUSED
     if method in REFUSED:

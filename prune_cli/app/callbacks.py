@@ -29,6 +29,8 @@ import prune_cli.app.resolvers  # noqa: F401  (the path resolvers of conf/config
 
 REPORT = "report.json"
 JOBS = ".jobs"  # <sweep dir>/.jobs/<job number>: the job's output directory
+REFUSED = ".refused"  # <sweep dir>/.refused/<job number>: a job that did not run, and why (its directory may
+                      # hold another run's completed report, which must not count as this job's)
 NAME_LIMIT = 240  # bytes; most filesystems refuse a name over 255 ("File name too long")
 
 
@@ -134,7 +136,25 @@ def sweep_problems(sweep_dir: Path) -> list[tuple[str, str]]:
             status, error = "unreadable", f"{REPORT} could not be read"
         if status != "completed":
             problems.append((name, f"{status}: {error}"))
+    listed = {name for name, _ in problems}
+    refused = sweep_dir / REFUSED
+    for marker in sorted(refused.iterdir(), key=lambda m: m.name) if refused.is_dir() else ():
+        where, _, error = marker.read_text().partition("\n")
+        job_dir = Path(where).resolve()
+        name = str(job_dir.relative_to(root)) if job_dir.is_relative_to(root) else str(job_dir)
+        if name not in listed:
+            problems.append((name, f"refused: {error.strip()}"))
     return problems
+
+
+def record_refusal(hydra, error: str) -> None:
+    """In a sweep, a job refused before it ran leaves a note for the summary (see ``REFUSED``)."""
+    marker = Path(str(hydra.sweep.dir)) / REFUSED / f"{hydra.job.num}"
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{hydra.runtime.output_dir}\n{error}")
+    except OSError as err:
+        print(f"prune-run: cannot record job {hydra.job.num} in {marker.parent}: {err.strerror}", file=sys.stderr)
 
 
 class _JobsLaunched:

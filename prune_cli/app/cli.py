@@ -89,7 +89,7 @@ def run_job(cfg: DictConfig) -> dict | None:
             raise
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         print(f"prune-run: {job} crashed; the sweep goes on:\n{text}", file=sys.stderr, end="", flush=True)
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        return _fail("", 1, multirun, job, f"{type(err).__name__}: {err}")
     from rich.console import Console
     if not multirun:
         from prune_cli.report.render import console_table
@@ -130,6 +130,8 @@ def _fail(message: str, code: int, multirun: bool, job: str, error: str):
     if message:
         print(message, file=sys.stderr)
     if multirun:  # the sweep goes on; prune_cli.app.callbacks.SweepSummary names the job and exits non-zero
+        from prune_cli.app.callbacks import record_refusal
+        record_refusal(HydraConfig.get(), error)
         return {"status": "failed", "error": error}
     sys.exit(code)
 
@@ -152,8 +154,11 @@ def main() -> None:
         sys.path.append(os.getcwd())
     from prune_cli.app.callbacks import SweepSummary
     SweepSummary.started = False
-    from prune_cli.app.guard import guard
-    guard(sys.argv[1:])
+    from prune_cli.app.guard import guard, with_run_dir
+    decided = guard(sys.argv[1:])
+    argv = sys.argv
+    if decided is not None:  # Hydra writes where the checks looked (x/../DONE is DONE for both)
+        sys.argv = [argv[0], *with_run_dir(argv[1:], decided)]
     try:
         _hydra_main()
     except SystemExit as exit_:
@@ -162,6 +167,11 @@ def main() -> None:
         if exit_.code == 1 and not _composed and not _callbacks_composed():
             sys.exit(2)
         raise
+    finally:
+        sys.argv = argv
+        if decided is not None:
+            from prune_cli.storage.run_dir import unlock
+            unlock(decided)
 
 
 def _callbacks_composed() -> bool:

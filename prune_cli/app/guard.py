@@ -85,53 +85,85 @@ def _bad_override(err: Exception) -> None:
     sys.exit(2)
 
 
-def guard(argv: list[str]) -> None:
-    """Apply the rule above; exits (2, or 0 for a completed run) when Hydra must not start."""
+def guard(argv: list[str]) -> Optional[Path]:
+    """Apply the rules above; exits (2, or 0 for a completed run) when Hydra must not start. Returns the run
+    directory as decided (``run_dir.decide``), made and locked for this process, which the caller hands to
+    Hydra so that the checks and the writes use the same directory; None when there is no single run."""
     found = resolved_run_dir(argv)
     if found is None:
-        return
+        return None
     run_dir, cfg = found
-    from prune_cli.storage.run_dir import completed_report, recorded_fingerprint, refuse_other_config
-    if recorded_fingerprint(run_dir) is None:
-        if not cfg.get("dry_run"):
-            _refuse_bad_values(cfg)  # before Hydra makes the directory: bad input leaves nothing behind
-        _check_writable(run_dir)
-        return
-    from prune_cli.config import fingerprint
+    from prune_cli.storage.run_dir import (check_opening, completed_report, decide, lock, recorded_fingerprint,
+                                           refuse_other_config)
+    decided = decide(run_dir)
     try:
-        refuse_other_config(run_dir, fingerprint(cfg))
-        finished = completed_report(run_dir)
-        if finished is None:
-            from prune_cli.app.dry_run import make_plan
-            make_plan(cfg)  # every check the run makes before training, with the same functions
+        from prune_cli.loggers import files as logger_files
+        from prune_cli.config import plain
+        check_opening(run_dir, also=logger_files(plain(cfg.get("logger"))))
     except UsageError as err:
         print(f"prune-run: {err}", file=sys.stderr)
         sys.exit(2)
-    if finished is not None:
-        from rich.console import Console
-        from prune_cli.report.render import console_table
-        from prune_cli.storage.run_dir import remove_leftovers
-        console_table(finished, Console())
-        removed = remove_leftovers(run_dir, completed=True)
-        note = f"; removed what a killed process left: {', '.join(removed)}" if removed else \
-            "; nothing was changed"
-        print(f"prune-run: this run is already complete in {run_dir}{note}", file=sys.stderr)
-        sys.exit(0)
+    if recorded_fingerprint(decided) is None:
+        if not cfg.get("dry_run"):
+            _refuse_bad_values(cfg)  # before Hydra makes the directory: bad input leaves nothing behind
+        _check_writable(run_dir, decided)
+    else:
+        from prune_cli.config import fingerprint
+        try:
+            refuse_other_config(decided, fingerprint(cfg), shown=run_dir)
+            finished = completed_report(decided)
+            if finished is None:
+                from prune_cli.app.dry_run import make_plan
+                make_plan(cfg)  # every check the run makes before training, with the same functions
+        except UsageError as err:
+            print(f"prune-run: {err}", file=sys.stderr)
+            sys.exit(2)
+        if finished is not None:
+            from rich.console import Console
+            from prune_cli.report.render import console_table
+            from prune_cli.storage.run_dir import remove_leftovers
+            console_table(finished, Console())
+            removed = remove_leftovers(decided, completed=True)
+            note = f"; removed what a killed process left: {', '.join(removed)}" if removed else \
+                "; nothing was changed"
+            print(f"prune-run: this run is already complete in {run_dir}{note}", file=sys.stderr)
+            sys.exit(0)
+    if cfg.get("dry_run"):
+        return None
+    try:
+        decided.mkdir(parents=True, exist_ok=True)
+        lock(decided)  # held until this process ends; the run takes the same lock again
+    except UsageError as err:
+        print(f"prune-run: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(f"prune-run: hydra.run.dir={run_dir}: cannot be created: {err.strerror or err}", file=sys.stderr)
+        sys.exit(2)
+    return decided
+
+
+def with_run_dir(argv: list[str], decided: Path) -> list[str]:
+    """``argv`` with its run directory given as decided (replacing any ``hydra.run.dir=`` override)."""
+    kept = [a for a in argv if a.lstrip("+").split("=", 1)[0] != "hydra.run.dir"]
+    quoted = str(decided).replace("\\", "\\\\").replace("'", "\\'")
+    return [*kept, f"hydra.run.dir='{quoted}'"]
 
 
 def _refuse_bad_values(cfg) -> None:
-    from prune_cli.validate import validate
+    """Every check the run makes before training (the dry run's plan, with the run's own functions), so bad
+    input and contradictions between keys are refused before Hydra makes the directory."""
+    from prune_cli.app.dry_run import make_plan
     try:
-        validate(cfg)
+        make_plan(cfg)
     except UsageError as err:
         print(f"prune-run: {err}", file=sys.stderr)
         sys.exit(2)
 
 
-def _check_writable(run_dir: Path) -> None:
+def _check_writable(run_dir: Path, decided: Path) -> None:
     """A run directory that cannot be created is one line, not Hydra's traceback."""
     import os
-    existing = run_dir
+    existing = decided
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):

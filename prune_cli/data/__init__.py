@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from prune_cli import schema
+from prune_cli.schema import CUSTOM_SET, DIGITS_SET, IMAGEFOLDER_SET, SYNTHETIC_SET, TORCHVISION_SET
 from prune_cli.data.files import SOURCES
 from prune_cli.errors import UsageError
 
@@ -50,11 +50,11 @@ class Registered:
 
 
 # The torchvision sets share one loader, which reads files.SOURCES.
-DATASETS = {"digits": Registered(_digits, schema.DIGITS_SET, True),
-            "synthetic": Registered(_synthetic, schema.SYNTHETIC_SET, True),
-            **{name: Registered(_torchvision, schema.TORCHVISION_SET, True) for name in SOURCES},
-            "imagefolder": Registered(_imagefolder, schema.IMAGEFOLDER_SET, False),
-            "custom": Registered(_custom, schema.CUSTOM_SET, False)}
+DATASETS = {"digits": Registered(_digits, DIGITS_SET, True),
+            "synthetic": Registered(_synthetic, SYNTHETIC_SET, True),
+            **{name: Registered(_torchvision, TORCHVISION_SET, True) for name in SOURCES},
+            "imagefolder": Registered(_imagefolder, IMAGEFOLDER_SET, False),
+            "custom": Registered(_custom, CUSTOM_SET, False)}
 _last: dict = {}
 
 

@@ -7,6 +7,8 @@ training; never from test.
 """
 from __future__ import annotations
 
+import os
+
 import importlib
 from typing import Any
 
@@ -196,6 +198,9 @@ def load_image_folder(cfg) -> Dataset:
         elif split != "val":
             raise UsageError(f"dataset.root={cfg.root}: no {split}/ directory (expected {split}/<class>/<image>)")
     classes = folders["train"][0]
+    if len(classes) < 2:
+        raise UsageError(f"dataset.root={cfg.root}: train/ has {len(classes)} class folder ({classes[0]!r}); "
+                         f"classifying needs at least 2")
     for split, (names, _) in folders.items():
         if names != classes:
             odd = sorted(set(names) ^ set(classes))
@@ -219,21 +224,50 @@ def folder_identity(root) -> str:
     base = Path(str(root)).expanduser().resolve()
     digest = hashlib.sha256(str(base).encode())
     for split in SPLITS:
-        for path in sorted((base / split).rglob("*")) if (base / split).is_dir() else ():
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path.relative_to(base)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        if not (base / split).is_dir():
+            continue
+        try:
+            _, samples = _scan(base / split, f"dataset.root={root}: {split}/")
+        except UsageError:
+            continue  # the run itself says what is wrong with the folder
+        for path, _ in samples:
+            stat = os.stat(path)
+            digest.update(f"{os.path.relpath(path, base)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
 
 
 def _scan(directory, where: str) -> tuple[list[str], list[tuple[str, int]]]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-    try:
-        classes, index = find_classes(str(directory))
-        samples = make_dataset(str(directory), index, extensions=IMG_EXTENSIONS, allow_empty=False)
-    except FileNotFoundError as err:
-        raise UsageError(f"{where} {str(err).splitlines()[0]}") from None
+    """(class names, [(image path, class index)]) of one split: torchvision's ImageFolder layout, walked without
+    following a directory link out of the split or into a directory already walked (a link loop)."""
+    import os
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    base = os.path.realpath(directory)
+    classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and _inside(entry.path, base))
+    if not classes:
+        raise UsageError(f"{where} holds no class folders (expected <class>/<image>)")
+    samples, seen = [], set()
+    for index, name in enumerate(classes):
+        found = 0
+        for root, dirs, names in os.walk(os.path.join(directory, name), followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen or not _inside(real, base):
+                dirs[:] = []  # a loop, or a link out of the split: not walked
+                continue
+            seen.add(real)
+            dirs.sort()
+            for file in sorted(names):
+                path = os.path.join(root, file)
+                if file.lower().endswith(IMG_EXTENSIONS) and os.path.isfile(path):
+                    samples.append((path, index))
+                    found += 1
+        if not found:
+            raise UsageError(f"{where}{name}/ holds no image files ({', '.join(IMG_EXTENSIONS)})")
     return classes, samples
+
+
+def _inside(path: str, base: str) -> bool:
+    real = os.path.realpath(path)
+    return real == base or real.startswith(base + os.sep)
 
 
 def _first_image_facts(path: str, cfg) -> tuple[int, tuple[int, int]]:
@@ -250,11 +284,18 @@ def _first_image_facts(path: str, cfg) -> tuple[int, tuple[int, int]]:
 
 
 def _open(path: str):
+    import warnings
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        with warnings.catch_warnings():
+            # Pillow warns above 89 million pixels and refuses above twice that: a decompression bomb either way.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise UsageError(f"dataset=imagefolder: {path} is too large to decode safely (a decompression bomb?): "
+                         f"{str(err).splitlines()[0][:120]}") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UsageError(f"dataset=imagefolder: cannot read {path} as an image ({str(err).splitlines()[0][:120]})") \
             from None

@@ -38,7 +38,7 @@ from prune_cli.pruning.masks import Masks, topk_masks
 from prune_cli.pruning.sparsity import model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
 from prune_cli.storage.resume import RunState, cpu_copy
-from prune_cli.storage.run_dir import completed_report, refuse_other_config, remove_leftovers
+from prune_cli.storage.run_dir import check_opening, completed_report, lock, refuse_other_config, remove_leftovers
 from prune_cli.training.evaluate import evaluate
 from prune_cli.training.loop import fit, stage_seed
 from prune_cli.training.settings import StageSettings
@@ -92,8 +92,9 @@ class Experiment:
         dense.check_weights(cfg, self.schedule)
         self.loop = loop_for(self.strategy, self.schedule)
         self.fingerprint = fingerprint(cfg)
+        from prune_cli.loggers import files as logger_files
+        check_opening(self.run_dir, also=logger_files(plain(cfg.get("logger"))))
         refuse_other_config(self.run_dir, self.fingerprint)  # before state.pt is read
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.seed = int(cfg.seed)
         self.data = load_dataset(cfg.dataset).to(self.device)
         self.facts = DataFacts.of(self.data)
@@ -105,13 +106,21 @@ class Experiment:
         allowed = prunable_of(self.model, self.example, self.strategy, self.schedule, float(cfg.sparsity),
                               cfg.model.get("name", cfg.model.get("_target_")))
         self.prunable, self.ignored, self.unit_layers = allowed.names, allowed.ignored, allowed.unit_layers
-        remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
-        self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
-        self.state.restore_rng()
-        self.record = RunRecord.from_state(self.state.record) if self.state.record else self._new_record()
-        self.state.snapshot = self.record.to_state
-        from prune_cli.loggers import Loggers
-        self.loggers = Loggers(self.run_dir, plain(cfg.get("logger")) or {}, self.record.history)
+        self.loop.plan(cfg, self.strategy, self.schedule, self.facts)  # its refusals too come before any work
+        # Every check has passed: only now is the directory made, and held for this run alone.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = lock(self.run_dir)
+        try:
+            remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
+            self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
+            self.state.restore_rng()
+            self.record = RunRecord.from_state(self.state.record) if self.state.record else self._new_record()
+            self.state.snapshot = self.record.to_state
+            from prune_cli.loggers import Loggers
+            self.loggers = Loggers(self.run_dir, plain(cfg.get("logger")) or {}, self.record.history)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def _new_record(self) -> RunRecord:
         cfg = self.cfg
@@ -138,9 +147,16 @@ class Experiment:
 
     # --- the whole run ---------------------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict:
         finished = completed_report(self.run_dir)
         if finished is not None:
             log.info("this run is already complete in %s; nothing to do", self.run_dir)
+            self.loggers.close()
             return finished
         started = time.perf_counter()
         if self.state.resumed_from:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from prune_cli.errors import UsageError
 from prune_cli.pipeline.record import Round
 from prune_cli.pipeline.stages import GRADUAL_FINETUNE, GRADUAL_PREPARE
 from prune_cli.pruning.masks import Masks, round_layer_rates
@@ -13,6 +14,10 @@ from prune_cli.training.settings import StageSettings
 
 def plan(cfg, strategy, schedule, data) -> dict:
     """The fine-tune steps, and the steps pruning happens at with their targets."""
+    if schedule.initial_sparsity > float(cfg.sparsity):
+        raise UsageError(f"schedule.initial_sparsity={schedule.initial_sparsity}: above the target sparsity="
+                         f"{cfg.sparsity}; the ramp rises from the initial sparsity to the target, so it must be "
+                         f"at most the target")
     settings = StageSettings.from_cfg(cfg.finetune)
     total = settings.epochs * data.train_batches(settings.batch_size)
     steps = schedule.pruning_steps(total)
