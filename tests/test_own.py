@@ -206,7 +206,7 @@ def _bad_folders(home: Path) -> dict:
 BAD = [
     (["dataset.root=nowhere"], "dataset.root=nowhere: no such directory"),
     (["dataset.root={bad}/no_test"], "no test/ directory"),
-    (["dataset.root={bad}/empty"], "train/ Found no valid file for the classes a"),
+    (["dataset.root={bad}/empty"], "train/a/ holds no image files"),
     (["dataset.root={bad}/classes"], "test/ has other classes than train/ ('a' is in only one of them)"),
     (["dataset.root={bad}/unreadable"], "cannot read"),
     (["weights=missing.pt"], "weights=missing.pt: no such file"),

@@ -176,3 +176,25 @@ def test_a_completed_run_is_reused_and_its_lock_released(tmp_path, capsys, monke
     assert code == 0 and read_report(tmp_path / "run")["status"] == "completed"
     from prune_cli.storage.run_dir import lock
     lock(tmp_path / "run").release()  # free again once the command ended
+
+
+def test_prune_compare_skips_a_fifo_and_a_link_to_dev_zero_with_one_line_each(tmp_path, caplog):
+    """A report.json that is a FIFO would block a reader forever, one linked to /dev/zero never ends: both
+    are skipped with a warning, and the comparison still says there is nothing to compare."""
+    import logging
+    from prune_cli.comparison.collect import collect_reports
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "report.json")
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "zero" / "report.json").symlink_to("/dev/zero")
+    (tmp_path / "typed").mkdir()
+    (tmp_path / "typed" / "report.json").write_text('{"status": "completed", "experiment": [1], "sparsity": 3}')
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        assert collect_reports([tmp_path], include_failed=True) == []
+    assert time.monotonic() - started < 5
+    warnings = sorted(r.getMessage() for r in caplog.records)
+    assert len(warnings) == 3
+    assert any("fifo/report.json: not a regular file" in w for w in warnings)
+    assert any("/dev/zero: not a regular file" in w or "zero/report.json: not a regular file" in w for w in warnings)
+    assert any("'experiment' is not a mapping of plain values" in w for w in warnings)

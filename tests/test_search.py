@@ -50,11 +50,19 @@ def test_search_finds_the_boundary_on_validation_data_and_resumes(tmp_path, caps
     (["search.colour=red"], "search.colour=red: unknown search setting"),
     (["search.min_sparsity=0.9", "search.max_sparsity=0.8"], "must be below search.max_sparsity"),
     (["dataset.val_fraction=0.0"], "needs a validation split"),
+    (["strategy=magnitude,nope"], "Could not find 'strategy/nope'"),
+    (["strategy=../strategy/magnitude"], "strategy=../strategy/magnitude: not a strategy name"),
+    (["strategy=magnitude,activation", "strategy.scope=nowhere"], "strategy.scope='nowhere': must be one of"),
 ])
 def test_bad_search_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    """Refused before the first probe: within seconds, and no search directory is made."""
+    import time
+    started = time.monotonic()
     assert main([*RUN, *args, f"search.dir={tmp_path / 's'}"]) == 2
+    assert time.monotonic() - started < 5
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("prune-search: ") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("prune-search: ") and message in err[0], err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "strategy").exists()
 
 
 def test_auto_screens_every_family_keeps_the_best_and_says_why(tmp_path, monkeypatch):

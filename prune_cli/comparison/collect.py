@@ -1,7 +1,6 @@
 """Finding and reading the report.json of many runs; one unreadable file never hides the rest."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -68,8 +67,9 @@ def _find_report_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _read_report(path: Path) -> dict | None:
+    from prune_cli.storage.safe_load import read_json
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         log.warning("skipping unreadable %s: %s", path, err)
         return None

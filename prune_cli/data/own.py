@@ -198,9 +198,6 @@ def load_image_folder(cfg) -> Dataset:
         elif split != "val":
             raise UsageError(f"dataset.root={cfg.root}: no {split}/ directory (expected {split}/<class>/<image>)")
     classes = folders["train"][0]
-    if len(classes) < 2:
-        raise UsageError(f"dataset.root={cfg.root}: train/ has {len(classes)} class folder ({classes[0]!r}); "
-                         f"classifying needs at least 2")
     for split, (names, _) in folders.items():
         if names != classes:
             odd = sorted(set(names) ^ set(classes))
@@ -208,6 +205,9 @@ def load_image_folder(cfg) -> Dataset:
                              f"only one of them); every split needs the same class folders")
     first = folders["train"][1][0][0]
     channels, size = _first_image_facts(first, cfg)
+    if len(classes) < 2:
+        raise UsageError(f"dataset.root={cfg.root}: train/ has {len(classes)} class folder ({classes[0]!r}); "
+                         f"classifying needs at least 2")
     datasets = {split: _Folder(samples, channels, size) for split, (_, samples) in folders.items()}
     data = build_splits("imagefolder", datasets["train"], datasets["test"], datasets.get("val"),
                         lambda d: _labels(d), cfg, len(classes), (channels, *size))

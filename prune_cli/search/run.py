@@ -175,7 +175,27 @@ def screen(settings: Settings, overrides: list[str], counter: list) -> tuple[lis
     return rows, kept
 
 
+def check_before_probing(settings: Settings, overrides: list[str], strategies: list[str]) -> None:
+    """Every strategy and value checked before the first probe (and before the search directory is made): a
+    name that is an option of conf/strategy (never a path), a config that composes and plans, and a
+    validation split to choose on."""
+    import re
+    from prune_cli.app.dry_run import make_plan
+    from prune_cli.config import compose_config
+    names = [s for s in strategies if s != "auto"] if strategies != ["auto"] else SCREENED
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", name):
+            raise UsageError(f"strategy={name}: not a strategy name (an option of conf/strategy, e.g. magnitude); "
+                             f"names never become paths outside the search directory")
+        cfg = compose_config([*overrides, f"strategy={name}", f"sparsity={settings.min_sparsity:.6f}"])
+        if float(cfg.dataset.get("val_fraction") or 0.0) <= 0.0:
+            raise UsageError(f"dataset.val_fraction={cfg.dataset.get('val_fraction')}: prune-search needs a "
+                             f"validation split to choose on; use a fraction above 0 (default 0.1)")
+        make_plan(cfg)
+
+
 def search(settings: Settings, overrides: list[str], strategies: list[str]) -> dict:
+    check_before_probing(settings, overrides, strategies)
     settings.directory.mkdir(parents=True, exist_ok=True)
     counter = [0]
     results = {}

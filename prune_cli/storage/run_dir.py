@@ -13,7 +13,6 @@ refused with one line naming the holder's process id.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -70,8 +69,9 @@ def check_opening(run_dir, launch_dir=None, also=()) -> None:
 def _holds_a_run(real: Path) -> bool:
     """Whether the directory's files are a run's: a report with a status, a resume state, or the lock holder's
     note of a run that started (one in progress has written no state yet)."""
+    from prune_cli.storage.safe_load import read_json
     try:
-        report = json.loads((real / REPORT).read_text()) if (real / REPORT).is_file() else None
+        report = read_json(real / REPORT) if (real / REPORT).is_file() else None
     except (OSError, ValueError):
         report = None
     return (isinstance(report, dict) and report.get("status") in ("completed", "failed", "interrupted")) \
@@ -106,8 +106,9 @@ def lock(run_dir):
 
 def completed_report(run_dir) -> Optional[dict]:
     """The directory's report when it says ``completed``, else None."""
+    from prune_cli.storage.safe_load import read_json
     try:
-        data = json.loads((Path(run_dir) / REPORT).read_text())
+        data = read_json(Path(run_dir) / REPORT)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("status") == "completed" else None

@@ -33,6 +33,27 @@ def safe_load(path, map_location="cpu") -> dict:
         raise UsageError(f"checkpoint {path}: corrupt or truncated ({reason[:160]})") from None
 
 
+JSON_LIMIT = 64 * 1024 * 1024  # a report.json or search.json is kilobytes; anything this large is not one
+
+
+def read_json(path, limit: int = JSON_LIMIT):
+    """A small JSON file we or a user wrote, read as data: a regular file only (not a FIFO, a device or a
+    link to one, which could block or never end), at most ``limit`` bytes. Raises ValueError saying why."""
+    import json
+    import os
+    import stat
+    info = os.stat(path)  # follows a link: what matters is what would be read
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > limit:
+        raise ValueError(f"{info.st_size:,} bytes, more than the {limit:,} a report can be")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"more than the {limit:,} bytes a report can be")
+    return json.loads(data.decode("utf-8"))
+
+
 def _unpickler_detail(text: str) -> str:
     """The useful line of torch's long weights-only message (e.g. 'Unsupported global: GLOBAL posix.system')."""
     for line in text.splitlines():
