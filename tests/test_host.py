@@ -34,3 +34,15 @@ def test_run_leaves_streams_warnings_gc_threads_and_rng_as_they_were(tmp_path):
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "changed: []"
+
+
+def test_the_console_exits_the_ordinary_way_so_atexit_handlers_run(tmp_path):
+    """Loggers such as MLflow and TensorBoard flush in atexit handlers: the command must not skip them."""
+    script = ("import atexit, sys\natexit.register(lambda: print('atexit ran', flush=True))\n"
+              "from prune_cli.app.cli import console_main\nsys.argv = ['prune-run', *sys.argv[1:]]\nconsole_main()\n")
+    for args, code in ((["train.epochs=1", "finetune.epochs=1", "measure.latency=false", "device=cpu",
+                         f"hydra.run.dir={tmp_path / 'run'}"], 0), (["sparsity=2"], 2)):
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+        assert proc.returncode == code, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == "atexit ran"

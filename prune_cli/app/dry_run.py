@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from prune_cli.config import instantiate, plain, resolve_device
 from prune_cli.pipeline.facts import DataFacts
+from prune_cli.pipeline.settings import RunSettings
 from prune_cli.validate import validate
 
 
@@ -114,7 +115,7 @@ def make_plan(cfg: DictConfig) -> dict:
     data, facts = _dataset(cfg)
     plan = {"device": str(device), "seed": int(cfg.seed), "sparsity": float(cfg.sparsity), "dataset": data,
             "model": _model(cfg, facts, strategy, schedule), "strategy": strategy.describe(),
-            "schedule": schedule.describe(), "loop": loop.plan(cfg, strategy, schedule, facts),
+            "schedule": schedule.describe(), "loop": loop.plan(RunSettings.from_cfg(cfg), strategy, schedule, facts),
             "train": _stage(cfg.train), "finetune": _stage(cfg.finetune), "dense": _dense_cache(cfg, schedule, device),
             "reference": plain(cfg.get("reference"))}
     return plan

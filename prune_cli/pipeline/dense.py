@@ -21,7 +21,6 @@ from prune_cli.pipeline.stages import TRAIN
 from prune_cli.pruning.masks import Masks
 from prune_cli.storage.cache import DenseCache, cache_key
 from prune_cli.storage.resume import cpu_copy
-from prune_cli.training.settings import StageSettings
 
 log = logging.getLogger("prune_cli")
 
@@ -57,7 +56,7 @@ def train_dense(exp) -> Optional[Masks]:
     ``pruned.pt`` (``weights=``), or, on a resumed run, those of the last saved stage."""
     if exp.state.is_done(TRAIN):
         return exp.state.saved_masks(exp.device)  # the loop continues from the saved weights and masks
-    if exp.cfg.get("weights"):
+    if exp.settings.weights:
         return _load(exp)
     if exp.state.in_progress(TRAIN.step):
         exp.restore_saved_weights(exp.model)
@@ -94,8 +93,8 @@ def _load(exp) -> Optional[Masks]:
     from prune_cli.pruning.sparsity import model_sparsity
     from prune_cli.storage.weights import read_weights
     initial = cpu_copy(exp.model)
-    name = exp.cfg.model.get("name", exp.cfg.model.get("_target_"))
-    loaded = read_weights(exp.cfg.weights, exp.model, name)
+    weights = exp.settings.weights
+    loaded = read_weights(weights, exp.model, exp.settings.model_name)
     exp.model.load_state_dict(loaded.state_dict)
     masks = None
     if loaded.masks:
@@ -103,20 +102,20 @@ def _load(exp) -> Optional[Masks]:
         zeroed = [n for n in exp.ignored if n in masks and bool((masks[n] == 0).any())]
         if zeroed:
             raise UsageError(f"strategy.ignore={exp.strategy.ignore}: {zeroed[0]} is already pruned in "
-                             f"weights={exp.cfg.weights}, so it cannot be left dense")
+                             f"weights={weights}, so it cannot be left dense")
         try:
             masks.validate(exp.model)
         except ValueError as err:
-            raise UsageError(f"weights={exp.cfg.weights}: {err}") from None
+            raise UsageError(f"weights={weights}: {err}") from None
         outside = [n for n in prunable_names(exp.model) if n in masks and n not in exp.prunable
                    and bool((masks[n] == 0).any())]
         if outside:  # e.g. a classifier pruned before, excluded now: its zeros stay but are not counted
             log.warning("weights=%s: %s keep the zeros of the file but are not prunable in this run, so the "
-                        "report's sparsity does not count them", exp.cfg.weights, ", ".join(outside))
+                        "report's sparsity does not count them", weights, ", ".join(outside))
         masks.apply_(exp.model)
         _, zeros, total = model_sparsity(exp.model, exp.prunable)
-        if zeros > round(float(exp.cfg.sparsity) * total):  # the zero count a target means (topk_masks)
-            raise UsageError(f"sparsity={exp.cfg.sparsity}: weights={exp.cfg.weights} already has "
+        if zeros > round(exp.settings.sparsity * total):  # the zero count a target means (topk_masks)
+            raise UsageError(f"sparsity={exp.settings.sparsity:g}: weights={weights} already has "
                              f"{zeros / total:.6g} of the prunable weights zero, and pruning further only adds "
                              f"zeros; ask for at least that")
     exp.record.cache = {"dense": "loaded", "key": dense_key(exp.cfg, exp.schedule, exp.device.type),
@@ -158,7 +157,7 @@ def _train(exp) -> dict:
             kept.rewind_point = cpu_copy(model)
 
     started = time.perf_counter()
-    exp.fit(TRAIN, StageSettings.from_cfg(exp.cfg.train), None, each_epoch=keep_rewind_point)
+    exp.fit(TRAIN, exp.settings.train, None, each_epoch=keep_rewind_point)
     seconds = time.perf_counter() - started
     rewind = kept.rewind_point if rewind_epoch else kept.initial
     test, val = exp.evaluate()

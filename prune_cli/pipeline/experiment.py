@@ -33,6 +33,7 @@ from prune_cli.pipeline.outcome import Outcome
 from prune_cli.pipeline.prunable import prunable_of
 from prune_cli.pipeline.record import RunRecord
 from prune_cli.pipeline.scores import first_round_scores
+from prune_cli.pipeline.settings import RunSettings
 from prune_cli.pipeline.stages import Stage
 from prune_cli.pruning.masks import Masks, topk_masks
 from prune_cli.pruning.sparsity import model_sparsity
@@ -95,18 +96,19 @@ class Experiment:
         from prune_cli.loggers import files as logger_files
         check_opening(self.run_dir, also=logger_files(plain(cfg.get("logger"))))
         refuse_other_config(self.run_dir, self.fingerprint)  # before state.pt is read
-        self.seed = int(cfg.seed)
+        self.settings = RunSettings.from_cfg(cfg)  # what the stages read, typed, from here on
+        self.seed = self.settings.seed
         self.data = load_dataset(cfg.dataset).to(self.device)
         self.facts = DataFacts.of(self.data)
         torch.manual_seed(self.seed)
-        self.model, self.spec = build_for(plain(cfg.model), self.data.info)
+        self.model, self.spec = build_for(self.settings.model, self.data.info)
         self.model.to(self.device)
         self.threads = self._set_threads(cfg.get("threads", "auto"))
         self.example = torch.zeros(1, *self.data.info.input_shape, device=self.device)
-        allowed = prunable_of(self.model, self.example, self.strategy, self.schedule, float(cfg.sparsity),
-                              cfg.model.get("name", cfg.model.get("_target_")))
+        allowed = prunable_of(self.model, self.example, self.strategy, self.schedule, self.settings.sparsity,
+                              self.settings.model_name)
         self.prunable, self.ignored, self.unit_layers = allowed.names, allowed.ignored, allowed.unit_layers
-        self.loop.plan(cfg, self.strategy, self.schedule, self.facts)  # its refusals too come before any work
+        self.loop.plan(self.settings, self.strategy, self.schedule, self.facts)  # its refusals come before any work
         # Every check has passed: only now is the directory made, and held for this run alone.
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = lock(self.run_dir)
@@ -123,14 +125,14 @@ class Experiment:
             raise
 
     def _new_record(self) -> RunRecord:
-        cfg = self.cfg
+        distill = self.settings.distillation
         return RunRecord(
-            experiment={"model": cfg.model.get("name", cfg.model.get("_target_")), "dataset": cfg.dataset.name,
+            experiment={"model": self.settings.model_name, "dataset": self.settings.dataset_name,
                         "strategy": self.strategy.name, "schedule": self.schedule.name, "seed": self.seed},
             strategy=self.strategy.describe(), schedule=self.schedule.describe(),
             structured=bool(self.strategy.structured), prune_classifier=bool(self.strategy.prune_classifier),
-            distillation={"teacher": "the dense model", "temperature": float(cfg.finetune.temperature),
-                          "alpha": float(cfg.finetune.alpha)} if cfg.finetune.get("distill") else None)
+            distillation={"teacher": "the dense model", "temperature": distill.temperature,
+                          "alpha": distill.alpha} if distill is not None else None)
 
     def _set_threads(self, wanted) -> int:
         """On CPU, small models train several times faster on one thread: their kernels are too short to
@@ -176,7 +178,7 @@ class Experiment:
     def evaluate(self, model=None) -> tuple[float, Optional[float]]:
         """(test accuracy, validation accuracy or None when there is no validation split)."""
         model = model or self.model
-        batch = int(self.cfg.eval_batch_size)
+        batch = self.settings.eval_batch_size
         with Timer(self.device) as t:
             test = evaluate(model, self.data.test, batch)
             val = evaluate(model, self.data.val, batch) if self.data.val is not None else None
@@ -198,7 +200,7 @@ class Experiment:
             log.warning("%s: the saved optimizer state does not fit the model; starting it afresh", stage)
             optimizer_state = None
         phase = stage.kind
-        if phase in DISTILLED and self.cfg.finetune.get("distill") and "loss_fn" not in kwargs:
+        if phase in DISTILLED and self.settings.distillation is not None and "loss_fn" not in kwargs:
             kwargs["loss_fn"] = self.distillation()
         if phase != "train" and start == 0:  # a resumed stage was counted by the process that began it
             self.record.add_epochs(phase, settings.epochs)
@@ -243,7 +245,7 @@ class Experiment:
         """(the smaller model to fine-tune, None) or (None, why the full-size masked model is trained)."""
         if not self.strategy.structured:
             return None, "unstructured masks keep every unit"
-        if self.cfg.finetune.get("on", "shrunk") == "masked":
+        if self.settings.finetune_on == "masked":
             return None, "finetune.on=masked"
         if masks is None:
             return None, "nothing is pruned"
@@ -277,7 +279,7 @@ class Experiment:
         to the loggers, and one log line when no progress bar shows the run (nohup, SLURM, CI)."""
         if self.data.val is not None:
             with Timer(self.device) as t:
-                entry["val_accuracy"] = evaluate(model, self.data.val, int(self.cfg.eval_batch_size))
+                entry["val_accuracy"] = evaluate(model, self.data.val, self.settings.eval_batch_size)
             self.record.add_time("evaluate", t.seconds)
         self.record.history.append(entry)
         self.loggers.log_epoch(entry)
@@ -289,7 +291,7 @@ class Experiment:
     def keep_teacher(self) -> None:
         """After the dense stage: keep the dense weights as the distillation teacher (saved with the resume
         state, so a resumed run distils from the same model)."""
-        if self.cfg.finetune.get("distill"):
+        if self.settings.distillation is not None:
             self.state.kept.teacher = cpu_copy(self.model)
 
     def distillation(self):
@@ -300,7 +302,8 @@ class Experiment:
                 self._teacher = build(self.spec).to(self.device)
             self._teacher.load_state_dict(self.state.kept.teacher)
         from prune_cli.training.distill import distillation_loss
-        return distillation_loss(self._teacher, float(self.cfg.finetune.temperature), float(self.cfg.finetune.alpha))
+        distill = self.settings.distillation
+        return distillation_loss(self._teacher, distill.temperature, distill.alpha)
 
     def restore_saved_weights(self, model) -> None:
         """Continue from the latest saved stage: its weights go into ``model`` (when a state was loaded)."""
@@ -311,12 +314,12 @@ class Experiment:
     def context(self, round_index: int, target: float, masks: Optional[Masks],
                 previous_target: float = 0.0) -> ScoringContext:
         """What a strategy scores (and, with ``prepare``, trains) in; ``masks`` are the masks in force."""
-        finetune = self.cfg.finetune
+        finetune = self.settings.finetune
 
         def train_for(epochs: int, stage: str, **kwargs):
             # A strategy's own training (l1, l0) keeps the masks in force; its projections zero weights
             # in place, and the round's masks come from its scores afterwards.
-            self.fit(Stage.parse(stage), StageSettings.from_cfg(finetune, epochs=epochs), masks, **kwargs)
+            self.fit(Stage.parse(stage), finetune.with_epochs(epochs), masks, **kwargs)
 
         return ScoringContext(model=self.model, masks=masks if masks is not None else Masks.ones(self.model, self.prunable), train=self.data.train, prunable=self.prunable,
                               device=self.device, seed=self.seed, round=round_index,

@@ -9,19 +9,18 @@ from prune_cli.errors import UsageError
 from prune_cli.pipeline.record import Round
 from prune_cli.pipeline.stages import GRADUAL_FINETUNE, GRADUAL_PREPARE
 from prune_cli.pruning.masks import Masks, round_layer_rates
-from prune_cli.training.settings import StageSettings
 
 
-def plan(cfg, strategy, schedule, data) -> dict:
-    """The fine-tune steps, and the steps pruning happens at with their targets."""
-    if schedule.initial_sparsity > float(cfg.sparsity):
+def plan(settings, strategy, schedule, data) -> dict:
+    """The fine-tune steps, and the steps pruning happens at with their targets (``settings``: RunSettings)."""
+    final = settings.sparsity
+    if schedule.initial_sparsity > final:
         raise UsageError(f"schedule.initial_sparsity={schedule.initial_sparsity}: above the target sparsity="
-                         f"{cfg.sparsity}; the ramp rises from the initial sparsity to the target, so it must be "
+                         f"{final:g}; the ramp rises from the initial sparsity to the target, so it must be "
                          f"at most the target")
-    settings = StageSettings.from_cfg(cfg.finetune)
-    total = settings.epochs * data.train_batches(settings.batch_size)
+    finetune = settings.finetune
+    total = finetune.epochs * data.train_batches(finetune.batch_size)
     steps = schedule.pruning_steps(total)
-    final = float(cfg.sparsity)
     return {"kind": "gradual", "steps": total,
             "prunes": [{"step": s, "target": schedule.sparsity_at(s, final, total)} for s in steps]}
 
@@ -31,9 +30,9 @@ def run(exp, masks: Optional[Masks] = None):
     exp.restore_saved_weights(exp.model)
     if state.is_done(GRADUAL_FINETUNE):
         return exp.outcome(masks)
-    settings = StageSettings.from_cfg(exp.cfg.finetune)
-    prunes = {p["step"]: p["target"] for p in plan(exp.cfg, exp.strategy, exp.schedule, exp.facts)["prunes"]}
-    final = float(exp.cfg.sparsity)
+    settings = exp.settings.finetune
+    prunes = {p["step"]: p["target"] for p in plan(exp.settings, exp.strategy, exp.schedule, exp.facts)["prunes"]}
+    final = exp.settings.sparsity
     if not state.is_done(GRADUAL_PREPARE) and state.start_of(GRADUAL_FINETUNE)[0] == 0:
         # Sparsity-constrained training (l1, l0) runs once, before the gradual fine-tuning.
         exp.strategy.prepare(exp.context(0, final, masks))

@@ -16,13 +16,12 @@ from prune_cli.pipeline.record import Round
 from prune_cli.pipeline.stages import CONTROL, CONTROL_PRUNE, Stage
 from prune_cli.pruning.masks import Masks, classifier_name, round_layer_rates
 from prune_cli.training.loop import stage_seed
-from prune_cli.training.settings import StageSettings
 
 
-def plan(cfg, strategy, schedule, data) -> dict:
-    """Every round's target and fine-tune epochs."""
-    targets = schedule.targets(float(cfg.sparsity))
-    epochs = schedule.epochs_per_round(int(cfg.finetune.epochs), len(targets), int(cfg.train.epochs))
+def plan(settings, strategy, schedule, data) -> dict:
+    """Every round's target and fine-tune epochs (``settings``: the run's RunSettings)."""
+    targets = schedule.targets(settings.sparsity)
+    epochs = schedule.epochs_per_round(settings.finetune.epochs, len(targets), settings.train.epochs)
     return {"kind": "rounds", "rewind": bool(schedule.rewind),
             "rounds": [{"round": i, "target": t, "finetune_epochs": e}
                        for i, (t, e) in enumerate(zip(targets, epochs), start=1)]}
@@ -32,7 +31,7 @@ def run(exp, masks: Optional[Masks] = None):
     """The rounds from ``masks`` (those of a loaded pruned.pt, or of the last saved stage); returns the Outcome."""
     exp.restore_saved_weights(exp.model)
     record, state = exp.record, exp.state
-    steps = plan(exp.cfg, exp.strategy, exp.schedule, exp.facts)["rounds"]
+    steps = plan(exp.settings, exp.strategy, exp.schedule, exp.facts)["rounds"]
     for item in steps:
         index, target, epochs = item["round"], item["target"], item["finetune_epochs"]
         if not state.is_done(Stage.of_round(index, "prune")):
@@ -41,7 +40,7 @@ def run(exp, masks: Optional[Masks] = None):
         if not state.is_done(finetune):
             started = time.perf_counter()
             if epochs > 0:
-                exp.finetune(finetune, StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs), masks)
+                exp.finetune(finetune, exp.settings.finetune.with_epochs(epochs), masks)
             entry = record.rounds[index - 1]
             entry.accuracy, entry.val_accuracy = exp.evaluate()
             entry.sparsity = exp.achieved()
@@ -68,7 +67,7 @@ def prune_round(exp, masks: Optional[Masks], index: int, target: float, epochs: 
     rates = None if exp.strategy.structured else round_layer_rates(
         exp.strategy.layer_sparsity, exp.schedule.layer_rates(target, _sizes(exp),
                                                               f"{classifier_name(exp.model)}.weight"),
-        target, float(exp.cfg.sparsity))
+        target, exp.settings.sparsity)
     masks = exp.prune_to(target, exp.context(index, target, masks), masks, share_scores=index == 1 and not rates,
                          layer_rates=rates)
     test, val = exp.evaluate()
@@ -99,7 +98,7 @@ def control(exp, masks: Masks, epochs: int) -> None:
         state.boundary(CONTROL_PRUNE, exp.model, masks)
     if not state.is_done(CONTROL):
         if epochs > 0:
-            exp.finetune(CONTROL, StageSettings.from_cfg(exp.cfg.finetune, epochs=epochs), masks)
+            exp.finetune(CONTROL, exp.settings.finetune.with_epochs(epochs), masks)
         record.set_accuracy("finetuned", *exp.evaluate())
         state.boundary(CONTROL, exp.model, masks)
 

@@ -35,6 +35,11 @@ class StageSettings:
             values["epochs"] = int(epochs)
         return cls(**values)
 
+    def with_epochs(self, epochs: int) -> "StageSettings":
+        """The same settings for ``epochs`` epochs (a round's share of the fine-tuning)."""
+        import dataclasses
+        return dataclasses.replace(self, epochs=int(epochs))
+
     def lr_at(self, epoch: int) -> float:
         """The learning rate of an epoch: a pure function of the epoch, so a resumed run gets the same one."""
         if self.lr_decay == "cosine":
