@@ -81,8 +81,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, stop, uninterr
 
 
 # SIGTERM's exit code and report are checked with its resume, above.
-@pytest.mark.parametrize("stop,named", [(signal.SIGINT, "by the user (Ctrl-C)"), (signal.SIGUSR1, "by SIGUSR1")],
-                         ids=["SIGINT", "SIGUSR1"])
+@pytest.mark.parametrize("stop,named", [(signal.SIGINT, "by the user (Ctrl-C)"), (signal.SIGUSR1, "by SIGUSR1"),
+                                        pytest.param(signal.SIGHUP, "by SIGHUP", marks=pytest.mark.skipif(
+                                            signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
+                                            reason="SIGHUP is ignored here (nohup), and so by the run"))],
+                         ids=["SIGINT", "SIGUSR1", "SIGHUP"])
 def test_a_stop_signal_records_interrupted_and_exits_128_plus_it(tmp_path, stop, named):
     run_dir = tmp_path / "run"
     proc = start([*SLOW_FINETUNE, f"hydra.run.dir={run_dir}"], tmp_path, dict(os.environ))

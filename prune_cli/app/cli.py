@@ -108,11 +108,12 @@ class Stopped(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_signals():
-    """SIGTERM and SIGUSR1 end a run like Ctrl-C: the resume state on disk stays, the report says
+    """SIGTERM, SIGUSR1 and SIGHUP end a run like Ctrl-C: the resume state on disk stays, the report says
     ``interrupted``, the exit code is 128 + the signal. Only signals nobody else handles are taken: under
     submitit's launcher its own handlers stay, and requeue the job, which then resumes from that state."""
     taken = {}
-    for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+    # SIGHUP: the terminal (an SSH session) went away; the run stops the same resumable way.
+    for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None), getattr(signal, "SIGHUP", None)):
         if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
             taken[signum] = signal.signal(signum, _raise_stopped)
     try:
