@@ -188,11 +188,14 @@ TARGET = Text(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", "a dotted pa
 FRACTION = Num(0.0, 1.0, hi_open=True)
 VAL_FRACTION = Noted(FRACTION, "the part of the training split held out for validation")
 SEED = Int(0, 2 ** 32 - 1)
+# No schedule in use goes near 1e4; far above it the value cannot even be held by a float32 optimizer (a
+# traceback at the first step), and in between the first step's loss is infinite anyway.
+LR = Num(0.0, 1e4, lo_open=True)
 
 
 def _stage(min_epochs: int) -> dict:
     from prune_cli.training.settings import LR_DECAYS, OPTIMIZERS
-    return {"epochs": Int(min_epochs, 100_000), "lr": Num(0.0, lo_open=True),
+    return {"epochs": Int(min_epochs, 100_000), "lr": LR,
             "batch_size": Int(1, 1 << 20), "optimizer": Choice(OPTIMIZERS), "momentum": Num(0.0, 1.0, hi_open=True),
             "weight_decay": Num(0.0, 1.0), "lr_decay": Choice(LR_DECAYS),
             "lr_milestones": ListOf(Num(0.0, 1.0)), "lr_gamma": Num(0.0, 1.0, lo_open=True)}

@@ -291,6 +291,28 @@ def test_main_bad_by_key_and_bad_arguments(sweep, capsys):
     assert "usage:" in capsys.readouterr().err
 
 
+def test_an_out_directory_holding_a_users_files_is_refused_and_left_as_it_was(sweep, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (mine / "compare.csv").write_text("my own table")
+    assert cmp.main([str(sweep), "--out", str(mine)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"prune-compare: --out {mine}: holds files prune-compare did not write (notes.txt); choose a new or "
+        f"empty directory (nothing was written)"]
+    assert sorted(p.name for p in mine.iterdir()) == ["compare.csv", "notes.txt"]
+    assert (mine / "compare.csv").read_text() == "my own table"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert cmp.main([str(sweep), "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"prune-compare: --out {a_file}: exists and is not a directory; choose another"]
+    out = tmp_path / "out"  # an earlier comparison's directory is replaced, as a rerun should
+    assert cmp.main([str(sweep), "--out", str(out)]) == 0
+    assert cmp.main([str(sweep), "--out", str(out)]) == 0
+    capsys.readouterr()
+
+
 def test_main_write_error_is_one_line_exit_1(sweep, tmp_path, capsys, monkeypatch):
     def refuse(rows, path):
         raise PermissionError(13, "Permission denied", str(path))

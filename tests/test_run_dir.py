@@ -198,3 +198,167 @@ def test_prune_compare_skips_a_fifo_and_a_link_to_dev_zero_with_one_line_each(tm
     assert any("fifo/report.json: not a regular file" in w for w in warnings)
     assert any("/dev/zero: not a regular file" in w or "zero/report.json: not a regular file" in w for w in warnings)
     assert any("'experiment' is not a mapping of plain values" in w for w in warnings)
+
+
+# --- sizes no machine has: refused from the config, before anything is allocated ------------------------------
+
+def test_a_synthetic_set_larger_than_memory_is_refused_before_it_is_built(monkeypatch):
+    from omegaconf import OmegaConf
+    from prune_cli.errors import UsageError
+    from prune_cli.pipeline import memory
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 2 ** 30)
+    cfg = OmegaConf.create({"name": "synthetic", "shape": [3, 64, 64], "train_size": 10_000, "test_size": 240})
+    # 3 copies x 10,240 images x 12,288 values x 4 bytes = 1.41 GiB, more than the 1 GiB available
+    with pytest.raises(UsageError) as refused:
+        memory.check_data_fits(cfg)
+    assert str(refused.value) == ("dataset.train_size=10000, dataset.test_size=240, dataset.shape=[3, 64, 64]: "
+                                  "the set needs about 1.4 GiB of memory, more than the 1.0 GiB this machine has "
+                                  "available; make it smaller")
+    memory.check_data_fits(OmegaConf.create({**cfg, "train_size": 5_000}))  # 0.70 GiB fits
+
+
+def test_a_model_larger_than_memory_is_refused_without_allocating_it(monkeypatch):
+    from prune_cli.data.splits import DataInfo
+    from prune_cli.errors import UsageError
+    from prune_cli.pipeline import memory
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 2 ** 30)
+    info = DataInfo("digits", (1, 8, 8), 10, (0.5,), (0.25,))
+    model = {"_target_": "prune_cli.models.MLP", "name": "mlp", "hidden": [10_000, 10_000]}
+    # 64*10,000 + 10,000 + 10,000*10,000 + 10,000 + 10,000*10 + 10 weights and biases, 2 normalisation buffers
+    params = 64 * 10_000 + 10_000 + 10_000 ** 2 + 10_000 + 10_000 * 10 + 10 + 2
+    with pytest.raises(UsageError) as refused:
+        memory.check_model_fits(model, info, torch_device("cpu"))
+    assert str(refused.value) == (f"model=mlp: {params:,} parameters need about 1.9 GiB to train, more than "
+                                  f"the 1.0 GiB this machine has available; choose a smaller model or inputs")
+    assert memory.check_model_fits({**model, "hidden": [256]}, info, torch_device("cpu")) == 64 * 256 + 256 + 2570 + 2
+
+
+def torch_device(name):
+    import torch
+    return torch.device(name)
+
+
+@pytest.mark.parametrize("overrides, starts", [
+    (["dataset=synthetic", "dataset.shape=[3,4096,4096]", "dataset.train_size=10000000"],
+     "prune-run: dataset.train_size=10000000, dataset.test_size=200, dataset.shape=[3, 4096, 4096]: the set "
+     "needs about 5,625,112.5 GiB of memory"),
+    (["model.hidden=[1000000,1000000]"], "prune-run: model=mlp: 1,000,076,000,012 parameters need about "
+                                         "18,627.9 GiB to train"),
+], ids=["synthetic-set", "mlp"])
+def test_sizes_no_machine_has_are_one_line_in_seconds_and_leave_no_directory(tmp_path, overrides, starts):
+    started = time.monotonic()
+    result = prune_run([*overrides, "device=cpu", "hydra.run.dir=run"], tmp_path)
+    assert result.returncode == 2 and time.monotonic() - started < 15, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(starts), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# --- files we read are data of the right types -----------------------------------------------------------------
+
+def test_weights_that_are_not_a_torch_file_are_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "w.txt").write_text("hello\n")
+    code, _, err = run_in_process([*TINY, "weights=w.txt", "hydra.run.dir=run"], capsys, monkeypatch, tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == ["prune-run: weights=w.txt: not a file torch.save wrote (KeyError: 101)"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("done", "dense", "'done' is not a list of stage names"),
+    ("position", {"stage": "train", "epoch": "3"}, "'position' is not a stage, an epoch and an optimizer state"),
+    ("model", {"fc.weight": [1.0, 2.0]}, "'model' is not a mapping of names to tensors"),
+    ("kept", {"initial": "weights"}, "'kept' is not a mapping of names to weights"),
+    ("rng", {"cpu": 7}, "'rng' is not a generator state"),
+])
+def test_a_resume_state_with_the_right_fingerprint_and_wrong_types_is_one_line(tmp_path, capsys, monkeypatch,
+                                                                               field, value, problem):
+    import torch
+    from prune_cli.config import compose_config, fingerprint
+    overrides = [*TINY, "hydra.run.dir=run"]
+    cfg = compose_config(overrides[:-1])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    state = {"fingerprint": fingerprint(cfg), "done": [], "position": None, "model": None, "masks": None,
+             "record": {}, "kept": None, "rng": None, field: value}
+    torch.save(state, run_dir / "state.pt")
+    before = snapshot(run_dir)
+    code, _, err = run_in_process(overrides, capsys, monkeypatch, tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == [f"prune-run: {run_dir / 'state.pt'}: not a resume state prune-run wrote "
+                                        f"({problem}); remove it to start this run over"]
+    assert snapshot(run_dir) == before
+
+
+# --- the log file: never through a link, a full disk said once -------------------------------------------------
+
+def test_the_log_file_reports_a_failing_disk_once_and_goes_on(capsys):
+    import logging
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full to stand for a full disk")
+    from prune_cli.app.log_file import LogFile
+    handler = LogFile("/dev/full")
+    logger = logging.getLogger("prune_cli.test.full_disk")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(50):
+            logger.warning("record %d", i)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "prune-run: cannot write the log /dev/full (No space left on device); the run goes on without it"]
+
+
+def test_the_log_file_is_never_opened_through_a_link(tmp_path):
+    from prune_cli.app.log_file import LogFile
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    (tmp_path / "prune-run.log").symlink_to(target)
+    with pytest.raises(OSError):
+        LogFile(str(tmp_path / "prune-run.log"))
+    assert target.read_text() == "keep\n"
+
+
+def test_hydra_writes_the_run_log_with_that_handler(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from prune_cli.config import CONFIG_DIR
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    assert cfg.hydra.job_logging.handlers.file["class"] == "prune_cli.app.log_file.LogFile"
+
+
+# --- more refusals that must come first ------------------------------------------------------------------------
+
+def test_a_run_directory_name_too_long_for_the_file_system_is_one_line(tmp_path, capsys, monkeypatch):
+    long = tmp_path / ("a" * 300)
+    code, _, err = run_in_process([*TINY, f"hydra.run.dir={long}"], capsys, monkeypatch, tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == [f"prune-run: hydra.run.dir={long}: cannot be used: File name too long; "
+                                        f"choose another directory"]
+
+
+def test_a_bad_value_is_refused_even_where_the_run_is_already_complete(tmp_path, capsys, monkeypatch):
+    code, _, _ = run_in_process([*TINY, "hydra.run.dir=run"], capsys, monkeypatch, tmp_path)
+    assert code == 0
+    before = snapshot(tmp_path / "run")
+    # progress cannot change a result, so the completed run is this config's; its value is still checked
+    code, _, err = run_in_process([*TINY, "hydra.run.dir=run", "progress=maybe"], capsys, monkeypatch, tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == ["prune-run: progress='maybe': must be auto or true or false"]
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "prune_cli.app.cli", *TINY, "hydra.run.dir=run"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # checking the config and importing torch: no run has started
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    # 130 either way for a shell: exit(130), or (rarely, on a loaded machine) the interpreter's own end by
+    # SIGINT after the line was printed
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("prune-run: interrupted by the user (Ctrl-C)")

@@ -195,6 +195,9 @@ def console_main() -> None:
                 code = 1
             else:
                 code = int(exit_.code or 0)
+        except KeyboardInterrupt:  # Ctrl-C while the config is checked or torch loads: no run has started yet
+            print("prune-run: interrupted by the user (Ctrl-C) before the run started", file=sys.stderr)
+            code = 128 + signal.SIGINT
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

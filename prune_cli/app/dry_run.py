@@ -6,8 +6,8 @@ model to count its parameters and multiply-adds, and lists every schedule round 
 Data: built-in sets are loaded (a second or two). A torchvision set whose files are missing is *not*
 downloaded and does not fail the dry run: the plan says which files are missing and where, uses the set's
 known shape and sizes for the rest, and ends with a line saying the real run would stop there (exit code 0:
-the plan itself was printed). The plan itself never downloads or unpacks data, nor writes to the cache (Hydra
-still writes its usual ``.hydra/`` config into the run directory).
+the plan itself was printed). The plan itself never downloads or unpacks data, nor writes to the cache; a
+single dry run is printed before Hydra starts (``app/guard.py``), so it leaves no run directory behind.
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def _dataset(cfg) -> tuple[dict, DataFacts]:
             out.update(input_shape=source.shape, num_classes=source.num_classes, train=train,
                        test=source.sizes[1], val=val or None, notes=[], download=download)
             return out, DataFacts(info, train, source.sizes[1], val or None)
+    from prune_cli.pipeline.memory import check_data_fits
+    check_data_fits(cfg.dataset)
     data = load_dataset(cfg.dataset)
     facts = DataFacts.of(data)
     out.update(input_shape=tuple(data.info.input_shape), num_classes=data.info.num_classes, train=facts.train_size,
@@ -54,14 +56,16 @@ def _dataset(cfg) -> tuple[dict, DataFacts]:
     return out, facts
 
 
-def _model(cfg, facts: DataFacts, strategy, schedule) -> dict:
+def _model(cfg, facts: DataFacts, strategy, schedule, device) -> dict:
     import torch
 
     from prune_cli.measure.flops import count_flops
     from prune_cli.models import build_for
     from prune_cli.pipeline.prunable import prunable_of
     from prune_cli.pruning.sparsity import model_sparsity
+    from prune_cli.pipeline.memory import check_model_fits
     model_cfg = plain(cfg.model)
+    check_model_fits(model_cfg, facts.info, device)
     # Pretrained weights are an initialisation: counting needs only the architecture (and no download).
     model, spec = build_for({k: v for k, v in model_cfg.items() if k != "pretrained"}, facts.info)
     input_shape = tuple(facts.info.input_shape)
@@ -114,7 +118,7 @@ def make_plan(cfg: DictConfig) -> dict:
     loop = loop_for(strategy, schedule)
     data, facts = _dataset(cfg)
     plan = {"device": str(device), "seed": int(cfg.seed), "sparsity": float(cfg.sparsity), "dataset": data,
-            "model": _model(cfg, facts, strategy, schedule), "strategy": strategy.describe(),
+            "model": _model(cfg, facts, strategy, schedule, device), "strategy": strategy.describe(),
             "schedule": schedule.describe(), "loop": loop.plan(RunSettings.from_cfg(cfg), strategy, schedule, facts),
             "train": _stage(cfg.train), "finetune": _stage(cfg.finetune), "dense": _dense_cache(cfg, schedule, device),
             "reference": plain(cfg.get("reference"))}

@@ -93,6 +93,8 @@ def guard(argv: list[str]) -> Optional[Path]:
     if found is None:
         return None
     run_dir, cfg = found
+    if cfg.get("dry_run"):
+        _dry_run(cfg)
     from prune_cli.storage.run_dir import (check_opening, completed_report, decide, lock, recorded_fingerprint,
                                            refuse_other_config)
     decided = decide(run_dir)
@@ -104,17 +106,20 @@ def guard(argv: list[str]) -> Optional[Path]:
         print(f"prune-run: {err}", file=sys.stderr)
         sys.exit(2)
     if recorded_fingerprint(decided) is None:
-        if not cfg.get("dry_run"):
-            _refuse_bad_values(cfg)  # before Hydra makes the directory: bad input leaves nothing behind
+        _refuse_bad_values(cfg)  # before Hydra makes the directory: bad input leaves nothing behind
         _check_writable(run_dir, decided)
     else:
         from prune_cli.config import fingerprint
         try:
+            from prune_cli.validate import validate
+            validate(cfg)  # bad values are refused even where they could not change the result
             refuse_other_config(decided, fingerprint(cfg), shown=run_dir)
             finished = completed_report(decided)
             if finished is None:
                 from prune_cli.app.dry_run import make_plan
+                from prune_cli.storage.resume import RunState
                 make_plan(cfg)  # every check the run makes before training, with the same functions
+                RunState(decided, fingerprint(cfg), 0.0).load()  # a state.pt of the wrong types: one line
         except UsageError as err:
             print(f"prune-run: {err}", file=sys.stderr)
             sys.exit(2)
@@ -128,8 +133,6 @@ def guard(argv: list[str]) -> Optional[Path]:
                 "; nothing was changed"
             print(f"prune-run: this run is already complete in {run_dir}{note}", file=sys.stderr)
             sys.exit(0)
-    if cfg.get("dry_run"):
-        return None
     try:
         decided.mkdir(parents=True, exist_ok=True)
         lock(decided)  # held until this process ends; the run takes the same lock again
@@ -147,6 +150,18 @@ def with_run_dir(argv: list[str], decided: Path) -> list[str]:
     kept = [a for a in argv if a.lstrip("+").split("=", 1)[0] != "hydra.run.dir"]
     quoted = str(decided).replace("\\", "\\\\").replace("'", "\\'")
     return [*kept, f"hydra.run.dir='{quoted}'"]
+
+
+def _dry_run(cfg) -> None:
+    """The plan, printed before Hydra starts: a dry run leaves no run directory behind (exit 0, or 2 with one
+    line for bad input)."""
+    from prune_cli.app.dry_run import print_plan
+    try:
+        print_plan(cfg)
+    except UsageError as err:
+        print(f"prune-run: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
 
 
 def _refuse_bad_values(cfg) -> None:

@@ -27,6 +27,8 @@ def compare(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | Non
     Raises UsageError when no (completed) run is found or a group key is unknown.
     """
     paths = list(paths)
+    if out_dir is not None:
+        check_out_dir(out_dir)  # before reading hundreds of reports
     every = collect_reports(paths, include_failed=True)
     reports = every if include_failed else completed_only(every)
     require_reports(reports, paths, skipped=len(every) - len(reports))
@@ -36,8 +38,32 @@ def compare(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | Non
     return rows
 
 
+# Everything prune-compare writes (besides the temporary files of atomic writes, which start with a dot).
+WRITTEN = ("compare.csv", "compare.md", "compare.png", "compare_macs.png", "compare_latency.png")
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+    """An output directory is new, empty or holds only an earlier comparison: never a directory of the user's
+    (``--out /etc``, ``--out .``), whose files a comparison would mix with or replace."""
+    out_dir = Path(out_dir)
+    try:
+        names = os.listdir(out_dir)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise UsageError(f"--out {out_dir}: exists and is not a directory; choose another") from None
+    except OSError as err:
+        raise UsageError(f"--out {out_dir}: cannot be used: {err.strerror or err}") from None
+    foreign = sorted(n for n in names if n not in WRITTEN and not n.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"--out {out_dir}: holds files prune-compare did not write ({shown}); choose a new or "
+                         f"empty directory (nothing was written)")
+
+
 def write_all(rows: Sequence[dict], out_dir: str | os.PathLike) -> None:
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -8,7 +8,7 @@ is carved out of the training split, never out of the test split.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from prune_cli.schema import CUSTOM_SET, DIGITS_SET, IMAGEFOLDER_SET, SYNTHETIC_SET, TORCHVISION_SET
 from prune_cli.data.files import SOURCES
@@ -23,6 +23,11 @@ def _digits(cfg):
 def _synthetic(cfg):
     from prune_cli.data.builtin import load_synthetic
     return load_synthetic(cfg)
+
+
+def _synthetic_bytes(cfg):
+    from prune_cli.pipeline.memory import synthetic_bytes
+    return synthetic_bytes(cfg)
 
 
 def _torchvision(cfg):
@@ -47,11 +52,16 @@ class Registered:
     # Read from the package or from fixed files: a process that runs many jobs (a sweep's worker, a script
     # calling prune_cli.run) keeps the last one it loaded, keyed by its whole config. Runs never write to data.
     reusable: bool
+    # Bytes the set takes in memory, from its config alone (checked before loading: pipeline/memory.py), and
+    # the keys that set it; None where the files decide (they are streamed when large).
+    nbytes: Optional[Callable] = None
+    size_keys: tuple = ()
 
 
 # The torchvision sets share one loader, which reads files.SOURCES.
 DATASETS = {"digits": Registered(_digits, DIGITS_SET, True),
-            "synthetic": Registered(_synthetic, SYNTHETIC_SET, True),
+            "synthetic": Registered(_synthetic, SYNTHETIC_SET, True, _synthetic_bytes,
+                                    ("train_size", "test_size", "shape")),
             **{name: Registered(_torchvision, TORCHVISION_SET, True) for name in SOURCES},
             "imagefolder": Registered(_imagefolder, IMAGEFOLDER_SET, False),
             "custom": Registered(_custom, CUSTOM_SET, False)}

@@ -10,6 +10,7 @@ shortcuts) and ``TorchvisionModel`` (any ``torchvision.models`` classifier by ``
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -45,7 +46,7 @@ class MLP(nn.Module):
     def __init__(self, input_shape, num_classes, mean, std, hidden=(256,), width: float = 1.0):
         super().__init__()
         self.normalize = Normalize(mean, std)
-        sizes = [int(torch.tensor(input_shape).prod())] + [scaled(h, width) for h in hidden]
+        sizes = [math.prod(input_shape)] + [scaled(h, width) for h in hidden]
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]

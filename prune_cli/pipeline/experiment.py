@@ -29,6 +29,7 @@ from prune_cli.pipeline import dense
 from prune_cli.pipeline.facts import DataFacts
 from prune_cli.pipeline.finish import finish
 from prune_cli.pipeline.loops import loop_for
+from prune_cli.pipeline.memory import check_data_fits, check_model_fits
 from prune_cli.pipeline.outcome import Outcome
 from prune_cli.pipeline.prunable import prunable_of
 from prune_cli.pipeline.record import RunRecord
@@ -98,8 +99,10 @@ class Experiment:
         refuse_other_config(self.run_dir, self.fingerprint)  # before state.pt is read
         self.settings = RunSettings.from_cfg(cfg)  # what the stages read, typed, from here on
         self.seed = self.settings.seed
+        check_data_fits(cfg.dataset)  # sizes no machine has are refused before they are allocated
         self.data = load_dataset(cfg.dataset).to(self.device)
         self.facts = DataFacts.of(self.data)
+        check_model_fits(self.settings.model, self.data.info, self.device)
         torch.manual_seed(self.seed)
         self.model, self.spec = build_for(self.settings.model, self.data.info)
         self.model.to(self.device)

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
+from prune_cli.errors import UsageError
 from prune_cli.pipeline.stages import Stage
 from prune_cli.pruning.masks import Masks
 from prune_cli.storage.atomic import atomic_torch_save
@@ -69,6 +70,10 @@ class RunState:
         if not self.path.exists():
             return self
         saved = safe_load(self.path)
+        problem = _malformed(saved)
+        if problem:
+            raise UsageError(f"{self.path}: not a resume state prune-run wrote ({problem}); remove it to start "
+                             f"this run over")
         self.done = [Stage.parse(s) for s in saved["done"]]
         position = saved.get("position")
         self.position = dict(position, stage=Stage.parse(position["stage"])) if position is not None else None
@@ -147,6 +152,39 @@ class RunState:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _tensors(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in value.items())
+
+
+def _malformed(saved) -> Optional[str]:
+    """What is wrong with the types of a loaded ``state.pt`` (it reads as data, but must also be *our* data:
+    a file with the right fingerprint and wrong types would otherwise fail deep inside a stage), or None."""
+    if not isinstance(saved, dict):
+        return f"a {type(saved).__name__}, not a mapping"
+    done = saved.get("done")
+    if not isinstance(done, list) or not all(isinstance(s, str) for s in done):
+        return "'done' is not a list of stage names"
+    position = saved.get("position")
+    if position is not None and not (isinstance(position, dict) and isinstance(position.get("stage"), str)
+                                     and isinstance(position.get("epoch"), int)
+                                     and isinstance(position.get("optimizer", {}), (dict, type(None)))):
+        return "'position' is not a stage, an epoch and an optimizer state"
+    for key in ("model", "masks"):
+        if saved.get(key) is not None and not _tensors(saved[key]):
+            return f"'{key}' is not a mapping of names to tensors"
+    if not isinstance(saved.get("record", {}), dict):
+        return "'record' is not a mapping"
+    kept = saved.get("kept")
+    if kept is not None and not (isinstance(kept, dict) and all(v is None or _tensors(v) for v in kept.values())):
+        return "'kept' is not a mapping of names to weights"
+    rng = saved.get("rng")
+    if rng is not None and not (isinstance(rng, dict) and isinstance(rng.get("cpu"), torch.Tensor)
+                                and isinstance(rng.get("cuda", []), list)):
+        return "'rng' is not a generator state"
+    return None
 
 
 def _rng_state() -> dict:

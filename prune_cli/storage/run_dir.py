@@ -47,8 +47,12 @@ def check_opening(run_dir, launch_dir=None, also=()) -> None:
     if real == launch or real in launch.parents:
         raise UsageError(f"{key}: is the launch directory{' or above it' if real != launch else ''}; a run needs "
                          f"a directory of its own (e.g. hydra.run.dir=outputs/runs/NAME)")
-    if not os.path.lexists(real):
+    try:
+        os.lstat(real)
+    except FileNotFoundError:
         return
+    except OSError as err:  # a name too long for the file system, a part that is a file, no permission
+        raise UsageError(f"{key}: cannot be used: {err.strerror or err}; choose another directory") from None
     if not real.is_dir():
         raise UsageError(f"{key}: {real} exists and is not a directory; choose another directory")
     names = sorted(os.listdir(real))

@@ -31,6 +31,9 @@ def safe_load(path, map_location="cpu") -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"checkpoint {path}: corrupt or truncated ({reason[:160]})") from None
+    except Exception as err:  # noqa: BLE001 - e.g. a text file: the weights-only unpickler's KeyError
+        raise UsageError(f"checkpoint {path}: not a file torch.save wrote ({type(err).__name__}: "
+                         f"{str(err)[:120]})") from None
 
 
 JSON_LIMIT = 64 * 1024 * 1024  # a report.json or search.json is kilobytes; anything this large is not one

@@ -1,0 +1,85 @@
+"""Whether a run's data and model fit the machine, estimated from the config before anything is allocated.
+
+The schema's ranges admit sizes no machine has (a 4096x4096 synthetic image, ten million of them, a hidden
+layer of a million units); allocating them first would end in the allocator's traceback after minutes of
+work, or in the kernel killing the process. The estimates are deliberately simple and on the low side of what
+a run really uses, so that they never refuse a run that would fit: a refusal means the run cannot fit.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+from prune_cli.errors import UsageError
+
+FLOAT32 = 4
+# Training holds each weight about this many times over: the weight, its gradient, the optimizer's state
+# (momentum, or Adam's two moments), the mask and a kept copy (the initial weights, the rewind point).
+WEIGHT_COPIES = 5
+
+
+def available_bytes(device=None) -> Optional[int]:
+    """Memory a run can still take: the GPU's free memory for a CUDA device, else the host's available memory
+    (``MemAvailable`` on Linux, free physical pages elsewhere); None when the system does not say."""
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        import torch
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2 ** 30:,.1f} GiB"
+
+
+def check_data_fits(dataset_cfg) -> None:
+    """Refuse a dataset whose in-memory size (its registry entry's estimate) exceeds the host's memory."""
+    from prune_cli.data import DATASETS
+    registered = DATASETS.get(str(dataset_cfg.name))
+    estimate = registered.nbytes(dataset_cfg) if registered is not None and registered.nbytes else None
+    if estimate is None:
+        return
+    available = available_bytes()
+    if available is not None and estimate > available:
+        sizes = ", ".join(f"dataset.{key}={dataset_cfg.get(key)}" for key in registered.size_keys)
+        raise UsageError(f"{sizes}: the set needs about {_gib(estimate)} of memory, more than the "
+                         f"{_gib(available)} this machine has available; make it smaller")
+
+
+def check_model_fits(model_cfg: dict, info, device) -> int:
+    """Refuse a model whose weights, held ``WEIGHT_COPIES`` times while training, exceed the memory of
+    ``device``. The model is built on the meta device (shapes, no storage), so the check allocates nothing.
+    Returns its parameter count."""
+    import torch
+
+    from prune_cli.models.spec import build, make_spec
+    try:
+        with torch.device("meta"):
+            model = build(make_spec({k: v for k, v in model_cfg.items() if k != "pretrained"}, info))
+    except Exception:  # noqa: BLE001 - a model that cannot be built (or not on meta) is judged by build_for
+        return 0
+    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    estimate = params * FLOAT32 * WEIGHT_COPIES
+    available = available_bytes(device)
+    if available is not None and estimate > available:
+        name = model_cfg.get("name", model_cfg.get("_target_"))
+        where = "the GPU has free" if getattr(device, "type", "") == "cuda" else "this machine has available"
+        raise UsageError(f"model={name}: {params:,} parameters need about {_gib(estimate)} to train, more than "
+                         f"the {_gib(available)} {where}; choose a smaller model or inputs")
+    return params
+
+
+def synthetic_bytes(cfg) -> int:
+    """The synthetic set's peak while it is built: prototypes per image, the noise and their clipped sum."""
+    return 3 * (int(cfg.train_size) + int(cfg.test_size)) * math.prod(int(s) for s in cfg.shape) * FLOAT32
