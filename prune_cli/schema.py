@@ -188,9 +188,9 @@ TARGET = Text(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", "a dotted pa
 FRACTION = Num(0.0, 1.0, hi_open=True)
 VAL_FRACTION = Noted(FRACTION, "the part of the training split held out for validation")
 SEED = Int(0, 2 ** 32 - 1)
-# No schedule in use goes near 1e4; far above it the value cannot even be held by a float32 optimizer (a
-# traceback at the first step), and in between the first step's loss is infinite anyway.
-LR = Num(0.0, 1e4, lo_open=True)
+# A learning rate is multiplied into float32 tensors: above float32's largest value it overflows there (a
+# traceback at the first step); below it, a rate that makes training diverge fails the run with the step.
+LR = Num(0.0, 3.4028234663852886e38, lo_open=True)
 
 
 def _stage(min_epochs: int) -> dict:

@@ -6,9 +6,10 @@ The keys come from the composed config of every option in conf/, so a new option
 editing this file. Drawn with hypothesis, derandomised so that CI sees the same cases every time.
 """
 import json
+import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
@@ -63,18 +64,24 @@ def test_every_group_and_key_is_fuzzed():
     assert len(CASES) > 80
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=st.sampled_from(CASES), value=st.sampled_from(VALUES))
-def test_a_run_completes_or_refuses_with_one_line(tmp_path_factory, capsys, monkeypatch, case, value):
-    option, key = case
-    tmp_path = tmp_path_factory.mktemp("fuzz")
-    run_dir = tmp_path / "run"
+def _data_args(option, tmp_path):
+    """Keep a torchvision or image set from looking for files anywhere real (missing files are one line)."""
     no_data = [f"dataset.root={tmp_path / 'no-data'}"]
-    data = {"dataset=imagefolder": no_data, "dataset=custom": []}.get(option, ["dataset.download=false", *no_data]) \
-        if option and option.startswith("dataset=") and option not in ("dataset=digits", "dataset=synthetic") else []
-    args = [*([option] if option else []), *BASE, *data, f"{key}={value}", f"hydra.run.dir={run_dir}"]
-    if key == "strategy.epochs" or not _takes(option, "strategy.epochs"):
+    if not option or not option.startswith("dataset=") or option in ("dataset=digits", "dataset=synthetic"):
+        return []
+    return {"dataset=imagefolder": no_data, "dataset=custom": []}.get(option, ["dataset.download=false", *no_data])
+
+
+def _check_outcome(drawn, tmp_path, capsys, monkeypatch):
+    """Run the drawn ``[(option, key, value)]`` together and hold the promise for any of them: exit 0 with a
+    completed report, exit 2 with one line naming one of the keys (or the data or model it concerns), or exit
+    1 with one line for training that diverged; never a traceback."""
+    run_dir = tmp_path / "run"
+    options_ = list(dict.fromkeys(option for option, _, _ in drawn if option))
+    keys = [key for _, key, _ in drawn]
+    args = [*options_, *BASE, *(a for o in options_ for a in _data_args(o, tmp_path)),
+            *(f"{key}={value}" for _, key, value in drawn), f"hydra.run.dir={run_dir}"]
+    if "strategy.epochs" in keys or not all(_takes(o, "strategy.epochs") for o in options_ or [None]):
         args.remove("strategy.epochs=1")
     code, out, err = run(args, tmp_path, capsys, monkeypatch)
     assert "Traceback" not in err + out, args
@@ -87,11 +94,66 @@ def test_a_run_completes_or_refuses_with_one_line(tmp_path_factory, capsys, monk
     assert len(lines) == 1 and lines[0].startswith("prune-run: "), (args, err)
     assert report is None or report["status"] == "failed", args
     if code == 1:  # training itself failed (e.g. a learning rate that diverges): said so, with the step
-        assert "non-finite loss" in lines[0], (args, err)
+        assert "non-finite" in lines[0] and "(try a smaller lr)" in lines[0], (args, err)
     else:
-        name = key.split(".")[-1]
-        assert name in lines[0] or "sparsity" in lines[0] or "dataset=" in lines[0] or "model=" in lines[0], \
-            (args, err)
+        # a refusal names a drawn key, the group of a drawn option, or a key of BASE it contradicts
+        names = [key.split(".")[-1] for key in keys] + [o.split("=")[0] for o in options_] \
+            + [a.split("=")[0] for a in BASE]
+        assert any(name in lines[0] for name in names) or "sparsity" in lines[0] or "dataset=" in lines[0] \
+            or "model=" in lines[0], (args, err)
+
+
+# PRUNE_FUZZ_EXAMPLES=200 for a longer hunt than CI's (the same derandomised start, more cases).
+EXAMPLES = int(os.environ.get("PRUNE_FUZZ_EXAMPLES", "15"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@FUZZ
+@given(case=st.sampled_from(CASES), value=st.sampled_from(VALUES))
+def test_a_run_completes_or_refuses_with_one_line(tmp_path_factory, capsys, monkeypatch, case, value):
+    _check_outcome([(*case, value)], tmp_path_factory.mktemp("fuzz"), capsys, monkeypatch)
+
+
+def _compatible(first, second) -> bool:
+    """Two drawn keys can be set in one command: different keys, and options of different groups (or one)."""
+    (option_a, key_a), (option_b, key_b) = first, second
+    if key_a == key_b:
+        return False
+    return not (option_a and option_b and option_a != option_b
+                and option_a.split("=")[0] == option_b.split("=")[0])
+
+
+@FUZZ
+@given(first=st.sampled_from(CASES), second=st.sampled_from(CASES),
+       values=st.tuples(st.sampled_from(VALUES), st.sampled_from(VALUES)))
+def test_two_keys_drawn_together_complete_or_refuse_with_one_line(tmp_path_factory, capsys, monkeypatch, first,
+                                                                  second, values):
+    """Values that are each fine alone can fail together (a batch against a split size, an epoch count
+    against a schedule's rounds): the same promise holds for pairs."""
+    assume(_compatible(first, second))
+    _check_outcome([(*first, values[0]), (*second, values[1])], tmp_path_factory.mktemp("fuzz"), capsys,
+                   monkeypatch)
+
+
+# Valid values only, several keys at once: the combinations a careful user could write.
+FINE = {"sparsity": ["0.5", "0.99", "0"], "train.batch_size": ["1", "7", "100000"], "finetune.epochs": ["0", "3"],
+        "train.epochs": ["1", "2"], "dataset.val_fraction": ["0", "0.5", "0.99"], "finetune.lr": ["1e-5", "10"],
+        "eval_batch_size": ["1", "100000"], "strategy.scope": ["layer", "global"],
+        "schedule": ["oneshot", "iterative", "gradual", "lottery"], "strategy": ["magnitude", "random", "gradient"],
+        "finetune.on": ["masked", "shrunk"], "finetune.distill": ["true", "false"]}
+
+
+@settings(FUZZ, max_examples=max(6, EXAMPLES // 3))  # these train: each example takes seconds
+@given(picked=st.dictionaries(st.sampled_from(sorted(FINE)), st.none(), min_size=2, max_size=4),
+       data=st.data())
+def test_valid_values_drawn_together_complete_or_refuse_with_one_line(tmp_path_factory, capsys, monkeypatch,
+                                                                      picked, data):
+    drawn = []
+    for key in sorted(picked):
+        value = data.draw(st.sampled_from(FINE[key]), label=key)
+        drawn.append((f"{key}={value}", "seed", "0") if key in ("schedule", "strategy") else (None, key, value))
+    _check_outcome(drawn, tmp_path_factory.mktemp("fuzz"), capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("option", sorted({c[0] for c in CASES}, key=str))

@@ -15,7 +15,7 @@ from prune_cli.storage.atomic import atomic_torch_save, atomic_write_text
 from prune_cli.storage.safe_load import safe_load
 from prune_cli.errors import UsageError
 
-from conftest import prune_run, read_report
+from conftest import prune_run, read_report, run_in_process
 
 SLOW_FINETUNE = ["model=lenet300", "train.epochs=2", "finetune.epochs=8", "finetune.batch_size=16",
                  "checkpoint.every_s=0", "sparsity=0.9", "measure.latency_budget_s=0.01"]
@@ -110,6 +110,23 @@ def test_non_finite_loss_fails_the_run_with_stage_and_step(tmp_path):
     assert "non-finite loss in stage 'train'" in report["error"] and "step" in report["error"]
     assert report["error"] in result.stderr
     assert not (run_dir / "pruned.pt").exists()
+
+
+def test_a_learning_rate_that_overflows_float32_fails_the_run_with_one_line(tmp_path, capsys, monkeypatch):
+    # Adam's first step divides the lr by its bias correction (0.1): 3.4e38 / 0.1 is beyond float32
+    run_dir = tmp_path / "run"
+    code, _, err = run_in_process(["train.lr=3.4e38", "train.epochs=1", "finetune.epochs=0",
+                                   f"hydra.run.dir={run_dir}"], capsys, monkeypatch, tmp_path)
+    message = ("non-finite update in stage 'train' at epoch 1, step 1: lr 3.4e+38 overflows float32 "
+               "(try a smaller lr)")
+    assert code == 1
+    assert err.strip().splitlines() == [f"prune-run: run failed: {message}"]
+    assert read_report(run_dir)["status"] == "failed" and read_report(run_dir)["error"] == message
+    code, _, err = run_in_process(["train.lr=1e308", f"hydra.run.dir={tmp_path / 'other'}"], capsys, monkeypatch,
+                                  tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == ["prune-run: train.lr=1e+308: must be a positive number (at most "
+                                        "3.40282e+38)"]
 
 
 def test_save_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -362,3 +362,23 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("prune-run: interrupted by the user (Ctrl-C)")
+
+
+def test_a_sweep_directory_holding_the_users_files_is_refused_before_hydra_writes(tmp_path):
+    sweep = tmp_path / "mine"
+    sweep.mkdir()
+    (sweep / "notes.txt").write_text("keep\n")
+    (sweep / "multirun.yaml").symlink_to(tmp_path / "notes-elsewhere")
+    result = prune_run(["-m", "sparsity=0.5,0.9", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"prune-run: hydra.sweep.dir={sweep}: {sweep / 'multirun.yaml'} is a symbolic link where prune-run "
+        f"writes; prune-run never writes through links: remove it or choose another directory"]
+    (sweep / "multirun.yaml").unlink()
+    result = prune_run(["-m", "sparsity=0.5,0.9", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"prune-run: hydra.sweep.dir={sweep}: holds files prune-run did not write (notes.txt); choose an empty or "
+        f"new directory (nothing was changed)"]
+    assert sorted(p.name for p in sweep.iterdir()) == ["notes.txt"]
+    assert not (tmp_path / "notes-elsewhere").exists()

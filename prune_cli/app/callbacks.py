@@ -75,6 +75,14 @@ class SweepSummary(Callback):
         SweepSummary.started = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Before Hydra writes multirun.yaml or any job directory: the sweep directory is opened, not trusted.
+        from prune_cli.errors import UsageError
+        from prune_cli.storage.run_dir import check_sweep_opening
+        try:
+            check_sweep_opening(config.hydra.sweep.dir)
+        except UsageError as err:
+            print(f"prune-run: {err}", file=sys.stderr)
+            sys.exit(2)
         # Hydra composes each job's config (and rejects e.g. strategy=magnitude,nonexistent) only after this
         # hook, so a sweep counts as started once a job directory exists, not yet here.
         SweepSummary.started = _JobsLaunched(Path(config.hydra.sweep.dir))

@@ -70,6 +70,39 @@ def check_opening(run_dir, launch_dir=None, also=()) -> None:
                          f"directory (nothing was changed)")
 
 
+# What a sweep directory holds: Hydra's record of the sweep, our job markers, the jobs' own directories
+# ("<number>_<overrides>", each checked as a run directory when its job starts) and prune-compare's output.
+SWEEP_WRITTEN = ("multirun.yaml", ".jobs", ".refused", "compare")
+_JOB_DIR = re.compile(r"\d+(_.*)?")
+
+
+def check_sweep_opening(sweep_dir, launch_dir=None) -> None:
+    """The sweep directory's version of ``check_opening``: not the launch directory, no link where a sweep
+    writes, nothing but an earlier sweep's files (so re-running a sweep reuses its completed jobs)."""
+    real = decide(sweep_dir)
+    launch = decide(launch_dir if launch_dir is not None else os.getcwd())
+    key = f"hydra.sweep.dir={sweep_dir}"
+    if real == launch or real in launch.parents:
+        raise UsageError(f"{key}: is the launch directory{' or above it' if real != launch else ''}; a sweep needs "
+                         f"a directory of its own (e.g. hydra.sweep.dir=outputs/sweeps/NAME)")
+    try:
+        names = sorted(os.listdir(real))
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise UsageError(f"{key}: cannot be used: {err.strerror or err}; choose another directory") from None
+    links = [n for n in names if (n in SWEEP_WRITTEN or _JOB_DIR.fullmatch(n)) and os.path.islink(real / n)]
+    if links:
+        raise UsageError(f"{key}: {real / links[0]} is a symbolic link where prune-run writes; prune-run never "
+                         f"writes through links: remove it or choose another directory")
+    foreign = [n for n in names if n not in SWEEP_WRITTEN and not (
+        (real / n).is_dir() and (_JOB_DIR.fullmatch(n) or _holds_a_run(real / n)))]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"{key}: holds files prune-run did not write ({shown}); choose an empty or new "
+                         f"directory (nothing was changed)")
+
+
 def _holds_a_run(real: Path) -> bool:
     """Whether the directory's files are a run's: a report with a status, a resume state, or the lock holder's
     note of a run that started (one in progress has written no state yet)."""

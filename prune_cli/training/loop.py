@@ -71,7 +71,14 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                 loss = loss + regularizer(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as err:  # a huge lr (times Adam's bias correction) beyond float32's range
+                if "overflow" not in str(err):
+                    raise
+                raise RunFailed(f"non-finite update in stage {stage!r} at epoch {epoch + 1}, step "
+                                f"{epoch * steps_per_epoch + i + 1}: lr {settings.lr_at(epoch):g} overflows float32 "
+                                f"(try a smaller lr)") from None
             with torch.no_grad():
                 for param, mask in pairs:
                     param.mul_(mask)
