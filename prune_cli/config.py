@@ -55,19 +55,64 @@ def compose_config(overrides: Sequence[str] = (), config_dir: str | None = None)
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:  # a bad override, an unknown option: one line
-        raise UsageError(composition_error(err)) from None
+        raise UsageError(composition_error(err, overrides)) from None
     with open_dict(cfg):
         cfg.pop("hydra", None)
     return cfg
 
 
-def composition_error(err: Exception) -> str:
-    """Hydra's override or composition error as one line (its first two lines, without the links)."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+def composition_error(err: Exception, overrides: Sequence[str] = ()) -> str:
+    """Hydra's override or composition error as one line that says how to fix it: an unknown group option with
+    the closest option and the list, an unknown key with the closest keys, a comma list without ``-m`` with
+    the flag; anything else as Hydra's first two lines, without the links. ``overrides``: the command's."""
+    import difflib
+    import re
+    text = str(err)
+    missing, options = getattr(err, "missing_cfg_file", None), getattr(err, "options", None)
+    if missing and "/" in str(missing) and options:  # Hydra's MissingConfigException for `group=option`
+        group, _, option = str(missing).rpartition("/")
+        close = difflib.get_close_matches(option, [str(o) for o in options], n=1)
+        return (f"{group}={option}: no such option; {f'did you mean {close[0]}? ' if close else ''}"
+                f"{group} is one of {', '.join(sorted(map(str, options)))}")
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        given = next((o for o in overrides if o.lstrip("~+").partition("=")[0] == key), key)
+        close = difflib.get_close_matches(key, _known_keys(overrides), n=3, cutoff=0.7)
+        hint = f"did you mean {' or '.join(close)}?" if close else "see every key with prune-run --cfg job"
+        return f"{given}: unknown key; {hint}"
+    ambiguous = re.search(r"Ambiguous value for argument '([^']+)'", text)
+    if ambiguous:
+        given = ambiguous.group(1)
+        return (f"{given}: a comma list is a sweep: add -m (prune-run -m ... {given}); a list value is written "
+                f"with brackets, e.g. {given.partition('=')[0]}=[{given.partition('=')[2]}]")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith(("See https://", "full_key", "object_type"))]
     override = getattr(err, "override", None)  # Hydra's OverrideParseException names the override
     head = f"{override}: cannot be parsed: " if override else ""
     return f"{head}{'; '.join(lines[:2]) or type(err).__name__}"
+
+
+def _known_keys(overrides: Sequence[str]) -> list[str]:
+    """Every key of the config the command's group choices compose (for "did you mean")."""
+    choices = [o for o in overrides if "=" in o and "." not in o.partition("=")[0] and not o.startswith(("+", "~"))
+               and "," not in o]
+    try:
+        cfg = compose_config(choices)
+    except Exception:  # noqa: BLE001 - a suggestion is a courtesy; the default config still has the top keys
+        try:
+            cfg = compose_config([])
+        except Exception:  # noqa: BLE001
+            return []
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from leaves(value, f"{full}.")
+            else:
+                yield full
+    return list(leaves(OmegaConf.to_container(cfg, resolve=False)))
 
 
 def instantiate(node: DictConfig, group: str):

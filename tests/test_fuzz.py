@@ -185,7 +185,15 @@ def _takes(option, key):
 
 @pytest.mark.parametrize("override,message", [
     ("sparsity=[1", "prune-run: sparsity=[1: cannot be parsed:"),
-    ("strategy.foo=1", "prune-run: Could not override 'strategy.foo'.; To append to your config use"),
+    ("strategy.foo=1", "prune-run: strategy.foo=1: unknown key; did you mean strategy.scope or strategy.ignore or "
+                       "strategy.name?"),
+    ("sparsty=0.9", "prune-run: sparsty=0.9: unknown key; did you mean sparsity?"),
+    ("train.lrr=0.1", "prune-run: train.lrr=0.1: unknown key; did you mean train.lr?"),
+    ("strategy=magnitue", "prune-run: strategy=magnitue: no such option; did you mean magnitude? strategy is one "
+                          "of activation, apoz, compress, gradient, l0, l1, magnitude, random, sparsegpt, wanda"),
+    ("strategy=magnitude,gradient", "prune-run: strategy=magnitude,gradient: a comma list is a sweep: add -m "
+                                    "(prune-run -m ... strategy=magnitude,gradient); a list value is written with "
+                                    "brackets, e.g. strategy=[magnitude,gradient]"),
     ("+schedule.foo=1", "prune-run: schedule.foo=1: unknown key; schedule=oneshot takes _target_, name"),
 ])
 def test_overrides_hydra_cannot_apply_are_one_line(tmp_path, capsys, monkeypatch, override, message):

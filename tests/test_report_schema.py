@@ -35,3 +35,42 @@ def test_a_failed_report_matches_and_an_undocumented_field_does_not(tmp_path, ca
     assert code == 1 and failed["status"] == "failed" and schema_errors(failed) == []
     assert schema_errors({"status": "failed", "error": "x", "surprise": 1}) == [
         "(top): Additional properties are not allowed ('surprise' was unexpected)"]
+
+
+def test_the_environment_stamp_names_versions_commit_and_the_command_that_reruns_the_run(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import platform
+    import subprocess
+
+    import hydra
+    import torch
+    import torchvision
+    from conftest import TINY, read_report
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "notes.md").write_text("v1\n")
+    subprocess.run([*git, "add", "notes.md"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    code, _, _ = run_in_process([*TINY, "strategy.scope=layer", "hydra.run.dir=../run"], capsys, monkeypatch, repo)
+    assert code == 0
+    env = read_report(tmp_path / "run")["environment"]
+    assert env == {"prune_cli": prune_cli.__version__, "torch": torch.__version__,
+                   "torchvision": torchvision.__version__, "hydra": hydra.__version__,
+                   "python": platform.python_version(), "cuda": torch.version.cuda,
+                   "device_name": env["device_name"], "host": env["host"], "git_commit": head, "git_dirty": False,
+                   "command": "prune-run train.epochs=3 finetune.epochs=2 checkpoint.every_s=0 "
+                              "measure.latency_budget_s=0.01 strategy.scope=layer"}
+    assert env["device_name"] and env["host"]
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert f"```bash\n{env['command']}\n```" in markdown
+    assert f"| launched at commit | {head[:12]} |" in markdown
+    assert "| train | 3 epochs, adam lr 0.001, batch 64 |" in markdown
+    (repo / "notes.md").write_text("v2\n")  # a tracked file changed: the stamp says so; outside a repository none
+    code, _, _ = run_in_process([*TINY, "hydra.run.dir=../run2"], capsys, monkeypatch, repo)
+    assert code == 0 and read_report(tmp_path / "run2")["environment"]["git_dirty"] is True
+    code, _, _ = run_in_process([*TINY, "hydra.run.dir=run3"], capsys, monkeypatch, tmp_path)
+    env3 = read_report(tmp_path / "run3")["environment"]
+    assert code == 0 and (env3["git_commit"], env3["git_dirty"]) == (None, None)

@@ -50,7 +50,8 @@ def test_search_finds_the_boundary_on_validation_data_and_resumes(tmp_path, caps
     (["search.colour=red"], "search.colour=red: unknown search setting"),
     (["search.min_sparsity=0.9", "search.max_sparsity=0.8"], "must be below search.max_sparsity"),
     (["dataset.val_fraction=0.0"], "needs a validation split"),
-    (["strategy=magnitude,nope"], "Could not find 'strategy/nope'"),
+    (["strategy=magnitude,nope"], "strategy=nope: no such option; strategy is one of activation, apoz,"),
+    (["strategy=magnitude,gradnt"], "strategy=gradnt: no such option; did you mean gradient?"),
     (["strategy=../strategy/magnitude"], "strategy=../strategy/magnitude: not a strategy name"),
     (["strategy=magnitude,activation", "strategy.scope=nowhere"], "strategy.scope='nowhere': must be one of"),
 ])

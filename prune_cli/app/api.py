@@ -47,4 +47,4 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[str] = None, progress=N
     OmegaConf.resolve(cfg)
     with host_kept():
         from prune_cli.pipeline.experiment import Experiment
-        return Experiment(cfg, run_dir, progress=progress).run()
+        return Experiment(cfg, run_dir, progress=progress, overrides=list(overrides)).run()

@@ -59,7 +59,7 @@ def run_job(cfg: DictConfig) -> dict | None:
             # On a terminal, say something at once: torch, the data and the model take seconds to load.
             starting = progress.add_task(STARTING, total=None) if progress is not None else None
             from prune_cli.pipeline.experiment import Experiment
-            experiment = Experiment(cfg, run_dir, progress)
+            experiment = Experiment(cfg, run_dir, progress, overrides=list(hydra_cfg.overrides.task))
             if starting is not None:
                 progress.remove_task(starting)
             result = experiment.run()

@@ -46,14 +46,13 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
     """(run directory, composed run config) of a single-run command, or None (a sweep, --help, ...).
 
     An override Hydra cannot parse or apply is bad input: one line and exit 2, before Hydra prints its
-    several. An unknown group option is left to Hydra, whose message lists the options there are."""
+    several (an unknown group option names the closest option and lists them all)."""
     args = _parsed(argv)
     if args is None or args.multirun or args.help or args.hydra_help or args.version or args.cfg or args.info \
             or args.shell_completion or args.experimental_rerun or args.config_path:
         return None  # (a --config-path is resolved by Hydra from the caller: the run checks it itself)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf, open_dict
     from prune_cli.config import CONFIG_DIR
     import prune_cli.app.resolvers  # noqa: F401
@@ -70,18 +69,16 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
         with open_dict(cfg):
             cfg.pop("hydra")
         OmegaConf.resolve(cfg)
-    except MissingConfigException:
-        return None
-    except Exception as err:  # noqa: BLE001 - Hydra's override and composition errors
-        _bad_override(err)
+    except Exception as err:  # noqa: BLE001 - Hydra's override and composition errors, unknown options too
+        _bad_override(err, overrides)
     finally:
         GlobalHydra.instance().clear()
     return run_dir, cfg
 
 
-def _bad_override(err: Exception) -> None:
+def _bad_override(err: Exception, overrides) -> None:
     from prune_cli.config import composition_error
-    print(f"prune-run: {composition_error(err)}", file=sys.stderr)
+    print(f"prune-run: {composition_error(err, overrides)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -111,9 +108,9 @@ def guard(argv: list[str]) -> Optional[Path]:
     else:
         from prune_cli.config import fingerprint
         try:
-            from prune_cli.validate import validate
-            validate(cfg)  # bad values are refused even where they could not change the result
             refuse_other_config(decided, fingerprint(cfg), shown=run_dir)
+            from prune_cli.validate import validate
+            validate(cfg)  # this config's run: bad values are refused even where they cannot change the result
             finished = completed_report(decided)
             if finished is None:
                 from prune_cli.app.dry_run import make_plan

@@ -38,13 +38,16 @@ def compare(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | Non
     return rows
 
 
-# Everything prune-compare writes (besides the temporary files of atomic writes, which start with a dot).
+# Everything prune-compare writes (besides the temporary files of atomic writes, which start with a dot), and
+# the one file of prune-run's that sits beside run directories (a sweep's record).
 WRITTEN = ("compare.csv", "compare.md", "compare.png", "compare_macs.png", "compare_latency.png")
+BESIDE_RUNS = ("multirun.yaml",)
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> None:
-    """An output directory is new, empty or holds only an earlier comparison: never a directory of the user's
-    (``--out /etc``, ``--out .``), whose files a comparison would mix with or replace."""
+    """An output directory is new, holds only directories (e.g. the runs compared), prune-run's sweep record
+    or an earlier comparison: never a directory of the user's files (``--out /etc``, ``--out .`` in a
+    project), which a comparison would mix with or replace. Nothing is written into subdirectories."""
     out_dir = Path(out_dir)
     try:
         names = os.listdir(out_dir)
@@ -54,7 +57,8 @@ def check_out_dir(out_dir: str | os.PathLike) -> None:
         raise UsageError(f"--out {out_dir}: exists and is not a directory; choose another") from None
     except OSError as err:
         raise UsageError(f"--out {out_dir}: cannot be used: {err.strerror or err}") from None
-    foreign = sorted(n for n in names if n not in WRITTEN and not n.startswith("."))
+    foreign = sorted(n for n in names if n not in (*WRITTEN, *BESIDE_RUNS) and not n.startswith(".")
+                     and not (out_dir / n).is_dir())
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise UsageError(f"--out {out_dir}: holds files prune-compare did not write ({shown}); choose a new or "

@@ -26,7 +26,7 @@ def _synthetic(cfg):
 
 
 def _synthetic_bytes(cfg):
-    from prune_cli.pipeline.memory import synthetic_bytes
+    from prune_cli.data.builtin import synthetic_bytes
     return synthetic_bytes(cfg)
 
 

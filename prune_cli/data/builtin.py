@@ -29,6 +29,13 @@ def load_digits(cfg) -> Dataset:
     return in_memory_dataset("digits", x, y, train_idx, test_idx, 10, cfg.get("val_fraction", 0.0), cfg.split_seed)
 
 
+def synthetic_bytes(cfg) -> int:
+    """The synthetic set's peak memory while it is built (float32): prototypes per image, the noise, and their
+    clipped sum (``load_synthetic``); checked before building (``pipeline/memory.py``)."""
+    import math
+    return 3 * (int(cfg.train_size) + int(cfg.test_size)) * math.prod(int(s) for s in cfg.shape) * 4
+
+
 def load_synthetic(cfg) -> Dataset:
     """A seeded, learnable set: each class is a random prototype image plus noise, clipped to [0, 1]."""
     shape = tuple(int(s) for s in cfg.shape)

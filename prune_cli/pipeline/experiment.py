@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -81,10 +81,13 @@ def _fits(optimizer_state: dict, model) -> bool:
 class Experiment:
     """One run: what its stages share, and the steps every loop uses."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, progress=None, keep_round_masks: bool = False):
+    def __init__(self, cfg: DictConfig, run_dir: Path, progress=None, keep_round_masks: bool = False,
+                 overrides: Sequence[str] = ()):
         """``keep_round_masks``: the record keeps every round's masks in memory (for inspection; a gradual
-        run prunes hundreds of times, so it is off by default)."""
+        run prunes hundreds of times, so it is off by default). ``overrides``: the command's, for the report's
+        ``environment.command``."""
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.overrides = list(overrides)
         self.keep_round_masks = keep_round_masks
         validate(cfg)
         self.device = resolve_device(cfg.device)

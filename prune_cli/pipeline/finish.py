@@ -12,6 +12,7 @@ from prune_cli.measure.timing import Timer
 from prune_cli.models import build
 from prune_cli.pipeline.outcome import Outcome
 from prune_cli.report.build import build_report
+from prune_cli.report.environment import environment
 from prune_cli.report.files import write_report
 from prune_cli.storage.checkpoint import save_checkpoint, save_quantized
 from prune_cli.storage.run_dir import remove_leftovers
@@ -40,6 +41,7 @@ def finish(exp, outcome: Outcome) -> dict:
                           parameters={name for name, _ in model.named_parameters()}, measured=measured,
                           target=float(exp.cfg.sparsity), run=extra)
     report["config"] = OmegaConf.to_container(exp.cfg, resolve=True)  # what prune-compare labels variants by
+    report["environment"] = environment(exp.device, exp.overrides)
     path = exp.run_dir / "pruned.pt"
     save_checkpoint(path, state_dict=state_dict, masks=masks.cpu_state() if masks else {}, spec=outcome.spec,
                     config=OmegaConf.to_container(exp.cfg, resolve=True), report=report,

@@ -7,7 +7,6 @@ a run really uses, so that they never refuse a run that would fit: a refusal mea
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -78,8 +77,3 @@ def check_model_fits(model_cfg: dict, info, device) -> int:
         raise UsageError(f"model={name}: {params:,} parameters need about {_gib(estimate)} to train, more than "
                          f"the {_gib(available)} {where}; choose a smaller model or inputs")
     return params
-
-
-def synthetic_bytes(cfg) -> int:
-    """The synthetic set's peak while it is built: prototypes per image, the noise and their clipped sum."""
-    return 3 * (int(cfg.train_size) + int(cfg.test_size)) * math.prod(int(s) for s in cfg.shape) * FLOAT32

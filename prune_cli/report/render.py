@@ -122,7 +122,39 @@ def markdown(r: dict) -> str:
                      f"{_pct(rd.get('accuracy_pruned'))} | {_pct(rd.get('accuracy'))} |")
     lines += ["", "## Timings (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in r["timings"].items()]
+    lines += reproduce_lines(r)
     return "\n".join(lines) + "\n"
+
+
+def _stage_settings(stage: dict) -> str:
+    text = f"{stage['epochs']} epochs, {stage['optimizer']} lr {stage['lr']:g}, batch {stage['batch_size']}"
+    if stage.get("optimizer") == "sgd" and stage.get("momentum"):
+        text += f", momentum {stage['momentum']:g}"
+    if stage.get("weight_decay"):
+        text += f", weight decay {stage['weight_decay']:g}"
+    if stage.get("lr_decay", "none") != "none":
+        text += f", {stage['lr_decay']} decay"
+    return text
+
+
+def reproduce_lines(r: dict) -> list[str]:
+    """The command that reruns the run, its training settings and the environment it ran in."""
+    env, config = r.get("environment"), r.get("config") or {}
+    if not env:
+        return []
+    lines = ["", "## Reproduce", "", "```bash", env["command"], "```", "", "| setting | value |", "|---|---|"]
+    for name in ("train", "finetune"):
+        if isinstance(config.get(name), dict):
+            lines.append(f"| {name} | {_stage_settings(config[name])} |")
+    commit = env.get("git_commit")
+    lines += [f"| seed / device | {config.get('seed')} / {r['experiment'].get('device')} ({env['device_name']}) |",
+              f"| versions | prune-cli {env['prune_cli']}, torch {env['torch']}, torchvision {env['torchvision']}, "
+              f"hydra-core {env['hydra']}, Python {env['python']}" + (f", CUDA {env['cuda']}" if env["cuda"] else "")
+              + " |",
+              f"| host | {env['host']} |"]
+    if commit:
+        lines.append(f"| launched at commit | {commit[:12]}{' (with uncommitted changes)' if env['git_dirty'] else ''} |")
+    return lines
 
 
 def console_table(r: dict, console) -> None:

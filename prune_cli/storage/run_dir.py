@@ -51,7 +51,10 @@ def check_opening(run_dir, launch_dir=None, also=()) -> None:
         os.lstat(real)
     except FileNotFoundError:
         return
-    except OSError as err:  # a name too long for the file system, a part that is a file, no permission
+    except NotADirectoryError:
+        blocking = next(p for p in real.parents if os.path.lexists(p))  # the part that is a file
+        raise UsageError(f"{key}: {blocking} is not a directory; choose another directory") from None
+    except OSError as err:  # a name too long for the file system, no permission
         raise UsageError(f"{key}: cannot be used: {err.strerror or err}; choose another directory") from None
     if not real.is_dir():
         raise UsageError(f"{key}: {real} exists and is not a directory; choose another directory")
