@@ -194,8 +194,9 @@ LR = Num(0.0, 3.4028234663852886e38, lo_open=True)
 
 
 def _stage(min_epochs: int) -> dict:
-    from prune_cli.training.settings import LR_DECAYS, OPTIMIZERS
-    return {"epochs": Int(min_epochs, 100_000), "lr": LR,
+    from prune_cli.training.settings import COMPILE_MODES, LR_DECAYS, OPTIMIZERS, PRECISIONS
+    return {"epochs": Int(min_epochs, 100_000), "lr": LR, "precision": Choice(PRECISIONS),
+            "compile": Noted(AnyOf((Bool(), Choice(COMPILE_MODES))), "reduce-overhead adds CUDA graphs on a GPU"),
             "batch_size": Int(1, 1 << 20), "optimizer": Choice(OPTIMIZERS), "momentum": Num(0.0, 1.0, hi_open=True),
             "weight_decay": Num(0.0, 1.0), "lr_decay": Choice(LR_DECAYS),
             "lr_milestones": ListOf(Num(0.0, 1.0)), "lr_gamma": Num(0.0, 1.0, lo_open=True)}
@@ -209,6 +210,8 @@ def top_level() -> dict:
         "threads": AnyOf((Choice(("auto",)), Int(1, 1024))),
         "progress": AnyOf((Choice(("auto",)), Bool())),
         "eval_batch_size": Int(1, 1 << 20),
+        "matmul_precision": Noted(Choice(("auto", "highest", "high", "medium")),
+                                  "fp32 matrix products; auto: high (TF32) on a GPU, highest on the CPU"),
         "dry_run": Bool(),
         "objective": Noted(Optional_(Choice(("val_accuracy", "sparsity_at_budget"))),
                            "what a sweeper (hydra/sweeper=optuna) maximises, on validation data"),

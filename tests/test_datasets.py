@@ -13,7 +13,7 @@ from conftest import prune_run, read_report
 from prune_cli.data.splits import TensorSplit
 from prune_cli.errors import UsageError
 from prune_cli.data.files import SOURCES
-from prune_cli.data.splits import AugmentedSplit, LoaderSplit, augment
+from prune_cli.data.splits import AugmentedSplit, LoaderSplit, augment, augmentation_draws
 from prune_cli.data.torchvision_sets import load
 from test_models import _plain_cpu_kernels  # noqa: F401  (autouse: one thread, PyTorch's own kernels)
 
@@ -150,7 +150,7 @@ def test_cifar_without_augmentation_is_a_tensor_split(tmp_path):
 
 def test_augment_is_random_crop_with_zero_padding_and_flip():
     x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    out = augment(x, torch.Generator().manual_seed(3))
+    out = augment(x, *augmentation_draws(6, torch.Generator().manual_seed(3), 4, True, "cpu"))
     g = torch.Generator().manual_seed(3)
     shifts = torch.randint(0, 9, (6, 2), generator=g)
     flips = torch.rand(6, generator=g) < 0.5

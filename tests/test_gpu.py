@@ -57,3 +57,45 @@ def test_two_four_masks_are_timed_on_semi_structured_kernels(run_api):
     x = torch.rand(256, 1, 16, 16, device="cuda", dtype=torch.float16)
     with torch.inference_mode():
         assert torch.allclose(pair["semi_structured"](x), pair["masked_fp16"](x), atol=1e-2, rtol=1e-2)
+
+
+def test_bf16_reduce_overhead_resnet20_completes_with_exact_sparsity(run_api):
+    """The GPU-grade mode on a CIFAR-sized network: bf16 autocast, the whole step compiled and replayed as CUDA
+    graphs, channels-last; sparsity still exact from the saved weights."""
+    report, run_dir = run_api("device=cuda", "model=resnet20", "dataset=synthetic", "dataset.shape=[3,32,32]",
+                              "dataset.train_size=512", "dataset.test_size=128", "train.batch_size=128",
+                              "finetune.batch_size=128", "train.precision=bf16", "finetune.precision=bf16",
+                              "train.compile=reduce-overhead", "finetune.compile=reduce-overhead", "sparsity=0.8",
+                              name="resnet20-bf16-graphs")
+    assert report["precision"]["train"] == "bf16" and report["precision"]["matmul"] == "high"
+    assert report["timings"]["compile"] > 0
+    saved = torch.load(run_dir / "pruned.pt", weights_only=True)
+    zeros = sum(int((saved["state_dict"][n] == 0).sum()) for n in saved["masks"])
+    assert zeros == report["sparsity"]["zeros"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_nothing_inside_an_epoch_waits_on_the_device(precision):
+    """From the second step to the last, a training epoch on CUDA makes no host-device synchronisation:
+    torch raises on any under sync debug mode "error" (the first step is allowed its lazy initialisations,
+    and the epoch's end its one deliberate sync for the loss)."""
+    from prune_cli.data.splits import AugmentedSplit
+    from prune_cli.models import CIFARResNet
+    from prune_cli.pruning.masks import Masks
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
+    torch.manual_seed(0)
+    model = CIFARResNet((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3, depth=20).cuda()
+    masks = Masks({n: (torch.rand_like(p) > 0.5).float() for n, p in model.named_parameters() if p.dim() == 4})
+    data = AugmentedSplit(torch.randint(0, 256, (1024, 3, 32, 32), dtype=torch.uint8, device="cuda"),
+                          torch.randint(0, 10, (1024,), device="cuda"))
+    steps = data.num_batches(128)
+
+    def guard(step):
+        torch.cuda.set_sync_debug_mode("error" if step < steps else "default")
+
+    try:
+        fit(model, data, StageSettings(epochs=1, lr=0.1, batch_size=128, optimizer="sgd", precision=precision),
+            stage="t", seed=0, masks=masks, after_step=guard)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

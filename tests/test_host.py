@@ -9,10 +9,11 @@ SCRIPT = r"""
 import gc, sys, warnings
 import torch
 torch.set_num_threads(2)
+torch.set_float32_matmul_precision("medium")
 torch.manual_seed(1234)
 gc.disable()
 before = (sys.stdout, sys.stderr, list(warnings.filters), gc.isenabled(), gc.get_freeze_count(),
-          torch.get_num_threads(), torch.get_rng_state().clone())
+          torch.get_num_threads(), torch.get_float32_matmul_precision(), torch.get_rng_state().clone())
 import prune_cli
 assert list(warnings.filters) == before[2], "importing prune_cli changed the warning filters"
 report = prune_cli.run(["device=cpu", "train.epochs=1", "finetune.epochs=1", "progress=false",
@@ -20,10 +21,11 @@ report = prune_cli.run(["device=cpu", "train.epochs=1", "finetune.epochs=1", "pr
                        run_dir=sys.argv[1])
 assert report["status"] == "completed"
 after = (sys.stdout, sys.stderr, list(warnings.filters), gc.isenabled(), gc.get_freeze_count(),
-         torch.get_num_threads(), torch.get_rng_state())
-names = ["stdout", "stderr", "warnings.filters", "gc.isenabled", "gc.get_freeze_count", "torch threads"]
+         torch.get_num_threads(), torch.get_float32_matmul_precision(), torch.get_rng_state())
+names = ["stdout", "stderr", "warnings.filters", "gc.isenabled", "gc.get_freeze_count", "torch threads",
+         "matmul precision"]
 changed = [name for name, a, b in zip(names, before, after) if a != b]
-if not torch.equal(before[6], after[6]):
+if not torch.equal(before[7], after[7]):
     changed.append("torch rng state")
 print("changed:", changed)
 """

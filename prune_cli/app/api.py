@@ -26,6 +26,7 @@ def host_kept():
     generator, libraries imported on the way may add warning filters) is put back afterwards."""
     import torch
     streams, threads, collecting = (sys.stdout, sys.stderr), torch.get_num_threads(), gc.isenabled()
+    matmul = torch.get_float32_matmul_precision()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=cuda):
@@ -33,6 +34,7 @@ def host_kept():
     finally:
         sys.stdout, sys.stderr = streams
         torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(matmul)
         (gc.enable if collecting else gc.disable)()
 
 

@@ -58,7 +58,7 @@ class TensorSplit:
                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         if shuffle:
-            order = torch.randperm(n, generator=generator).to(self.y.device)
+            order = to_device(torch.randperm(n, generator=generator), self.y.device)
             for start in range(0, n, batch_size):
                 index = order[start:start + batch_size]
                 yield self.x[index], self.y[index]
@@ -170,21 +170,35 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def augment(x: torch.Tensor, generator: Optional[torch.Generator], padding: int = 4,
-            flip: bool = True) -> torch.Tensor:
-    """Random crop (zero padding ``padding``, same size) and horizontal flip of a batch, on its device.
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor (an epoch's order or draws) on ``device``: on a GPU copied from pinned memory without
+    waiting for the device (a pageable copy would wait for the queued steps first)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def augmentation_draws(n: int, generator: Optional[torch.Generator], padding: int, flip: bool, device):
+    """An epoch's crop offsets (n, 2) and flips (n,), drawn at once on the CPU from ``generator`` (so results do
+    not depend on the device) and copied to ``device`` once, without waiting on it."""
+    shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else None
+    return to_device(shifts, device), to_device(flips, device) if flips is not None else None
+
+
+def augment(x: torch.Tensor, shifts: torch.Tensor, flips: Optional[torch.Tensor], padding: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``padding``, same size) and horizontal flip of a batch, on its device, with
+    the batch's draws (``augmentation_draws``).
 
     The same as torchvision's RandomCrop(size, padding) + RandomHorizontalFlip, per image, but done for the
-    whole batch with one gather over the flattened padded images. Offsets and flips are drawn on the CPU from
-    ``generator``, so the result does not depend on the device.
+    whole batch with one gather over the flattened padded images.
     """
     n, c, h, w = x.shape
-    shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).to(x.device)
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     rows = shifts[:, 0:1] + torch.arange(h, device=x.device)             # (n, h)
     cols = shifts[:, 1:2] + torch.arange(w, device=x.device)             # (n, w)
-    if flip:
-        flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    if flips is not None:
         cols = torch.where(flips[:, None], cols.flip(1), cols)
     flat = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
     return padded.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
@@ -213,13 +227,16 @@ class AugmentedSplit:
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
-        order = torch.randperm(n, generator=generator).to(self.y.device) if shuffle else None
-        for start in range(0, n, batch_size):
-            if order is None:
+        if not shuffle:
+            for start in range(0, n, batch_size):
                 yield to_float(self.x[start:start + batch_size]), self.y[start:start + batch_size]
-                continue
-            index = order[start:start + batch_size]
-            yield to_float(augment(self.x[index], generator, self.padding, self.flip)), self.y[index]
+            return
+        order = to_device(torch.randperm(n, generator=generator), self.y.device)
+        shifts, flips = augmentation_draws(n, generator, self.padding, self.flip, self.y.device)
+        for start in range(0, n, batch_size):
+            index, part = order[start:start + batch_size], slice(start, start + batch_size)
+            yield to_float(augment(self.x[index], shifts[part], flips[part] if flips is not None else None,
+                                   self.padding)), self.y[index]
 
 
 class _Images(torch.utils.data.Dataset):
@@ -265,6 +282,6 @@ class LoaderSplit:
             num_workers=self.workers, pin_memory=cuda)
         for x, y in loader:
             x = x.to(self.device, non_blocking=cuda)
-            if shuffle and self.augmented:
-                x = augment(x, generator, self.padding)
+            if shuffle and self.augmented:  # the loader's batches are on the CPU until here: draws per batch
+                x = augment(x, *augmentation_draws(len(x), generator, self.padding, True, self.device), self.padding)
             yield to_float(x), y.to(self.device, non_blocking=cuda)

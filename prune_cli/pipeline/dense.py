@@ -76,7 +76,8 @@ def train_dense(exp) -> Optional[Masks]:
                 exp.record.history.append(dict(item, cached=True))
                 exp.loggers.log_epoch(exp.record.history[-1])
     exp.record.cache = {"dense": source, "key": key}
-    val = entry.get("val_accuracy") if "val_accuracy" in entry else exp.evaluate()[1]  # older entries lack it
+    val = entry.get("val_accuracy") if "val_accuracy" in entry else \
+        exp.evaluate(precision=exp.settings.train.precision)[1]  # older entries lack it
     exp.record.set_accuracy("dense", entry["accuracy"], val)
     exp.record.timings[str(TRAIN)] = entry["seconds"] if source != "reused" else 0.0
     if exp.schedule.rewind:
@@ -121,7 +122,7 @@ def _load(exp) -> Optional[Masks]:
     exp.record.cache = {"dense": "loaded", "key": dense_key(exp.cfg, exp.schedule, exp.device.type),
                         "weights": loaded.describe()}
     log.info("dense model loaded from %s (%s, sha256 %s)", loaded.path, loaded.kind, loaded.sha256[:12])
-    exp.record.set_accuracy("dense", *exp.evaluate())
+    exp.record.set_accuracy("dense", *exp.evaluate(precision=exp.settings.train.precision))
     exp.record.timings[str(TRAIN)] = 0.0
     if exp.schedule.rewind:
         exp.state.kept.rewind = initial
@@ -160,7 +161,7 @@ def _train(exp) -> dict:
     exp.fit(TRAIN, exp.settings.train, None, each_epoch=keep_rewind_point)
     seconds = time.perf_counter() - started
     rewind = kept.rewind_point if rewind_epoch else kept.initial
-    test, val = exp.evaluate()
+    test, val = exp.evaluate(precision=exp.settings.train.precision)
     return {"trained": {k: v.detach().cpu() for k, v in exp.model.state_dict().items()},
             "rewind": rewind, "accuracy": test, "val_accuracy": val, "seconds": seconds,
             "history": [dict(h) for h in exp.record.history if h["stage"] == str(TRAIN)]}

@@ -35,7 +35,7 @@ from prune_cli.pipeline.prunable import prunable_of
 from prune_cli.pipeline.record import RunRecord
 from prune_cli.pipeline.scores import first_round_scores
 from prune_cli.pipeline.settings import RunSettings
-from prune_cli.pipeline.stages import Stage
+from prune_cli.pipeline.stages import TRAIN, Stage
 from prune_cli.pruning.masks import Masks, topk_masks
 from prune_cli.pruning.sparsity import model_sparsity
 from prune_cli.pruning.strategies.base import ScoringContext
@@ -110,6 +110,11 @@ class Experiment:
         self.model, self.spec = build_for(self.settings.model, self.data.info)
         self.model.to(self.device)
         self.threads = self._set_threads(cfg.get("threads", "auto"))
+        wanted = str(cfg.get("matmul_precision", "auto"))
+        # TF32 on a GPU is torch's documented trade for fp32 training (ten mantissa bits in matrix products);
+        # process-wide, so prune_cli.run puts the caller's setting back (app/api.py).
+        torch.set_float32_matmul_precision(("high" if self.device.type == "cuda" else "highest")
+                                           if wanted == "auto" else wanted)
         self.example = torch.zeros(1, *self.data.info.input_shape, device=self.device)
         allowed = prunable_of(self.model, self.example, self.strategy, self.schedule, self.settings.sparsity,
                               self.settings.model_name)
@@ -181,13 +186,14 @@ class Experiment:
             self.loggers.close()
 
     # --- steps the loops share -------------------------------------------------------------------------------
-    def evaluate(self, model=None) -> tuple[float, Optional[float]]:
-        """(test accuracy, validation accuracy or None when there is no validation split)."""
+    def evaluate(self, model=None, precision: Optional[str] = None) -> tuple[float, Optional[float]]:
+        """(test accuracy, validation accuracy or None when there is no validation split), in ``precision``:
+        by default the fine-tuning's (the dense stage passes its own)."""
         model = model or self.model
-        batch = self.settings.eval_batch_size
+        batch, precision = self.settings.eval_batch_size, precision or self.settings.finetune.precision
         with Timer(self.device) as t:
-            test = evaluate(model, self.data.test, batch)
-            val = evaluate(model, self.data.val, batch) if self.data.val is not None else None
+            test = evaluate(model, self.data.test, batch, precision)
+            val = evaluate(model, self.data.val, batch, precision) if self.data.val is not None else None
         self.record.add_time("evaluate", t.seconds)
         return test, val
 
@@ -223,6 +229,7 @@ class Experiment:
             masks = fit(model, self.data.train, settings, stage=str(stage), seed=stage_seed(self.seed, str(stage)),
                         masks=masks, start_epoch=start, optimizer_state=optimizer_state,
                         on_epoch_end=on_epoch_end, on_epoch_stats=lambda entry: self.epoch_done(entry, model),
+                        on_compiled=lambda seconds: self.record.add_time("compile", seconds),
                         progress=self.progress, **kwargs)
         self.record.add_time(phase, t.seconds)
         return masks
@@ -285,7 +292,9 @@ class Experiment:
         to the loggers, and one log line when no progress bar shows the run (nohup, SLURM, CI)."""
         if self.data.val is not None:
             with Timer(self.device) as t:
-                entry["val_accuracy"] = evaluate(model, self.data.val, self.settings.eval_batch_size)
+                stage = self.settings.train if entry["stage"] == str(TRAIN) else self.settings.finetune
+                entry["val_accuracy"] = evaluate(model, self.data.val, self.settings.eval_batch_size,
+                                                 stage.precision)
             self.record.add_time("evaluate", t.seconds)
         self.record.history.append(entry)
         self.loggers.log_epoch(entry)

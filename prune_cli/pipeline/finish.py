@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from omegaconf import OmegaConf
 
 from prune_cli.config import variant
@@ -42,6 +43,10 @@ def finish(exp, outcome: Outcome) -> dict:
                           target=float(exp.cfg.sparsity), run=extra)
     report["config"] = OmegaConf.to_container(exp.cfg, resolve=True)  # what prune-compare labels variants by
     report["environment"] = environment(exp.device, exp.overrides)
+    train, finetune = exp.settings.train, exp.settings.finetune
+    report["precision"] = {"train": train.precision, "finetune": finetune.precision, "eval": finetune.precision,
+                           "matmul": torch.get_float32_matmul_precision()}
+    report["compile"] = {"train": train.compile, "finetune": finetune.compile}
     path = exp.run_dir / "pruned.pt"
     save_checkpoint(path, state_dict=state_dict, masks=masks.cpu_state() if masks else {}, spec=outcome.spec,
                     config=OmegaConf.to_container(exp.cfg, resolve=True), report=report,

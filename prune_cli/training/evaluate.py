@@ -22,12 +22,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split, batch_size: int = 1024) -> float:
-    """Top-1 accuracy on ``split``; one host-device sync at the end."""
+def evaluate(model: nn.Module, split, batch_size: int = 1024, precision: str = "fp32") -> float:
+    """Top-1 accuracy on ``split``, in ``precision`` (the autocast of the training it follows); one host-device
+    sync at the end."""
+    from prune_cli.training.step import autocast
     correct, total = None, 0  # on the batches' device (an int8 model has no parameters to ask)
     with eval_mode(model):
         for x, y in split.batches(batch_size):
-            hits = (model(x).argmax(dim=1) == y).sum()
+            with autocast(x.device, precision):
+                logits = model(x)
+            hits = (logits.argmax(dim=1) == y).sum()
             correct = hits if correct is None else correct + hits
             total += len(y)
     return float(correct) / total if total else 0.0

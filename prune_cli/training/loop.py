@@ -1,7 +1,8 @@
 """One fit() for every training phase: dense training, fine-tuning, constrained training.
 
-The loop is deliberately plain: batches come from in-memory tensors, masks are re-applied in place after each
-optimizer step (no forward hooks), and nothing waits on the device inside an epoch. Per-step losses stay on the
+The loop is deliberately plain: batches come from in-memory tensors, one ``TrainStep`` (training/step.py: the
+precision, compiled or eager) re-applies the masks in place after each optimizer step (no forward hooks), and
+nothing waits on the device inside an epoch. Per-step losses stay on the
 device and are checked once per epoch, which finds the first non-finite step without a per-step sync.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ from torch import nn
 
 from prune_cli.errors import RunFailed
 from prune_cli.pruning.masks import Masks
-from prune_cli.training.settings import StageSettings, make_optimizer
+from prune_cli.training.settings import StageSettings, make_optimizer, set_lr
+from prune_cli.training.step import TrainStep, prepare
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -44,54 +46,47 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
         start_epoch: int = 0, optimizer_state: Optional[dict] = None,
         on_epoch_end: Optional[Callable[[int, torch.optim.Optimizer, Optional[Masks]], None]] = None,
         on_epoch_stats: Optional[Callable[[dict], None]] = None,
+        on_compiled: Optional[Callable[[float], None]] = None,
         progress=None) -> Optional[Masks]:
     """Train ``model`` in place for ``settings.epochs`` epochs; returns the masks in force at the end.
 
     ``after_step(global_step)`` may return new masks (gradual pruning, hard-threshold projection); they are
     applied at once and used from then on. ``on_epoch_end`` lets the pipeline save resumable state;
     ``on_epoch_stats`` gets ``{"stage", "epoch", "epochs", "loss", "lr", "seconds"}`` after every epoch (the
-    mean training loss of its steps, the epoch's lr and wall time).
+    mean training loss of its steps, the epoch's lr and wall time); ``on_compiled(seconds)``, at the end of a
+    compiled stage, the seconds its first calls took to compile.
     """
+    prepare(model)
     optimizer = make_optimizer(model, settings)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = train.num_batches(settings.batch_size)
-    pairs = _mask_pairs(model, masks)
+    step = TrainStep(model, optimizer, loss_fn, settings.precision, settings.compile, regularizer)
+    step.use_masks(model, masks)
     model.train()
     task = progress.add_task(stage, total=settings.epochs, completed=start_epoch) if progress else None
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr_at(epoch)
+        set_lr(optimizer, settings.lr_at(epoch))
         step_losses = []  # kept on the device; checked once per epoch (no per-step sync)
         batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
         for i, (x, y) in enumerate(batches):
-            loss = loss_fn(model(x), x, y)
-            if regularizer is not None:
-                loss = loss + regularizer(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             try:
-                optimizer.step()
+                loss = step(x, y)
             except RuntimeError as err:  # a huge lr (times Adam's bias correction) beyond float32's range
                 if "overflow" not in str(err):
                     raise
                 raise RunFailed(f"non-finite update in stage {stage!r} at epoch {epoch + 1}, step "
                                 f"{epoch * steps_per_epoch + i + 1}: lr {settings.lr_at(epoch):g} overflows float32 "
                                 f"(try a smaller lr)") from None
-            with torch.no_grad():
-                for param, mask in pairs:
-                    param.mul_(mask)
-                step_losses.append(loss.detach())
+            step_losses.append(loss)
             if after_step is not None:
                 new_masks = after_step(epoch * steps_per_epoch + i + 1)
                 if new_masks is not None:
                     masks = new_masks
-                    pairs = _mask_pairs(model, masks)
-                    with torch.no_grad():
-                        for param, mask in pairs:
-                            param.mul_(mask)
-        losses = torch.stack(step_losses)
+                    step.use_masks(model, masks)
+                    step.reapply()
+        losses = torch.stack(step_losses).float()
         _check_finite(losses, stage, epoch, steps_per_epoch)
         mean_loss = float(losses.mean())  # the epoch's one host-device sync (the finite check needs it anyway)
         if task is not None:
@@ -103,14 +98,9 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
             on_epoch_end(epoch + 1, optimizer, masks)
     if task is not None:
         progress.remove_task(task)
+    if on_compiled is not None and step.shapes:
+        on_compiled(step.compile_seconds)
     return masks
-
-
-def _mask_pairs(model: nn.Module, masks: Optional[Masks]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if not masks:
-        return []
-    params = dict(model.named_parameters())
-    return [(params[name], mask.to(params[name].device)) for name, mask in masks.items()]
 
 
 def _check_finite(losses: torch.Tensor, stage: str, epoch: int, steps_per_epoch: int) -> None:

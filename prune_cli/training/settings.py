@@ -22,6 +22,8 @@ class StageSettings:
     lr_decay: str = "none"               # none | cosine | step
     lr_milestones: tuple = (0.5, 0.75)   # step: fractions of the epochs where lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
+    precision: str = "fp32"              # fp32 | bf16 | fp16: autocast for forward and loss (training/step.py)
+    compile: object = False              # False | True | "reduce-overhead": the whole step compiled
 
     @classmethod
     def from_cfg(cls, cfg, epochs: Optional[int] = None) -> "StageSettings":
@@ -29,7 +31,8 @@ class StageSettings:
         another stage's business); ``epochs`` replaces the node's own (a round's share)."""
         kinds = {"epochs": int, "lr": float, "batch_size": int, "optimizer": str, "momentum": float,
                  "weight_decay": float, "lr_decay": str, "lr_gamma": float,
-                 "lr_milestones": lambda ms: tuple(float(m) for m in ms)}
+                 "lr_milestones": lambda ms: tuple(float(m) for m in ms), "precision": str,
+                 "compile": lambda c: c if isinstance(c, bool) else str(c)}
         values = {name: kind(cfg[name]) for name, kind in kinds.items() if name in cfg}
         if epochs is not None:
             values["epochs"] = int(epochs)
@@ -52,15 +55,39 @@ class StageSettings:
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_DECAYS = ("none", "cosine", "step")
+PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("reduce-overhead",)  # besides true and false
 
 
 def make_optimizer(model: nn.Module, settings: StageSettings) -> torch.optim.Optimizer:
+    """The stage's optimizer. On a GPU, eager steps use the fused kernels (one launch for all parameters); a
+    compiled step lets the compiler fuse the update itself, with the learning rate a tensor (changing it
+    each epoch then needs no recompile) and, for CUDA graphs, ``capturable`` state. On the CPU, eager steps
+    keep torch's default implementation, whose results the CPU tests and resume pin bit for bit."""
     params = [p for p in model.parameters() if p.requires_grad]
+    cuda = bool(params) and all(p.is_cuda for p in params)
+    options: dict = {"weight_decay": settings.weight_decay}
+    if settings.compile:
+        options["lr"] = torch.tensor(settings.lr, device=params[0].device if cuda else "cpu")
+        if settings.optimizer != "sgd" and cuda:
+            options["capturable"] = True
+    else:
+        options["lr"] = settings.lr
+        if cuda:
+            options["fused"] = True
     if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.Adam(params, **options)
     if settings.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(params, **options)
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+        return torch.optim.SGD(params, momentum=settings.momentum, nesterov=settings.momentum > 0, **options)
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The epoch's learning rate, in place where it is a tensor (a compiled step reads it without recompiling)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

@@ -1,0 +1,136 @@
+"""One training step, in the stage's precision, eager or compiled whole.
+
+- ``precision``: ``fp32``; ``bf16`` or ``fp16`` autocast for the forward pass and the loss, with the weights,
+  gradients and optimizer state in fp32 (the "master weights"); fp16 also scales the loss
+  (``torch.amp.GradScaler``) so small gradients do not flush to zero. Both run on the CPU too.
+- ``compile``: ``true`` compiles the step (forward, loss, backward, optimizer update and the re-application of
+  the masks) with ``torch.compile``; ``reduce-overhead`` also replays it as a CUDA graph on a GPU, which is
+  what small networks need there (their steps are launch-bound). The masks are arguments of the compiled
+  function, not constants inside it, so new masks of the same shapes (the next round, a gradual step) reuse
+  the compiled code; a model of other shapes (a shrunk fine-tune) compiles anew. With fp16, the scaler's
+  step runs outside the compiled part (it decides on the host whether to skip an update).
+
+Pruned weights stay exactly zero: the masks are multiplied in after every update, in every mode.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# What ``compile`` hands to torch.compile; tests swap in a counting backend of their own (torch.compile accepts
+# any callable as a backend).
+BACKEND: object = "inductor"
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward pass's autocast for ``precision`` (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def prepare(model: nn.Module) -> None:
+    """The memory layout a model trains fastest in, before its optimizer is made: on a GPU, a conv net in
+    channels-last (NHWC, what cuDNN's tensor-core convolutions want). Parameters change layout in place, so
+    masks and saved states still fit them."""
+    device = next(model.parameters()).device
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+
+
+class TrainStep:
+    """``step(x, y) -> loss`` (a tensor on the device: nothing here waits on it)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, precision: str,
+                 compile: object, regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None):
+        self.model, self.optimizer, self.loss_fn, self.regularizer = model, optimizer, loss_fn, regularizer
+        self.device = next(model.parameters()).device
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        self.pairs: tuple[list, list] = ([], [])
+        self.compiled = bool(compile)
+        self.shapes: set = set()         # batch shapes the compiled step has seen
+        self.compile_seconds = 0.0       # first calls per shape of a compiled step
+        # fp16's scaler unscales, checks for infinities and skips steps on the host: the update stays eager.
+        body = self._forward_backward if self.scaler is not None else self._whole_step
+        if compile:
+            mode = "reduce-overhead" if compile == "reduce-overhead" else None
+            body = torch.compile(body, mode=mode, backend=BACKEND)
+        self.body = body
+
+    def use_masks(self, model: nn.Module, masks) -> None:
+        """The (parameter, mask) pairs re-applied after each update; empty for a dense model."""
+        if not masks:
+            self.pairs = ([], [])
+            return
+        params = dict(model.named_parameters())
+        names = list(masks)
+        self.pairs = ([params[n] for n in names], [masks[n].to(params[n].device) for n in names])
+
+    def _loss(self, x, y):
+        with autocast(self.device, self.precision):
+            loss = self.loss_fn(self.model(x), x, y)
+            if self.regularizer is not None:
+                loss = loss + self.regularizer(self.model)
+        return loss
+
+    def _forward_backward(self, x, y):
+        loss = self._loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss.detach()
+
+    def _whole_step(self, x, y, params, masks):
+        loss = self._loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        _apply(params, masks)
+        return loss.detach()
+
+    def __call__(self, x, y) -> torch.Tensor:
+        if self.compiled and tuple(x.shape) not in self.shapes:
+            return self._first_of_shape(x, y)  # compiles: timed, once per batch shape
+        params, masks = self.pairs
+        if self.scaler is None:
+            return self.body(x, y, params, masks)
+        loss = self.body(x, y)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        _apply(params, masks)
+        return loss
+
+    def _first_of_shape(self, x, y) -> torch.Tensor:
+        """A compiled step's first call for a batch shape, timed to the end of its work: what compiling costs
+        (the step's own work inside it is a rounding error next to tens of seconds)."""
+        import time
+        self.shapes.add(tuple(x.shape))
+        _synchronize(self.device)
+        started = time.perf_counter()
+        self.compiled = False  # the call itself goes through __call__'s ordinary path
+        try:
+            loss = self(x, y)
+        finally:
+            self.compiled = True
+        _synchronize(self.device)
+        self.compile_seconds += time.perf_counter() - started
+        return loss
+
+    def reapply(self) -> None:
+        """Multiply the masks in now (after the masks changed between steps)."""
+        _apply(*self.pairs)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _apply(params, masks) -> None:
+    with torch.no_grad():
+        for param, mask in zip(params, masks):
+            param.mul_(mask)

@@ -1,0 +1,140 @@
+"""Mixed precision and compiled steps: bf16 and fp16 end to end on the CPU with exact sparsity, masked weights
+exactly zero in every mode, compiled steps close to eager and not recompiled when only the masks change."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prune_cli.data.splits import TensorSplit
+from prune_cli.pruning.masks import Masks
+from prune_cli.training import step as step_module
+from prune_cli.training.evaluate import evaluate
+from prune_cli.training.loop import fit
+from prune_cli.training.settings import StageSettings
+
+
+def counting_backend(calls: list):
+    """A torch.compile backend (any callable is one) that counts the graphs it is given and runs them as
+    captured: the compile path without inductor's minutes of C++ on two cores."""
+    def backend(graph_module, example_inputs, **options):  # options: torch.compile passes mode=
+        calls.append(len(graph_module.graph.nodes))
+        return graph_module.forward
+    return backend
+
+
+def data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    return TensorSplit(x, (x.flatten(1).mean(1) > 0.5).long())
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+def half_masks(model):
+    g = torch.Generator().manual_seed(1)
+    return Masks({name: (torch.rand(p.shape, generator=g) > 0.5).float()
+                  for name, p in model.named_parameters() if name.endswith("weight")})
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_run_in_reduced_precision_completes_with_exact_sparsity(run_api, precision):
+    report, run_dir = run_api(f"train.precision={precision}", f"finetune.precision={precision}", "sparsity=0.8")
+    assert report["status"] == "completed"
+    assert report["precision"] == {"train": precision, "finetune": precision, "eval": precision,
+                                   "matmul": torch.get_float32_matmul_precision()}
+    saved = torch.load(run_dir / "pruned.pt", weights_only=True)
+    prunable = [name for name in saved["masks"]]
+    zeros = sum(int((saved["state_dict"][name] == 0).sum()) for name in prunable)
+    total = sum(saved["state_dict"][name].numel() for name in prunable)
+    assert (zeros, total) == (report["sparsity"]["zeros"], report["sparsity"]["prunable_weights"])
+    assert report["sparsity"]["achieved"] == zeros / total and round(total * 0.8) == zeros
+    assert all(t.dtype == torch.float32 for t in saved["state_dict"].values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_masked_weights_stay_exactly_zero_in_every_precision(precision):
+    model = mlp()
+    masks = half_masks(model)
+    masks.apply_(model)
+    settings = StageSettings(epochs=2, lr=0.05, batch_size=16, optimizer="sgd", precision=precision)
+    fit(model, data(), settings, stage="t", seed=0, masks=masks)
+    for name, param in model.named_parameters():
+        if name in masks:
+            assert bool((param[masks[name] == 0] == 0).all()) and bool((param[masks[name] == 1] != 0).all())
+
+
+@pytest.mark.parametrize("build", [mlp, lambda: __import__("prune_cli.models", fromlist=["LeNet5"]).LeNet5(
+    (1, 8, 8), 2, (0.5,), (0.25,))], ids=["mlp", "lenet5"])
+def test_a_compiled_step_matches_eager_and_keeps_masked_weights_zero(monkeypatch, build):
+    calls: list = []
+    monkeypatch.setattr(step_module, "BACKEND", counting_backend(calls))
+    trained = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build()
+        masks = half_masks(model)
+        masks.apply_(model)
+        settings = StageSettings(epochs=3, lr=1e-2, batch_size=32, compile=compiled)
+        fit(model, data(), settings, stage="t", seed=0, masks=masks)
+        for name, param in model.named_parameters():
+            if name in masks:
+                assert bool((param[masks[name] == 0] == 0).all())
+        trained[compiled] = (model, evaluate(model, data(64, seed=1)))
+    assert calls, "the compiled step never reached the backend"
+    assert trained[True][1] == pytest.approx(trained[False][1], abs=1 / 64)  # at most one image apart
+    for (name, eager), compiled in zip(trained[False][0].state_dict().items(), trained[True][0].state_dict().values()):
+        assert torch.allclose(eager, compiled, atol=1e-5), name
+
+
+def test_new_masks_inside_a_stage_reuse_the_compiled_step(monkeypatch):
+    """Gradual pruning hands new masks to the running stage every few steps: they are arguments of the
+    compiled step, so nothing is compiled again; only the last, smaller batch is a new shape."""
+    calls: list = []
+    monkeypatch.setattr(step_module, "BACKEND", counting_backend(calls))
+    model = mlp()
+    settings = StageSettings(epochs=2, lr=1e-2, batch_size=32, compile=True)
+    fit(model, data(96), settings, stage="t", seed=0, masks=half_masks(model))  # 3 full batches per epoch
+    steady = len(calls)
+
+    def prune_more(step):
+        return Masks({name: (p.detach().abs() > p.detach().abs().median()).float()
+                      for name, p in model.named_parameters() if name.endswith("weight")})
+
+    model = mlp()
+    fit(model, data(96), settings, stage="t", seed=0, masks=half_masks(model), after_step=prune_more)
+    assert len(calls) == 2 * steady  # the second stage compiled once, as the first did, whatever its masks did
+
+
+def test_compile_time_is_reported_and_a_compiled_run_completes(run_api, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(step_module, "BACKEND", counting_backend(calls))
+    report, run_dir = run_api("train.compile=true", "finetune.compile=reduce-overhead", "schedule=iterative",
+                              "schedule.rounds=2")
+    assert report["status"] == "completed" and calls
+    assert report["compile"] == {"train": True, "finetune": "reduce-overhead"}
+    assert 0 < report["timings"]["compile"] < report["timings"]["train"] + report["timings"]["finetune"]
+    saved = torch.load(run_dir / "pruned.pt", weights_only=True)
+    for name, mask in saved["masks"].items():
+        assert bool((saved["state_dict"][name][mask == 0] == 0).all())
+
+
+def test_inductor_compiles_a_real_step_on_the_cpu():
+    """The default backend once, for real (about ten seconds of compiling on two cores)."""
+    model = mlp()
+    masks = half_masks(model)
+    masks.apply_(model)
+    eager = mlp()
+    eager.load_state_dict(model.state_dict())
+    settings = StageSettings(epochs=2, lr=1e-2, batch_size=32)
+    fit(eager, data(), settings, stage="t", seed=0, masks=masks)
+    fit(model, data(), StageSettings(epochs=2, lr=1e-2, batch_size=32, compile=True), stage="t", seed=0,
+        masks=masks)
+    for name, param in model.named_parameters():
+        if name in masks:
+            assert bool((param[masks[name] == 0] == 0).all())
+    for (name, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-4), name
