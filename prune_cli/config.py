@@ -95,15 +95,25 @@ def composition_error(err: Exception, overrides: Sequence[str] = ()) -> str:
 
 def _known_keys(overrides: Sequence[str]) -> list[str]:
     """Every key of the config the command's group choices compose (for "did you mean")."""
-    choices = [o for o in overrides if "=" in o and "." not in o.partition("=")[0] and not o.startswith(("+", "~"))
-               and "," not in o]
-    try:
-        cfg = compose_config(choices)
-    except Exception:  # noqa: BLE001 - a suggestion is a courtesy; the default config still has the top keys
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+    choices = [o for o in overrides if o.partition("=")[0] in groups and "," not in o]
+    cfg = None
+    for attempt in (choices, []):  # (Hydra directly: compose_config's own errors would come back here)
         try:
-            cfg = compose_config([])
-        except Exception:  # noqa: BLE001
-            return []
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                cfg = compose(config_name="config", overrides=attempt)
+            break
+        except Exception:  # noqa: BLE001 - a suggestion is a courtesy; the default config has the top keys
+            continue
+        finally:
+            GlobalHydra.instance().clear()
+    if cfg is None:
+        return []
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
 
     def leaves(node, prefix=""):
         for key, value in node.items():

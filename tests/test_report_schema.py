@@ -74,3 +74,12 @@ def test_the_environment_stamp_names_versions_commit_and_the_command_that_reruns
     code, _, _ = run_in_process([*TINY, "hydra.run.dir=run3"], capsys, monkeypatch, tmp_path)
     env3 = read_report(tmp_path / "run3")["environment"]
     assert code == 0 and (env3["git_commit"], env3["git_dirty"]) == (None, None)
+
+
+def test_labels_say_what_the_accuracies_are(run_api, tmp_path):
+    from prune_cli.report.render import accuracy_labels
+    report, run_dir = run_api("finetune.epochs=0", name="no-finetune")
+    assert accuracy_labels(report) == ("accuracy dense", "accuracy final (not fine-tuned)")
+    assert "| accuracy final (not fine-tuned) |" in (run_dir / "report.md").read_text()
+    started, _ = run_api(f"weights={run_dir / 'pruned.pt'}", "sparsity=0.95", name="from-weights")
+    assert accuracy_labels(started) == ("accuracy starting model (weights=)", "accuracy fine-tuned")

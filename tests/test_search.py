@@ -86,3 +86,16 @@ def test_help_says_what_it_does(capsys):
     from prune_cli.sensitivity import main as sensitivity_main
     assert main(["--help"]) == 0 and "prune-search" in capsys.readouterr().out
     assert sensitivity_main(["-h"]) == 0 and "prune-sensitivity" in capsys.readouterr().out
+
+
+def test_help_lists_every_search_setting_with_its_default_as_plain_text(capsys):
+    import dataclasses
+    from prune_cli.search.run import FIELDS, Settings
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for key in FIELDS:
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"search.{key} "))
+        assert line.split()[1] == repr(defaults[key]) and len(line.split()) > 2, line
+    assert "search.dir" in out

@@ -65,7 +65,7 @@ def test_sweep_runs_every_job_and_trains_the_dense_model_once(basic_sweep):
     result, sweep_dir, cache_dir = basic_sweep
     assert result.returncode == 0, result.stderr
     jobs = job_dirs(sweep_dir)
-    assert [p.name.split("_", 1)[0] for p in jobs] == ["0", "1", "2", "3"]
+    assert [p.name.split("_", 1)[0] for p in jobs] == ["000", "001", "002", "003"]
     for job in jobs:
         report = read_report(job)
         assert report["status"] == "completed"
@@ -76,6 +76,9 @@ def test_sweep_runs_every_job_and_trains_the_dense_model_once(basic_sweep):
         assert "measure" not in job.name and "checkpoint" not in job.name
     assert dense_sources(sweep_dir) == ["computed", "reused", "reused", "reused"]
     assert len(cache_entries(cache_dir)) == 1
+    # the sweep ends saying what to run next
+    assert result.stderr.strip().splitlines()[-1] == (f"prune-run: every job of the sweep completed; compare them "
+                                                      f"with: prune-compare {sweep_dir}")
 
 
 def test_a_bad_job_is_named_the_others_complete_and_the_sweep_exits_1(tmp_path):
@@ -85,7 +88,7 @@ def test_a_bad_job_is_named_the_others_complete_and_the_sweep_exits_1(tmp_path):
     assert "Traceback" not in result.stderr
     assert "1 job(s) of the sweep" in result.stderr
     named = summary_lines(result.stderr)
-    assert len(named) == 1 and named[0].startswith("0_") and "sparsity=1.5" in named[0]
+    assert len(named) == 1 and named[0].startswith("000_") and "sparsity=1.5" in named[0]
     assert "must be a number in [0, 1)" in named[0]
     statuses = [read_report(job)["status"] for job in job_dirs(sweep_dir)]
     assert statuses == ["failed", "completed"]
@@ -208,7 +211,7 @@ def test_submitit_local_sweep(tmp_path, request):
                                          timeout=600)
     assert result.returncode == 1, result.stderr
     named = summary_lines(result.stderr)
-    assert len(named) == 1 and named[0].startswith("1_") and "sparsity=1.5" in named[0]
+    assert len(named) == 1 and named[0].startswith("001_") and "sparsity=1.5" in named[0]
     assert [read_report(job)["status"] for job in job_dirs(sweep_dir)] == ["completed", "failed", "completed"]
     assert dense_sources(sweep_dir) == ["computed", "reused"]
     assert len(cache_entries(cache_dir)) == 1
@@ -219,12 +222,13 @@ def test_submitit_local_sweep(tmp_path, request):
 
 def test_job_directory_names_stay_under_the_filesystem_limit():
     from prune_cli.app.callbacks import NAME_LIMIT, job_dirname
-    assert job_dirname(3, "seed=1,sparsity=0.9") == "3_seed=1,sparsity=0.9"
-    assert job_dirname(0, "") == "0_"
+    assert job_dirname(3, "seed=1,sparsity=0.9") == "003_seed=1,sparsity=0.9"
+    assert job_dirname(0, "") == "000_"
+    assert job_dirname(1234, "seed=1") == "1234_seed=1"
     many = ",".join(f"train.setting_{i}=value_{i}" for i in range(40))
     other = many.replace("value_39", "value_X")
     short, short_other = job_dirname(12, many), job_dirname(12, other)
-    assert len(short.encode()) <= NAME_LIMIT < 255 and short.startswith("12_train.setting_0=value_0,")
+    assert len(short.encode()) <= NAME_LIMIT < 255 and short.startswith("012_train.setting_0=value_0,")
     assert short != short_other  # same prefix, told apart by the hash of the full list
     accents = job_dirname(1, "é" * 300)  # never cut inside a multi-byte character
     assert len(accents.encode()) <= NAME_LIMIT and accents.encode().decode() == accents
@@ -301,7 +305,7 @@ def test_summary_names_failed_and_unfinished_jobs(tmp_path, capsys):
     assert lines[2].strip().startswith("2_seed=2: no report.json")
 
 
-def test_summary_is_silent_when_every_job_completed(tmp_path, capsys):
+def test_summary_only_points_to_the_comparison_when_every_job_completed(tmp_path, capsys):
     from omegaconf import OmegaConf
 
     from prune_cli.app.callbacks import SweepSummary
@@ -309,4 +313,5 @@ def test_summary_is_silent_when_every_job_completed(tmp_path, capsys):
     (job / ".hydra").mkdir(parents=True)
     (job / "report.json").write_text(json.dumps({"status": "completed"}))
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.splitlines() == [
+        f"prune-run: every job of the sweep completed; compare them with: prune-compare {tmp_path}"]

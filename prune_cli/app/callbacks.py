@@ -48,7 +48,8 @@ def job_dirname(num, overrides) -> str:
         from prune_cli.config import result_neutral
         overrides = ",".join(sorted(str(o) for o in overrides if not result_neutral(str(o).partition("=")[0])))
     override_dirname = overrides
-    name = path_part_keeping_length(f"{num}_{override_dirname}")
+    # Zero-padded, so that a listing sorts jobs in order (000_, 001_, ..., 010_) for sweeps up to 1,000 jobs.
+    name = path_part_keeping_length(f"{int(num):03d}_{override_dirname}")
     raw = name.encode()
     if len(raw) <= NAME_LIMIT:
         return name
@@ -116,11 +117,15 @@ class SweepSummary(Callback):
             return  # a dry run writes no reports
         sweep_dir = Path(config.hydra.sweep.dir)
         bad = [f"{name}: {problem}" for name, problem in sweep_problems(sweep_dir)]
+        import shlex
+        compare = f"prune-compare {shlex.quote(str(sweep_dir))}"
         if bad:
             print(f"prune-run: {len(bad)} job(s) of the sweep in {sweep_dir} did not complete:", file=sys.stderr)
             for line in bad:
                 print(f"  {line}", file=sys.stderr)
+            print(f"prune-run: compare the completed ones with: {compare}", file=sys.stderr)
             sys.exit(1)
+        print(f"prune-run: every job of the sweep completed; compare them with: {compare}", file=sys.stderr)
 
 
 def sweep_problems(sweep_dir: Path) -> list[tuple[str, str]]:

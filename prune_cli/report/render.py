@@ -43,8 +43,19 @@ def finetuned_on(r: dict) -> str:
     return "; ".join(f"{e['stage']} {text}" for e, text in zip(entries, said))
 
 
+def accuracy_labels(r: dict) -> tuple[str, str]:
+    """What the dense and the last accuracy are: the starting model when weights= supplied it, the final model
+    when nothing was fine-tuned (finetune.epochs=0)."""
+    dense = "accuracy starting model (weights=)" if (r.get("cache") or {}).get("dense") == "loaded" \
+        else "accuracy dense"
+    finetune = ((r.get("config") or {}).get("finetune") or {}).get("epochs")
+    final = "accuracy final (not fine-tuned)" if finetune == 0 else "accuracy fine-tuned"
+    return dense, final
+
+
 def markdown(r: dict) -> str:
     e, s, a = r["experiment"], r["sparsity"], r["accuracy"]
+    dense_label, final_label = accuracy_labels(r)
     lines = [
         f"# Pruning report: {e['strategy']} / {e['schedule']} on {e['model']} / {e['dataset']} (seed {e['seed']})",
         "",
@@ -55,9 +66,9 @@ def markdown(r: dict) -> str:
         "| metric | value |", "|---|---|",
         f"| target sparsity | {_pct(s['target'])} |",
         f"| achieved sparsity | {_pct(s['achieved'])} ({s['zeros']:,} of {s['prunable_weights']:,} zero) |",
-        f"| accuracy dense | {_pct(a['dense'])} |",
+        f"| {dense_label} | {_pct(a['dense'])} |",
         f"| accuracy pruned (before fine-tuning) | {_pct(a['pruned'])} |",
-        f"| accuracy fine-tuned | {_pct(a['finetuned'])} |",
+        f"| {final_label} | {_pct(a['finetuned'])} |",
         f"| parameters total / nonzero | {r['params']['total']:,} / {r['params']['nonzero']:,} |",
     ]
     flops = r.get("flops") or {}
@@ -164,9 +175,10 @@ def console_table(r: dict, console) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("sparsity target / achieved", f"{_pct(s['target'])} / {_pct(s['achieved'])}")
-    table.add_row("accuracy dense", _pct(a["dense"]))
+    dense_label, final_label = accuracy_labels(r)
+    table.add_row(dense_label, _pct(a["dense"]))
     table.add_row("accuracy pruned", _pct(a["pruned"]))
-    table.add_row("accuracy fine-tuned", _pct(a["finetuned"]))
+    table.add_row(final_label, _pct(a["finetuned"]))
     table.add_row("params total / nonzero", f"{r['params']['total']:,} / {r['params']['nonzero']:,}")
     if r.get("flops"):
         table.add_row("MACs dense / nonzero", f"{r['flops']['dense']:,} / {r['flops']['nonzero']:,}")

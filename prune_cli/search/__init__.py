@@ -20,6 +20,22 @@ from prune_cli.errors import UsageError
 log = logging.getLogger("prune_cli.search")
 
 
+def help_text() -> str:
+    import dataclasses
+    import inspect
+    from prune_cli.app.help_text import render
+    from prune_cli.search.run import Settings
+    # The meanings are the comments beside the fields of Settings: one home for them.
+    source = inspect.getsource(Settings)
+    meanings = {line.split(":")[0].strip(): line.split("#", 1)[1].strip()
+                for line in source.splitlines() if "#" in line and ":" in line.split("#")[0]}
+    rows = [(f"search.{f.name}", repr(f.default), meanings.get(f.name, ""))
+            for f in dataclasses.fields(Settings) if f.name != "directory"]
+    rows.append(("search.dir", "outputs/searches/<time>_<pid>", "where the probes and search.md go"))
+    return render(__doc__, rows, "Every other key=value is a prune-run override (model=, dataset=, train.*, ...); "
+                                 "strategy=a,b lists the strategies to search (strategy=auto screens every family).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from prune_cli.search.output import write_outputs
     from prune_cli.search.run import parse_args, search
@@ -28,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)                                # one line per probe
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
-        print(__doc__.strip())
+        print(help_text())
         return 0
     try:
         settings, overrides, strategies = parse_args(args)

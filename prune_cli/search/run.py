@@ -24,8 +24,8 @@ class Settings:
     max_drop: float = 0.01        # largest allowed validation accuracy drop from dense (a fraction: 0.01 = 1 point)
     tolerance: float = 0.005      # stop when the pass/fail remaining fractions are this close
     min_sparsity: float = 0.5     # the lowest sparsity probed (if it fails, nothing is chosen)
-    max_sparsity: float = 0.995   # the highest
-    max_probes: int = 12          # per strategy
+    max_sparsity: float = 0.995   # the highest sparsity probed
+    max_probes: int = 12          # probes per strategy, at most
     screen_epochs: int = 2        # strategy=auto: fine-tune epochs of each screening run
     screen_sparsity: float = 0.9  # strategy=auto: where the families are screened
     keep: int = 2                 # strategy=auto: how many of the best screened strategies are searched

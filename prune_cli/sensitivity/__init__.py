@@ -96,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
-        print(__doc__.strip())
+        from prune_cli.app.help_text import render
+        print(render(__doc__, [("sensitivity.sparsities", "[0.5, 0.7, 0.9, 0.95]", "the sparsities probed per layer"),
+                               ("sensitivity.finetune_epochs", "0", "fine-tuning of each probe"),
+                               ("sensitivity.dir", "outputs/sensitivity/<time>_<pid>", "where the probes and "
+                                                                                        "sensitivity.json go")],
+                     "Every other key=value is a prune-run override (model=, dataset=, strategy=, ...)."))
         return 0
     try:
         settings, overrides = parse_args(args)
