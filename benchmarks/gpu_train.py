@@ -93,24 +93,24 @@ def timed_hand(train, device, epochs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=("resnet20", "resnet56"), default="resnet20")
+    parser.add_argument("--arch", choices=("resnet8", "resnet20", "resnet56"), default="resnet20")
     parser.add_argument("--n", type=int, default=50_000, help="training images")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend for the compiled contenders (eager: a quick CPU check)")
-    parser.add_argument("--tiny", action="store_true", help="128 images, batch 64, 1 timed epoch (CPU smoke run)")
+    parser.add_argument("--tiny", action="store_true", help="ResNet-8, 64 images, batch 32, 1 timed epoch (CPU smoke run)")
     parser.add_argument("--tag", default="", help="results go to results/gpu_train_<tag>.json")
     parser.add_argument("--no-save", action="store_true", help="print the table only (the test's run)")
     args = parser.parse_args()
     if args.tiny:
-        args.n, args.batch, args.epochs = 128, 64, 1
+        args.arch, args.n, args.batch, args.epochs = "resnet8", 64, 32, 1
     quiet_logs()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     from prune_cli.models import CIFARResNet
-    depth = {"resnet20": 20, "resnet56": 56}[args.arch]
+    depth = {"resnet8": 8, "resnet20": 20, "resnet56": 56}[args.arch]
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.n, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (args.n,), generator=g).to(device)

@@ -41,10 +41,9 @@ def test_the_environment_stamp_names_versions_commit_and_the_command_that_reruns
                                                                                         monkeypatch):
     import platform
     import subprocess
+    from importlib import metadata
 
-    import hydra
     import torch
-    import torchvision
     from conftest import TINY, read_report
     repo = tmp_path / "project"
     repo.mkdir()
@@ -57,8 +56,8 @@ def test_the_environment_stamp_names_versions_commit_and_the_command_that_reruns
     code, _, _ = run_in_process([*TINY, "strategy.scope=layer", "hydra.run.dir=../run"], capsys, monkeypatch, repo)
     assert code == 0
     env = read_report(tmp_path / "run")["environment"]
-    assert env == {"prune_cli": prune_cli.__version__, "torch": torch.__version__,
-                   "torchvision": torchvision.__version__, "hydra": hydra.__version__,
+    assert env == {"prune_cli": metadata.version("prune-cli"), "torch": torch.__version__,
+                   "torchvision": metadata.version("torchvision"), "hydra": metadata.version("hydra-core"),
                    "python": platform.python_version(), "cuda": torch.version.cuda,
                    "device_name": env["device_name"], "host": env["host"], "git_commit": head, "git_dirty": False,
                    "command": "prune-run train.epochs=3 finetune.epochs=2 checkpoint.every_s=0 "

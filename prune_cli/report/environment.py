@@ -13,15 +13,16 @@ import socket
 import subprocess
 from typing import Optional, Sequence
 
-# The modules as this process loaded them (``torch.__version__`` carries the build, e.g. ``+cu130``).
-MODULES = ("prune_cli", "torch", "torchvision", "hydra")
+# torch as this process loaded it (its ``__version__`` carries the build, e.g. ``+cu130``); the others from their
+# installed metadata (importing torchvision only to read its version would cost a run half a second).
+DISTRIBUTIONS = {"prune_cli": "prune-cli", "torchvision": "torchvision", "hydra": "hydra-core"}
 
 
-def _version(module: str) -> Optional[str]:
-    import importlib
+def _version(distribution: str) -> Optional[str]:
+    from importlib import metadata
     try:
-        return str(importlib.import_module(module).__version__)
-    except (ImportError, AttributeError):
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
         return None
 
 
@@ -55,7 +56,10 @@ def environment(device, overrides: Sequence[str], launch_dir: Optional[str] = No
     cuda = getattr(device, "type", str(device)) == "cuda"
     commit, dirty = git_state(launch_dir)
     return {
-        **{name: _version(name) for name in MODULES},
+        "prune_cli": _version(DISTRIBUTIONS["prune_cli"]),
+        "torch": torch.__version__,
+        "torchvision": _version(DISTRIBUTIONS["torchvision"]),
+        "hydra": _version(DISTRIBUTIONS["hydra"]),
         "python": platform.python_version(),
         "cuda": torch.version.cuda,
         "device_name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
