@@ -57,11 +57,11 @@ def environment(device, overrides: Sequence[str], launch_dir: Optional[str] = No
     commit, dirty = git_state(launch_dir)
     return {
         "prune_cli": _version(DISTRIBUTIONS["prune_cli"]),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses before torch 2.14
         "torchvision": _version(DISTRIBUTIONS["torchvision"]),
         "hydra": _version(DISTRIBUTIONS["hydra"]),
         "python": platform.python_version(),
-        "cuda": torch.version.cuda,
+        "cuda": str(torch.version.cuda) if torch.version.cuda else None,
         "device_name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
         "host": socket.gethostname(),
         "git_commit": commit,
