@@ -93,9 +93,8 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def log_final(self, report: dict) -> None:
-        for phase, value in (report.get("accuracy") or {}).items():
-            if value is not None:
-                self.writer.add_scalar(f"accuracy/{phase}", value, 0)
+        for phase, value in _accuracies(report):
+            self.writer.add_scalar(f"accuracy/{phase}", value, 0)
         self.writer.add_scalar("sparsity/achieved", report["sparsity"]["achieved"], 0)
 
     def close(self) -> None:
@@ -118,7 +117,7 @@ class MLflowLogger:
         self.mlflow.log_metrics(metrics, step=self.step)
 
     def log_final(self, report: dict) -> None:
-        metrics = {f"accuracy.{k}": v for k, v in (report.get("accuracy") or {}).items() if v is not None}
+        metrics = {f"accuracy.{phase}": value for phase, value in _accuracies(report)}
         metrics["sparsity.achieved"] = report["sparsity"]["achieved"]
         self.mlflow.log_metrics(metrics)
 
@@ -151,3 +150,9 @@ class Loggers:
         for logger in self.loggers:
             logger.close()
         self.loggers = []
+
+
+def _accuracies(report: dict) -> list[tuple[str, float]]:
+    """The report's accuracy numbers by phase (not ``pruned_at``, which says when one was measured)."""
+    return [(phase, value) for phase, value in (report.get("accuracy") or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)]

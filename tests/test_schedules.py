@@ -191,3 +191,14 @@ def test_every_schedule_composes_with_every_strategy(run_api, strategy, schedule
     assert report["sparsity"]["target"] == 0.8
     check_sparsity(report, run_dir, overrides)
     assert report["rounds"] and report["rounds"][-1]["accuracy"] is not None
+
+
+@pytest.mark.parametrize("schedule, moment", [
+    ("oneshot", "after the last prune, before its fine-tuning"),
+    ("lottery", "after the last prune, before rewinding and retraining"),
+    ("gradual", "at the last prune step, during the fine-tuning"),
+])
+def test_the_report_names_the_moment_of_its_pruned_accuracy(run_api, schedule, moment):
+    extra = ["schedule.rounds=2"] if schedule == "lottery" else []
+    report, _ = run_api(f"schedule={schedule}", *extra, name=schedule)
+    assert report["accuracy"]["pruned_at"] == moment

@@ -62,6 +62,7 @@ def run(exp, masks: Optional[Masks] = None):
     last = record.rounds[-1]
     last.accuracy, last.val_accuracy = exp.evaluate()
     record.set_accuracy("pruned", last.accuracy_pruned, last.val_accuracy_pruned)
+    record.pruned_at = "at the last prune step, during the fine-tuning"
     record.set_accuracy("finetuned", last.accuracy, last.val_accuracy)
     state.boundary(GRADUAL_FINETUNE, exp.model, masks)
     return exp.outcome(masks)

@@ -54,6 +54,7 @@ class RunRecord:
     distillation: Optional[dict] = None               # finetune.distill: teacher, temperature, alpha
     history: list = field(default_factory=list)       # one entry per epoch of every training phase
     finetuned_on: list = field(default_factory=list)  # per fine-tune stage: the form trained and its size
+    pruned_at: Optional[str] = None                   # the moment accuracy["pruned"] was measured (per loop)
 
     def add_epochs(self, phase: str, epochs: int) -> None:
         self.budget[phase] = self.budget.get(phase, 0) + int(epochs)

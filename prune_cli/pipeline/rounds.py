@@ -53,6 +53,8 @@ def run(exp, masks: Optional[Masks] = None):
     # One-shot: "pruned" is the accuracy right after pruning. With several rounds it is that of the last
     # prune, before its fine-tuning, which is what a reader comparing schedules wants.
     record.set_accuracy("pruned", last.accuracy_pruned, last.val_accuracy_pruned)
+    record.pruned_at = ("after the last prune, before rewinding and retraining" if exp.schedule.rewind
+                        else "after the last prune, before its fine-tuning")
     record.set_accuracy("finetuned", last.accuracy, last.val_accuracy)
     return exp.outcome(masks)
 
@@ -95,6 +97,7 @@ def control(exp, masks: Masks, epochs: int) -> None:
         exp.model.load_state_dict(build(exp.spec).to(exp.device).state_dict())
         masks.apply_(exp.model)
         record.set_accuracy("pruned", *exp.evaluate())
+        record.pruned_at = "the final masks on freshly drawn weights, before training (the control)"
         state.boundary(CONTROL_PRUNE, exp.model, masks)
     if not state.is_done(CONTROL):
         if epochs > 0:

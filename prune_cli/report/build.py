@@ -83,7 +83,7 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
                      "prunable": "Linear and Conv weights" + ("" if record.prune_classifier
                                                              else ", classifier excluded")
                                  + (f", {len(set(ignored))} ignored (strategy.ignore)" if ignored else "")},
-        "accuracy": dict(record.accuracy),
+        "accuracy": {**record.accuracy, "pruned_at": record.pruned_at},
         "params": {"total": sum(p.numel() for p in params),
                    "nonzero": sum(p.numel() - zero_count(p) for p in params)},
         "layers": layers,
