@@ -2,6 +2,8 @@
 define them (checked against direct transcriptions), and runs with every schedule."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,7 +59,8 @@ def test_wanda_scores_weight_times_input_norm_for_linear_and_conv():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
     x = torch.rand(16, 2, 4, 4)
-    scores = Wanda(calibration_batches=1, scope="row").score(_context(model, x, ["0.weight", "3.weight"]))
+    scores = Wanda(calibration_batches=1, scope="row", sequential=False).score(
+        _context(model, x, ["0.weight", "3.weight"]))
     conv, fc = model[0], model[3]
     # By hand: the conv's unfolded patches (channel, kh, kw) and the linear layer's input features.
     patches = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 2 * 9)
@@ -161,11 +164,44 @@ def test_calibration_criteria_run_with_every_schedule(tmp_path, strategy, schedu
     (["strategy=l0", "+strategy.pattern=2:4", "sparsity=0.5"], "use magnitude, wanda or sparsegpt"),
     (["strategy=sparsegpt", "strategy.scope=global"], "sparsegpt prunes every layer to the target on its own"),
     (["strategy=magnitude", "strategy.pattern=2:4", "sparsity=0.5", "schedule=lottery",
-      "schedule.classifier_rate=0.5"], "per-layer rates"),
-    (["strategy=sparsegpt", "schedule=lottery", "schedule.classifier_rate=0.5"], "sets every layer's rate itself"),
+      "schedule.protocol=global"], "schedule.protocol=global: the strategy sets every layer's rate itself"),
+    (["strategy=sparsegpt", "schedule=lottery", "schedule.protocol=layerwise"], "use schedule.protocol=totals"),
+    (["strategy=wanda", "strategy.scope=global"], "sequential wanda prunes each layer as it goes"),
 ])
 def test_bad_pattern_and_calibration_settings_are_refused(tmp_path, overrides, message):
     with pytest.raises(UsageError) as err:
         prune_cli.run([*FAST, *overrides], tmp_path / "run")
     assert message in str(err.value)
     assert not (tmp_path / "run" / "pruned.pt").exists()
+
+
+def test_sequential_wanda_measures_each_layer_on_the_already_pruned_layers_before_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.rand(32, 6)
+    names = ["0.weight", "2.weight", "4.weight"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    one_pass = Wanda(calibration_batches=1, scope="row", sequential=False).score(_context(model, x, names, target=0.5))
+    scores = Wanda(calibration_batches=1, scope="row").score(_context(model, x, names, target=0.5))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left as it was
+    # By hand, the reference's order: prune layer 0 within rows at 50%, then measure layer 2's inputs, and so on.
+    pruned = copy.deepcopy(model)
+    expected = {}
+    for index, name in zip((0, 2, 4), names):
+        features = pruned[:index](x).detach()
+        layer = pruned[index]
+        expected[name] = layer.weight.detach().abs() * features.norm(dim=0)[None, :]
+        keep = expected[name].argsort(dim=1, stable=True)[:, expected[name].shape[1] // 2:]
+        mask = torch.zeros_like(layer.weight).scatter_(1, keep, 1.0)
+        with torch.no_grad():
+            layer.weight.mul_(mask)
+    for name in names:
+        assert torch.allclose(scores[name], expected[name], rtol=1e-5), name
+    assert torch.allclose(one_pass["0.weight"], scores["0.weight"])           # the first layer sees the same inputs
+    assert not torch.allclose(one_pass["2.weight"], scores["2.weight"])       # later ones do not
+
+
+def test_sequential_wanda_refuses_a_global_ranking():
+    with pytest.raises(ValueError, match="strategy.scope=global: sequential wanda prunes each layer as it goes"):
+        Wanda(scope="global")
+    assert Wanda(scope="global", sequential=False).takes_layer_rates

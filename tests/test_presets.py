@@ -16,7 +16,7 @@ from test_models import _plain_cpu_kernels  # noqa: F401  (autouse: one thread, 
 EXPECTED = {
     # preset: (model, dataset, strategy, granularity, scope, schedule, sparsity, rounds)
     "han_lenet300": ("lenet300", "mnist", "magnitude", "unstructured", "global", "iterative", 0.918197, 5),
-    "lottery_lenet300": ("lenet300", "mnist", "magnitude", "unstructured", "layer", "lottery", 0.865782, 9),
+    "lottery_lenet300": ("lenet300", "mnist", "magnitude", "unstructured", "global", "lottery", 0.8648, None),
     "li_vgg16": ("vgg16", "cifar10", "magnitude", "structured", "layer", "oneshot", 0.64, 1),
     "li_resnet56": ("resnet56", "cifar10", "magnitude", "structured", "layer", "oneshot", 0.137, 1),
 }
@@ -49,14 +49,28 @@ def test_preset_composes_as_documented(name):
     assert all(0 < v < 1 for k, v in reference.items() if k != "source")
 
 
+HIDDEN, OUTPUT = ("layers.1.weight", "layers.3.weight"), "layers.5.weight"
+
+
+def _lottery(cfg):
+    """The preset's lottery schedule, fitted to LeNet-300-100's weights."""
+    from prune_cli.pruning.schedules import Lottery
+    schedule = Lottery(**{k: v for k, v in OmegaConf.to_container(cfg.schedule).items() if k not in ("_target_", "name")})
+    schedule.fit("lenet300", {HIDDEN[0]: (300, 784), HIDDEN[1]: (100, 300), OUTPUT: (10, 100)}, OUTPUT, False)
+    return schedule
+
+
 def test_preset_details_match_the_papers():
     lottery = compose_config(["+experiment=lottery_lenet300"])
     assert (lottery.train.optimizer, lottery.train.lr, lottery.train.batch_size) == ("adam", 1.2e-3, 60)
     assert lottery.schedule.rewind_epoch == 0 and not lottery.schedule.reinit
-    # 20% of the remaining weights per round: round i keeps 0.8^i.
-    from prune_cli.pruning.schedules import Lottery
-    targets = Lottery(rounds=9).targets(lottery.sparsity)
-    assert [round(1 - t, 4) for t in targets] == [round(0.8 ** i, 4) for i in range(1, 10)]
+    # The paper's protocol: 9 rounds; round i leaves each hidden layer 0.8^i of its weights, the output 0.9^i.
+    schedule = _lottery(lottery)
+    targets = schedule.targets(lottery.sparsity)
+    assert len(targets) == 9 and targets[-1] == lottery.sparsity
+    for i, target in enumerate(targets[:-1], start=1):
+        assert schedule.layer_rates(target, None, None) == pytest.approx(
+            {HIDDEN[0]: 1 - 0.8 ** i, HIDDEN[1]: 1 - 0.8 ** i, OUTPUT: 1 - 0.9 ** i}, abs=1e-12)
     han = compose_config(["+experiment=han_lenet300"])
     assert han.finetune.lr == pytest.approx(han.train.lr / 10)  # retrain at 1/10 of the original lr
 
@@ -86,9 +100,11 @@ def test_preset_runs_one_tiny_step(name, generated, tmp_path):
     if name == "han_lenet300":  # Han et al.'s per-layer rates, exactly: fc1 keeps 8%, fc2 9%, fc3 26%
         assert layers == {"layers.1.weight": round(0.92 * 235200) / 235200,
                           "layers.3.weight": round(0.91 * 30000) / 30000, "layers.5.weight": 0.74}
-    if name == "lottery_lenet300":  # the output layer at half the others' rate
-        others = (layers["layers.1.weight"] * 235200 + layers["layers.3.weight"] * 30000) / 265200
-        assert layers["layers.5.weight"] == pytest.approx(0.5 * others, abs=1 / 1000)
+    if name == "lottery_lenet300":  # each layer at its own rate: hidden 1 - 0.8^9, output 1 - 0.9^9 (to a weight)
+        expected = _lottery(compose_config(overrides)).layer_rates(target, None, None)
+        assert expected[OUTPUT] == pytest.approx(1 - 0.9 ** 9, abs=1e-4)
+        sizes = {HIDDEN[0]: 235200, HIDDEN[1]: 30000, OUTPUT: 1000}
+        assert all(abs(layers[n] - expected[n]) * sizes[n] <= 1 for n in sizes)
     if EXPECTED[name][3] == "structured":
         assert report["shrunk"]["matches_masked"]  # the physically smaller model computes the same
 

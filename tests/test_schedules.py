@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from prune_cli.pipeline.experiment import Experiment
 from prune_cli.storage.safe_load import safe_load
+from prune_cli.errors import UsageError
 from prune_cli.pruning.schedules import Gradual, Iterative, Lottery, OneShot
 
 from prune_cli.config import compose_config  # noqa: E402
@@ -19,8 +20,17 @@ STRATEGIES = options("strategy")
 SCHEDULES = options("schedule")
 
 
+LENET = {"fc1.weight": (300, 784), "fc2.weight": (100, 300), "head.weight": (10, 100)}
+
+
+def _fitted(model="lenet300", shapes=None, sets_rates=False, **options):
+    schedule = Lottery(**options)
+    schedule.fit(model, shapes or LENET, "head.weight", sets_rates)
+    return schedule
+
+
 @pytest.mark.parametrize("schedule", [OneShot(), Iterative(rounds=5), Iterative(rounds=3, spacing="linear"),
-                                      Lottery(rounds=7)])
+                                      _fitted(rounds=7), _fitted(), _fitted("resnet20")])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.98])
 def test_targets_are_monotone_and_end_exactly_at_sparsity(schedule, sparsity):
     targets = schedule.targets(sparsity)
@@ -46,13 +56,55 @@ def test_lottery_retrains_for_the_full_training_length_every_round():
     assert Lottery(rounds=3, epochs_per_round=4).epochs_per_round(10, 3, 20) == [4, 4, 4]
 
 
-def test_lottery_classifier_rate_keeps_the_total_exact():
-    sizes = {"fc1.weight": 1000, "fc2.weight": 300, "head.weight": 100}
-    rates = Lottery(classifier_rate=0.5).layer_rates(0.6, sizes, "head.weight")
-    others = 0.6 * 1400 / (1300 + 0.5 * 100)
-    assert rates == {"head.weight": pytest.approx(0.5 * others)}
-    assert 1300 * others + 100 * rates["head.weight"] == pytest.approx(0.6 * 1400)
-    assert Lottery().layer_rates(0.6, sizes, "head.weight") is None
+def test_lottery_follows_frankle_and_carbin_layer_by_layer():
+    schedule = _fitted()
+    targets = schedule.targets(0.9)
+    # 20% of each hidden layer's remaining weights per round and 10% of the output layer's: after 10 such
+    # rounds 89.17% of LeNet-300-100 is gone, so the 10th round takes a little more and lands on 0.9.
+    assert len(targets) == 10 and targets[-1] == 0.9
+    sizes = {name: math.prod(shape) for name, shape in LENET.items()}
+    for i, target in enumerate(targets[:-1], start=1):
+        rates = schedule.layer_rates(target, None, None)
+        assert rates == pytest.approx({"fc1.weight": 1 - 0.8 ** i, "fc2.weight": 1 - 0.8 ** i,
+                                       "head.weight": 1 - 0.9 ** i}, abs=1e-12)
+        assert sum(rates[n] * sizes[n] for n in sizes) == pytest.approx(target * sum(sizes.values()), abs=1e-6)
+    last = schedule.layer_rates(0.9, None, None)
+    assert sum(last[n] * sizes[n] for n in sizes) == pytest.approx(0.9 * sum(sizes.values()), abs=1e-6)
+    assert schedule.describe()["protocol"] == "layerwise"
+
+
+def test_lottery_convolutions_of_conv2_to_conv6_lose_the_papers_rate():
+    shapes = {"conv1.weight": (64, 3, 3, 3), "fc1.weight": (256, 1024), "head.weight": (10, 256)}
+    for model, conv in (("conv2", 0.1), ("conv4", 0.1), ("conv6", 0.15)):
+        rates = _fitted(model, shapes).describe()["layer_rates"]
+        assert rates == pytest.approx({"conv1.weight": conv, "fc1.weight": 0.2, "head.weight": 0.1})
+    assert _fitted("conv2", shapes, conv_rate=0.3).describe()["layer_rates"]["conv1.weight"] == 0.3
+
+
+def test_lottery_ranks_deep_nets_globally_and_leaves_allocation_to_strategies_that_set_it():
+    schedule = _fitted("resnet20")
+    assert schedule.describe()["protocol"] == "global"
+    targets = schedule.targets(0.9)
+    # Only the output layer has its own rate; the rest, ranked together, share what is left of the total.
+    assert schedule.layer_rates(targets[0], None, None) == pytest.approx({"head.weight": 0.1})
+    totals = _fitted(sets_rates=True)
+    assert totals.describe()["protocol"] == "totals" and totals.layer_rates(0.5, None, None) is None
+    with pytest.raises(UsageError, match="schedule.protocol=layerwise: the strategy sets every layer's rate"):
+        _fitted(sets_rates=True, protocol="layerwise")
+
+
+def test_lottery_with_a_fixed_number_of_rounds_spaces_them_equally():
+    schedule = _fitted(rounds=4)
+    targets = schedule.targets(0.9)
+    assert len(targets) == 4 and targets[-1] == 0.9
+    kept = [1 - schedule.layer_rates(t, None, None)["fc1.weight"] for t in targets]
+    per_round = [kept[0]] + [b / a for a, b in zip(kept, kept[1:])]
+    assert per_round == pytest.approx([per_round[0]] * 4)  # the same fraction of what is left, every round
+
+
+def test_lottery_refuses_a_target_its_dense_output_layer_cannot_allow():
+    with pytest.raises(UsageError, match=r"sparsity=0.999: schedule=lottery can reach at most 0.99624"):
+        _fitted(classifier_rate=0.0).targets(0.999)
 
 
 def test_gradual_formula_matches_zhu_and_gupta():
@@ -127,7 +179,9 @@ def initial_weights(*overrides):
 @pytest.mark.parametrize("rewind_epoch", [0, 2])
 def test_lottery_rewinds_survivors_to_their_reference_values(run_api, rewind_epoch):
     # One round and no retraining: what is saved is exactly the rewound ticket.
-    _, ticket_dir = run_api("schedule=lottery", "schedule.rounds=1", f"schedule.rewind_epoch={rewind_epoch}",
+    # protocol=totals: the same allocation as the one-shot run it is compared with (global magnitude).
+    _, ticket_dir = run_api("schedule=lottery", "schedule.rounds=1", "schedule.protocol=totals",
+                            f"schedule.rewind_epoch={rewind_epoch}",
                             "schedule.epochs_per_round=0", "sparsity=0.8", "train.epochs=3", "finetune.epochs=0",
                             name="ticket")
     _, pruned_dir = run_api("sparsity=0.8", "train.epochs=3", "finetune.epochs=0", name="pruned")
@@ -164,16 +218,21 @@ def test_the_random_reinit_control_trains_the_tickets_own_masks_from_fresh_weigh
     assert control["sparsity"] == ticket["sparsity"]
 
 
-def test_lottery_prunes_the_output_layer_at_a_fraction_of_the_others_rate(run_api):
-    report, _ = run_api("schedule=lottery", "schedule.rounds=2", "schedule.classifier_rate=0.5",
-                        "strategy.scope=layer", "sparsity=0.8", "train.epochs=1", "model=lenet300",
-                        "measure.latency=false")
-    layers = {layer["name"]: layer for layer in report["layers"]}
-    head, others = layers.pop("layers.5.weight"), list(layers.values())
-    total = report["sparsity"]["prunable_weights"]
-    assert report["sparsity"]["zeros"] == round(0.8 * total)                   # the total is exact
-    rest = sum(o["sparsity"] * math.prod(o["shape"]) for o in others) / sum(math.prod(o["shape"]) for o in others)
-    assert head["sparsity"] == pytest.approx(0.5 * rest, abs=1 / math.prod(head["shape"]))
+def test_lottery_run_follows_the_papers_protocol_round_by_round(run_api):
+    report, _ = run_api("schedule=lottery", "sparsity=0.9", "train.epochs=1", "model=lenet300", "measure.latency=false")
+    layers = {layer["name"]: math.prod(layer["shape"]) for layer in report["layers"]}
+    head = "layers.5.weight"
+    rounds = report["rounds"]
+    # On digits LeNet-300-100's first layer has 64 inputs, so the output layer weighs more: 10.53 rounds of the
+    # paper's rates reach 0.9; the 11th round takes the remaining half round.
+    assert len(rounds) == 11 and report["schedule"]["protocol"] == "layerwise"
+    for entry in rounds[:-1]:  # each hidden layer keeps 0.8^i of its weights, the output layer 0.9^i
+        i = entry["round"]
+        for name, size in layers.items():
+            expected = 1 - (0.9 if name == head else 0.8) ** i
+            assert abs(entry["layers"][name] - expected) * size < 1, (i, name)
+    assert report["sparsity"]["zeros"] == round(0.9 * report["sparsity"]["prunable_weights"])  # exactly on target
+    assert rounds[-1]["layers"] == {layer["name"]: layer["sparsity"] for layer in report["layers"]}
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

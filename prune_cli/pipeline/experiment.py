@@ -37,7 +37,7 @@ from prune_cli.pipeline.scores import first_round_scores
 from prune_cli.pipeline.settings import RunSettings
 from prune_cli.pipeline.stages import TRAIN, Stage
 from prune_cli.pruning.masks import Masks, topk_masks
-from prune_cli.pruning.sparsity import model_sparsity
+from prune_cli.pruning.sparsity import model_sparsity, zero_count
 from prune_cli.pruning.strategies.base import ScoringContext
 from prune_cli.storage.resume import RunState, cpu_copy
 from prune_cli.storage.run_dir import check_opening, completed_report, lock, refuse_other_config, remove_leftovers
@@ -398,6 +398,11 @@ class Experiment:
     def achieved(self) -> float:
         """Sparsity of the prunable weights of the (in-place pruned) model now, counted from the weights."""
         return model_sparsity(self.model, self.prunable)[0]
+
+    def layer_sparsities(self) -> dict:
+        """{prunable weight: sparsity} of the model now, counted from the weights."""
+        params = dict(self.model.named_parameters())
+        return {name: zero_count(params[name]) / params[name].numel() for name in self.prunable}
 
     def outcome(self, masks: Optional[Masks]) -> Outcome:
         """The result of a loop that pruned the run's own model in place."""

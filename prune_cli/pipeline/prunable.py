@@ -25,6 +25,9 @@ def prunable_of(model: nn.Module, example: torch.Tensor, strategy, schedule, spa
     names, ignored = prunable_for(model, strategy)
     params = dict(model.named_parameters())
     strategy.resolve_layer_sparsity({n: params[n].numel() for n in names}, sparsity)
+    schedule.fit(model_name, {n: tuple(params[n].shape) for n in names}, f"{classifier_name(model)}.weight",
+                 strategy_sets_rates=bool(strategy.structured or strategy.pattern is not None or strategy.loop
+                                          or not strategy.takes_layer_rates or strategy.layer_sparsity))
     check_leaves_a_weight(sparsity, model_sparsity(model, names)[2], model_name)
     check_layer_sparsity(strategy, names, dict(model.named_parameters()), sparsity, schedule,
                          f"{classifier_name(model)}.weight")

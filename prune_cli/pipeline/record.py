@@ -26,11 +26,12 @@ class Round:
     epochs: Optional[int] = None              # fine-tune epochs of the round (round loops)
     step: Optional[int] = None                # optimizer step it pruned at (gradual pruning)
     seconds: float = 0.0
+    layers: Optional[dict] = None             # {weight name: sparsity} right after this round's prune
     masks: Optional[dict] = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "masks"}
-        for optional in ("epochs", "step", "val_accuracy_pruned", "val_accuracy"):
+        for optional in ("epochs", "step", "val_accuracy_pruned", "val_accuracy", "layers"):
             if out[optional] is None:
                 out.pop(optional)
         return out

@@ -77,7 +77,7 @@ def prune_round(exp, masks: Optional[Masks], index: int, target: float, epochs: 
         rewind(exp, masks)
     exp.record.rounds.append(Round(round=index, target=target, sparsity=exp.achieved(), accuracy_pruned=test,
                                    val_accuracy_pruned=val, epochs=epochs, seconds=time.perf_counter() - started,
-                                   masks=exp.round_masks(masks)))
+                                   layers=exp.layer_sparsities(), masks=exp.round_masks(masks)))
     state.boundary(Stage.of_round(index, "prune"), exp.model, masks)
     return masks
 

@@ -35,6 +35,10 @@ class Schedule:
     def check_budget(self, train_epochs: int, finetune_epochs: int) -> None:
         """Refuse, before any training, epochs this schedule cannot work with (UsageError). Default: any."""
 
+    def fit(self, model_name: str, shapes: dict, classifier: str, strategy_sets_rates: bool) -> None:
+        """Bind to the model before any target is asked for: its name, prunable weights ({name: shape}), the
+        output layer's weight, and whether the strategy allocates every layer itself. Default: nothing."""
+
     def layer_rates(self, target: float, sizes: dict, classifier: str) -> Optional[dict]:
         """Per-layer sparsities a round's prune must meet exactly ({name: fraction}); the other layers share
         the rest of the round's target. Default: none."""
@@ -94,37 +98,127 @@ class Iterative(Schedule):
                 "epochs_per_round": self.fixed_epochs}
 
 
-class Lottery(Iterative):
-    """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019): after each prune the surviving
-    weights go back to their values at initialisation (or at ``rewind_epoch`` of dense training) and are
-    retrained for the full training length, ``train.epochs``, every round (``epochs_per_round`` overrides).
+# Frankle & Carbin (2019), Figure 2: per-round rates of the small nets they prune layer by layer. Conv layers
+# lose their own rate, fully-connected ones ``rate_per_round``, the output layer half that (classifier_rate).
+PAPER_CONV_RATES = {"lenet300": None, "conv2": 0.1, "conv4": 0.1, "conv6": 0.15}
 
-    ``classifier_rate``: the output layer is pruned at that fraction of the other layers' rate (the paper
-    uses 0.5), the total still exactly the round's target. ``reinit=true`` adds the paper's random
-    re-initialisation control: the ticket's own final masks, trained once more from a fresh initialisation
-    (same masks, new weights); the report's fine-tuned accuracy is then the control's."""
+
+class Lottery(Schedule):
+    """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019), the paper's protocol by default:
+    every round each layer loses a fixed fraction of the weights it still has (``rate_per_round``, 0.2; the
+    output layer ``classifier_rate`` times that, 0.1), the surviving weights go back to their values at
+    initialisation (or at ``rewind_epoch`` of dense training) and are retrained for the full training length,
+    ``train.epochs`` (``epochs_per_round`` overrides). The number of rounds follows from the rates and the
+    target: rounds at the paper's rates until the nearest whole number of rounds, the last one taking what is
+    left so that it lands exactly on ``sparsity`` (``rounds=N`` instead spaces N equal rounds along the same
+    per-layer path).
+
+    ``protocol``: ``layerwise`` (the paper's LeNet-300-100 and Conv-2/4/6: each layer at its own rate; Conv-2/4
+    convolutions 10%, Conv-6 15% per round, ``conv_rate`` overrides), ``global`` (Frankle et al. 2020 and
+    OpenLTH for deep nets: all layers but the output one ranked together, losing ``rate_per_round`` of what
+    they have left; the output layer at its own rate), ``totals`` (only the round totals; the strategy
+    allocates them: what structured, N:M and reconstructing strategies do) or ``auto`` (layerwise for the
+    paper's models, global for the others, totals where the strategy sets every layer's rate itself).
+
+    ``reinit=true`` adds the paper's random re-initialisation control: the ticket's own final masks, trained
+    once more from a fresh initialisation (same masks, new weights); the report's fine-tuned accuracy is then
+    the control's."""
     name = "lottery"
     rewind = True
 
-    config_schema = {"rewind_epoch": Int(0, 100_000), "reinit": Bool(), "classifier_rate": Num(0.0, 1.0)}
+    config_schema = {"rate_per_round": Num(0.0, 1.0, lo_open=True, hi_open=True), "classifier_rate": Num(0.0, 1.0),
+                     "conv_rate": Optional_(Num(0.0, 1.0, lo_open=True, hi_open=True)),
+                     "protocol": Choice(("auto", "layerwise", "global", "totals")),
+                     "rounds": Optional_(Int(1, 10_000)), "epochs_per_round": Optional_(Int(0, 100_000)),
+                     "rewind_epoch": Int(0, 100_000), "reinit": Bool()}
 
-    def __init__(self, rewind_epoch: int = 0, reinit: bool = False, classifier_rate: float = 1.0, **kw):
+    def __init__(self, rate_per_round: float = 0.2, classifier_rate: float = 0.5, conv_rate: Optional[float] = None,
+                 protocol: str = "auto", rounds: Optional[int] = None, epochs_per_round: Optional[int] = None,
+                 rewind_epoch: int = 0, reinit: bool = False, **kw):
         super().__init__(**kw)
+        self.rate, self.classifier_rate = float(rate_per_round), float(classifier_rate)
+        self.conv_rate = None if conv_rate is None else float(conv_rate)
+        self.protocol, self.rounds = protocol, None if rounds is None else int(rounds)
+        self.fixed_epochs = None if epochs_per_round is None else int(epochs_per_round)
         self.rewind_epoch, self.reinit = int(rewind_epoch), bool(reinit)
-        self.classifier_rate = float(classifier_rate)
+        self.groups: Optional[list] = None   # [(weight names, per-round rate, own rate?)], set by ``fit``
+        self.resolved = protocol
+
+    def fit(self, model_name: str, shapes: dict, classifier: str, strategy_sets_rates: bool) -> None:
+        """Bind the protocol to the model's prunable weights ({name: shape}, in order): which layers lose
+        which fraction per round. ``strategy_sets_rates``: the strategy allocates every layer itself."""
+        protocol = self.protocol
+        if protocol == "auto":
+            protocol = ("totals" if strategy_sets_rates else
+                        "layerwise" if model_name in PAPER_CONV_RATES else "global")
+        elif protocol != "totals" and strategy_sets_rates:
+            raise UsageError(f"schedule.protocol={protocol}: the strategy sets every layer's rate itself (structured, "
+                             f"N:M, reconstructing or with strategy.layer_sparsity); use schedule.protocol=totals")
+        self.resolved = protocol
+        names = list(shapes)
+        head = [classifier] if classifier in shapes and protocol != "totals" else []
+        body = [n for n in names if n not in head]
+        if protocol == "layerwise":
+            conv = self.conv_rate if self.conv_rate is not None else (PAPER_CONV_RATES.get(model_name) or self.rate)
+            self.groups = [([n], conv if len(shapes[n]) > 2 else self.rate, True) for n in body]
+        else:
+            self.groups = [(body, self.rate, False)] if body else []
+        self.groups += [(head, self.classifier_rate * self.rate, True)] if head else []
+        self.sizes = {n: math.prod(shapes[n]) for n in names}
+
+    def _fitted(self):
+        if self.groups is None:
+            raise RuntimeError("Lottery.fit(model_name, shapes, classifier, ...) must come before its targets")
+        return self.groups
+
+    def _total(self, x: float) -> float:
+        """Overall sparsity after ``x`` rounds (x need not be whole: the last round may be part of one)."""
+        zeros = sum(sum(self.sizes[n] for n in names) * (1.0 - (1.0 - rate) ** x) for names, rate, _ in self._fitted())
+        return zeros / sum(self.sizes.values())
+
+    def _rounds_to(self, sparsity: float) -> float:
+        """The (fractional) number of rounds at which the overall sparsity is exactly ``sparsity``."""
+        if sparsity <= 0.0:
+            return 0.0
+        hi = 1.0
+        while self._total(hi) < sparsity:
+            hi *= 2.0
+            if hi > 1e6:
+                raise UsageError(f"sparsity={sparsity}: schedule=lottery can reach at most "
+                                 f"{self._total(1e6):.6f} (schedule.classifier_rate={self.classifier_rate:g} "
+                                 f"leaves the output layer dense)")
+        lo = 0.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self._total(mid) < sparsity else (lo, mid)
+        return hi
+
+    def round_points(self, sparsity: float) -> list[float]:
+        """Where each round ends, in rounds of the per-layer rates: 1, 2, ... and the last exactly on target."""
+        end = self._rounds_to(sparsity)
+        if self.rounds is not None:
+            return [end * i / self.rounds for i in range(1, self.rounds + 1)]
+        count = max(1, round(end))
+        return [float(i) for i in range(1, count)] + [end]
+
+    def targets(self, sparsity):
+        out = [self._total(x) for x in self.round_points(sparsity)]
+        out[-1] = float(sparsity)  # exactly, whatever the floating point did
+        return out
+
+    def layer_rates(self, target, sizes, classifier):
+        """Each own-rate layer's sparsity once the overall sparsity is ``target`` (the others, ranked together,
+        share the rest): ``1 - (1 - rate) ** rounds``, the rounds where the total reaches ``target``."""
+        own = [(names, rate) for names, rate, is_own in self._fitted() if is_own]
+        if not own:
+            return None
+        x = self._rounds_to(target)
+        return {name: 1.0 - (1.0 - rate) ** x for names, rate in own for name in names}
 
     def epochs_per_round(self, finetune_epochs, rounds, train_epochs=0):
         if self.fixed_epochs is not None:
             return [self.fixed_epochs] * rounds
         return [int(train_epochs)] * rounds  # the paper's protocol: the full training length, every round
-
-    def layer_rates(self, target, sizes, classifier):
-        if self.classifier_rate == 1.0 or classifier not in sizes:
-            return None
-        total, head = sum(sizes.values()), sizes[classifier]
-        # n_other * s + n_head * rate * s = target * n_total, so the total stays exactly the target.
-        others = target * total / (total - head + self.classifier_rate * head)
-        return {classifier: self.classifier_rate * others}
 
     def check_budget(self, train_epochs, finetune_epochs):
         if self.rewind_epoch > train_epochs:
@@ -132,8 +226,12 @@ class Lottery(Iterative):
                              f"({train_epochs}), the epochs of dense training it rewinds to")
 
     def describe(self):
-        return {**super().describe(), "rewind_epoch": self.rewind_epoch, "reinit": self.reinit,
-                "classifier_rate": self.classifier_rate}
+        out = {"name": self.name, "protocol": self.resolved, "rate_per_round": self.rate,
+               "classifier_rate": self.classifier_rate, "rounds": self.rounds,
+               "epochs_per_round": self.fixed_epochs, "rewind_epoch": self.rewind_epoch, "reinit": self.reinit}
+        if self.groups is not None:
+            out["layer_rates"] = {name: rate for names, rate, is_own in self.groups for name in names if is_own}
+        return out
 
 
 class Gradual(Schedule):

@@ -43,6 +43,9 @@ def check_layer_sparsity(strategy, prunable: list, params: Mapping, sparsity: fl
     total = sum(sizes.values())
     fixed = sum(round(rate * sizes[n]) for n, rate in final.items())
     rest = total - sum(sizes[n] for n in final)
+    if not rest and all(rate < 1.0 for rate in final.values()) and abs(sum(rate * sizes[n] for n, rate in
+                                                                         final.items()) - sparsity * total) < 1:
+        return  # every layer has its own rate: thresholding rounds them to the exact total (largest remainders)
     left = round(sparsity * total) - fixed
     if any(rate >= 1.0 for rate in final.values()) or left < 0 or left > rest or (left and not rest):
         goal = round(sparsity * total)

@@ -20,7 +20,7 @@ from torch import nn
 
 from prune_cli.pruning.masks import CONVOLUTIONS, Masks
 from prune_cli.pruning.strategies.base import ScoringContext, Strategy
-from prune_cli.schema import Int, Num
+from prune_cli.schema import Bool, Int, Num
 from prune_cli.training.evaluate import eval_mode
 
 
@@ -125,26 +125,84 @@ class _Calibrated(Strategy):
 
 
 class Wanda(_Calibrated):
-    """|W_ij| * ||X_j||_2 over the calibration inputs (Sun et al. 2023), compared within each output row."""
-    name = "wanda"
+    """|W_ij| * ||X_j||_2 over the calibration inputs (Sun et al. 2023), compared within each output row.
 
-    def score(self, ctx: ScoringContext):
-        self._check_layers(ctx)
+    ``sequential`` (the reference code's order, the default): layers in forward order, each one's input norms
+    measured with the layers before it already pruned to the target, so later layers see the inputs the
+    pruned model gives them. ``false``: every layer's norms from the dense model in one pass (faster; a
+    departure, stated in docs/methods.md). Pruning as it goes fixes each layer's own sparsity, so sequential
+    Wanda compares within a row or a layer and takes no per-layer rates."""
+    name = "wanda"
+    config_schema = {"sequential": Bool()}
+
+    def __init__(self, sequential: bool = True, **kwargs):
+        kwargs.setdefault("scope", "row")  # the paper's comparison group
+        super().__init__(**kwargs)
+        self.sequential = bool(sequential)
+        if self.sequential:
+            if self.scope == "global":
+                raise ValueError("strategy.scope=global: sequential wanda prunes each layer as it goes, so it "
+                                 "compares within a row or a layer (set strategy.sequential=false to rank globally)")
+            self.takes_layer_rates = False
+
+    def describe(self) -> dict:
+        return {**super().describe(), "sequential": self.sequential}
+
+    def _norms(self, ctx: ScoringContext, names: list[str]) -> tuple[dict, list[str]]:
+        """{name: ||X_j||_2 per input column} of the named layers, and the order the forward pass reached them."""
         squares: dict[str, torch.Tensor] = {}
 
         def add(name, columns):
             total = (columns.float() ** 2).sum(dim=0)
             squares[name] = squares[name] + total if name in squares else total
 
-        self._check_reached(ctx, _capture(ctx.model, ctx.prunable,
-                                          ctx.calibration_batches(self.calibration_batches), add))
-        params = dict(ctx.model.named_parameters())
-        scores = {}
-        for name in ctx.prunable:
-            module, weight = _module_of(ctx.model, name), params[name].detach()
-            norms = squares.get(name, torch.zeros(weight[0].numel(), device=weight.device)).sqrt()
-            scores[name] = _from_columns(module, _weight_columns(module, weight).abs() * norms[None, :], weight)
+        order = _capture(ctx.model, names, ctx.calibration_batches(self.calibration_batches), add)
+        return {name: total.sqrt() for name, total in squares.items()}, order
+
+    def _score(self, ctx: ScoringContext, name: str, norms: dict) -> torch.Tensor:
+        module, weight = _module_of(ctx.model, name), ctx.model.get_parameter(name).detach()
+        norm = norms.get(name, torch.zeros(_weight_columns(module, weight).shape[1], device=weight.device))
+        return _from_columns(module, _weight_columns(module, weight).abs() * norm[None, :], weight)
+
+    def score(self, ctx: ScoringContext):
+        self._check_layers(ctx)
+        norms, order = self._norms(ctx, ctx.prunable)
+        self._check_reached(ctx, order)
+        if not self.sequential:
+            return {name: self._score(ctx, name, norms) for name in ctx.prunable}
+        scores, dense = {}, {}
+        try:
+            for name in order:
+                if scores:  # the layers before this one are pruned now: measure what this one receives
+                    norms, _ = self._norms(ctx, [name])
+                scores[name] = self._score(ctx, name, norms)
+                # The same thresholding the pipeline applies to these scores afterwards (this layer alone).
+                mask = self._layer_mask(name, scores[name], ctx)
+                weight = ctx.model.get_parameter(name)
+                dense[name] = weight.detach().clone()
+                with torch.no_grad():
+                    weight.mul_(mask.to(weight.dtype))
+        finally:
+            with torch.no_grad():
+                for name, values in dense.items():
+                    ctx.model.get_parameter(name).copy_(values)
         return scores
+
+    def _layer_mask(self, name: str, score: torch.Tensor, ctx: ScoringContext) -> torch.Tensor:
+        previous = Masks({name: ctx.masks[name]}) if ctx.masks is not None and name in ctx.masks else None
+        if self.pattern is not None:
+            from prune_cli.errors import UsageError
+            from prune_cli.pruning.patterns import nm_masks
+            try:
+                return nm_masks({name: score}, self.pattern, self.pattern.kept_at(ctx.target), previous=previous)[name]
+            except ValueError as err:  # a pruned.pt whose zeros do not fit the pattern
+                raise UsageError(f"strategy.pattern={self.pattern}: {err}") from None
+        from prune_cli.errors import UsageError
+        from prune_cli.pruning.masks import topk_masks
+        try:
+            return topk_masks({name: score}, ctx.target, self.scope, previous=previous)[name]
+        except ValueError as err:  # a pruned.pt with more zeros in this layer than the target gives it
+            raise UsageError(f"sparsity={ctx.target:.6g}: {err}") from None
 
 
 class SparseGPT(_Calibrated):
