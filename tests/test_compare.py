@@ -441,3 +441,54 @@ def test_variants_are_labelled_by_what_differs_and_cost_plots_are_drawn(tmp_path
     with contextlib.redirect_stdout(out):
         cmp.print_table(rows)  # not a terminal: as wide as the table needs
     assert "finetune.epochs=10" in out.getvalue() and "finetune.epochs=30" in out.getvalue()
+
+
+# --- baseline and moments -----------------------------------------------------------------------------------
+
+def test_baseline_differences_are_paired_by_seed_with_their_interval(sweep, tmp_path):
+    rows = by_group(cmp.compare([sweep], out_dir=tmp_path / "out", baseline="magnitude"))
+    worse = rows[("random", 0.5)]["vs_baseline"]
+    # Every seed's random run is 10 points below its magnitude partner: no spread, a difference for certain.
+    assert (worse["strategy"], worse["n"], worse["verdict"]) == ("magnitude", 3, "worse")
+    assert worse["mean"] == pytest.approx(-0.10) and worse["low"] == pytest.approx(-0.10)
+    assert "vs_baseline" not in rows[("magnitude", 0.5)]
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "vs magnitude (points)" in text and "-10.00 [-10.00, -10.00] worse" in text
+    assert "paired by seed" in text
+    with pytest.raises(UsageError, match="--baseline nope: no compared run has strategy=nope; they have magnitude, "
+                                         "random"):
+        cmp.compare([sweep], baseline="nope")
+
+
+def test_a_baseline_difference_inside_its_interval_is_a_tie(tmp_path):
+    for seed, delta in enumerate((0.01, -0.01, 0.005)):
+        make_report(tmp_path / f"m{seed}", "magnitude", 0.5, seed)
+        make_report(tmp_path / f"g{seed}", "gradient", 0.5, seed,
+                    accuracy={"dense": 0.97, "pruned": 0.5, "finetuned": 0.95 + 0.01 * seed + delta})
+    rows = by_group(cmp.compare([tmp_path], baseline="magnitude"))
+    versus = rows[("gradient", 0.5)]["vs_baseline"]
+    assert versus["verdict"] == "tie" and versus["low"] < 0 < versus["high"]
+    assert versus["mean"] == pytest.approx(0.005 / 3)
+
+
+def test_pruned_accuracies_of_different_moments_get_their_own_columns(tmp_path):
+    for seed in SEEDS:
+        make_report(tmp_path / f"o{seed}", "magnitude", 0.5, seed,
+                    accuracy={"dense": 0.97, "pruned": 0.6, "finetuned": 0.95,
+                              "pruned_at": "after the last prune, before its fine-tuning"})
+        report = make_report(tmp_path / f"g{seed}", "magnitude", 0.5, seed,
+                             accuracy={"dense": 0.97, "pruned": 0.9, "finetuned": 0.96,
+                                       "pruned_at": "at the last prune step, during the fine-tuning"})
+        report["experiment"]["schedule"] = "gradual"
+        (tmp_path / f"g{seed}" / "report.json").write_text(json.dumps(report))
+    cmp.compare([tmp_path], out_dir=tmp_path / "out")
+    lines = (tmp_path / "out" / "compare.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert "pruned acc. (%) [1]" in header and "pruned acc. (%) [2]" in header
+    first, second = header.index("pruned acc. (%) [1]"), header.index("pruned acc. (%) [2]")
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in lines[2:4]]
+    cells = {row[header.index("schedule")]: row for row in rows}
+    assert (cells["gradual"][first], cells["gradual"][second]) == ("90.00 ± 0.00", "-")
+    assert (cells["oneshot"][first], cells["oneshot"][second]) == ("-", "60.00 ± 0.00")
+    assert "[1] at the last prune step, during the fine-tuning; [2] after the last prune" in "\n".join(lines)
+    assert list(csv.DictReader(io.StringIO((tmp_path / "out" / "compare.csv").read_text())))[0]["pruned_at"]

@@ -36,6 +36,10 @@ def test_search_finds_the_boundary_on_validation_data_and_resumes(tmp_path, caps
     assert [r["cache"]["dense"] for r in reports] == ["computed"] + ["reused"] * (len(reports) - 1)
     assert len(list((tmp_path / "cache").glob("dense-*.pt"))) == 1
     assert result["best"]["strategy"] == "magnitude" and (tmp_path / "s" / "search.png").stat().st_size > 0
+    assert result["verdict"] == "best" and result["resolution"] == {
+        "val_images": 144, "points_per_image": 100 / 144, "budget_images": 0.02 * 144}
+    assert result["strategies"]["magnitude"]["budget"] == {"dense_epochs": 3, "epochs_after_dense": 2,
+                                                           "total_epochs": 5}
     assert "| magnitude |" in (tmp_path / "s" / "search.md").read_text()
     # Killed and started again: finished probes are read back, not rerun.
     stamps = {p["run_dir"]: (tmp_path / p["run_dir"] / "pruned.pt").stat().st_mtime_ns for p in probes}
@@ -75,11 +79,21 @@ def test_auto_screens_every_family_keeps_the_best_and_says_why(tmp_path, monkeyp
     result = json.loads((tmp_path / "s" / "search.json").read_text())
     screened = result["screening"]["strategies"]
     assert [row["strategy"] for row in screened] == list(SCREENED)
-    best_screened = max((r for r in screened if "val_accuracy" in r), key=lambda r: r["val_accuracy"])
-    assert [r["strategy"] for r in screened if r["kept"]] == [best_screened["strategy"]]
-    assert list(result["strategies"]) == [best_screened["strategy"]]
+    ranked = sorted((r for r in screened if r.get("ranked")), key=lambda r: -r["val_accuracy"])
+    # Equal budgets: 2 dense epochs + 1 after them for every family (l1 and l0 spend theirs before pruning,
+    # compress trains from scratch for the same 3).
+    assert {r["budget"]["total_epochs"] for r in screened if "budget" in r} == {3}
+    assert next(r for r in screened if r["strategy"] == "l1")["settings"] == ["strategy.epochs=1", "finetune.epochs=0"]
+    assert ranked[0]["verdict"] == "kept"
+    for row in ranked[1:]:  # the others are kept exactly when McNemar cannot tell them from the best one
+        assert row["against"]["strategy"] == ranked[0]["strategy"]
+        assert row["kept"] == (row["against"]["p_value"] >= 0.05), row
+    kept = [r["strategy"] for r in ranked if r["kept"]]
+    assert list(result["strategies"]) == kept and len(kept) >= 1
     text = (tmp_path / "s" / "search.md").read_text()
-    assert "## Choosing the strategy (strategy=auto)" in text and "kept the 1 with the highest validation" in text
+    assert "## Choosing the strategy (strategy=auto)" in text and "kept the 1 best and every one McNemar" in text
+    assert result["resolution"]["val_images"] == 144 and result["verdict"] in ("best", "tie")
+    assert "Resolution: 144 validation images, so one image is 0.69 points" in text
 
 
 def test_help_says_what_it_does(capsys):
@@ -99,3 +113,47 @@ def test_help_lists_every_search_setting_with_its_default_as_plain_text(capsys):
         line = next(line for line in out.splitlines() if line.strip().startswith(f"search.{key} "))
         assert line.split()[1] == repr(defaults[key]) and len(line.split()) > 2, line
     assert "search.dir" in out
+
+
+def _result(sparsity, next_failing=None, val_drop=0.005):
+    chosen = {"sparsity": sparsity, "val_drop": val_drop, "test_accuracy": 0.9, "run_dir": "x"}
+    if next_failing is not None:
+        chosen["next_failing"] = next_failing
+    return {"chosen": chosen, "budget": {"total_epochs": 12}, "probes": []}
+
+
+def test_a_winner_inside_the_searchs_own_resolution_is_a_tie():
+    from prune_cli.search.run import Settings, decide
+    settings = Settings(tolerance=0.005)
+    # The case: gradient at 0.9111 over magnitude at 0.9078 is a gap of 0.0033 < the tolerance.
+    best, verdict = decide({"magnitude": _result(0.9078, 0.9111), "gradient": _result(0.9111, 0.9144)}, settings)
+    assert best["strategy"] == "gradient" and verdict["verdict"] == "tie" and verdict["tied_with"] == ["magnitude"]
+    # Magnitude's failing probe lies above gradient's pass: the two ranges overlap, whatever the gap.
+    best, verdict = decide({"magnitude": _result(0.85, 0.95), "gradient": _result(0.9111, 0.92)}, settings)
+    assert verdict["verdict"] == "tie" and "between 0.8500 and 0.9500" in verdict["why"]
+    # Separated by more than the tolerance, and magnitude's range ends below gradient's pass.
+    best, verdict = decide({"magnitude": _result(0.80, 0.82), "gradient": _result(0.9111, 0.92)}, settings)
+    assert (best["strategy"], verdict["verdict"], verdict["tied_with"]) == ("gradient", "best", [])
+    assert verdict["equal_budgets"]
+
+
+def test_probes_that_contradict_monotone_accuracy_are_flagged():
+    from prune_cli.search.run import non_monotone
+    probes = [{"sparsity": 0.5, "within": True}, {"sparsity": 0.9, "within": False},
+              {"sparsity": 0.8, "within": False}, {"sparsity": 0.85, "within": True}]
+    assert non_monotone(probes) == [{"failed": 0.8, "passed": 0.85}]
+
+
+def test_mcnemar_counts_the_discordant_images_and_calls_a_tie():
+    import torch
+    from prune_cli.significance import mcnemar, paired_interval
+    a = torch.tensor([1, 1, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
+    b = torch.tensor([1, 0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    test = mcnemar(a, b)
+    # 3 images only A gets right, 1 only B: two-sided exact binomial p = 2 * P(X >= 3 | n=4, 1/2) = 0.625.
+    assert (test["a_only"], test["b_only"], test["examples"]) == (3, 1, 8)
+    assert test["p_value"] == pytest.approx(0.625) and test["difference"] == pytest.approx(2 / 8)
+    interval = paired_interval([0.01, 0.02, 0.03])
+    # mean 0.02, sd 0.01, t(0.975, 2) = 4.302653: half-width 0.024841
+    assert interval["mean"] == pytest.approx(0.02) and interval["high"] - 0.02 == pytest.approx(0.0248414, abs=1e-6)
+    assert interval["tie"] and not paired_interval([0.10, 0.11, 0.12])["tie"]

@@ -21,10 +21,11 @@ from prune_cli.errors import UsageError
 
 
 def compare(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | None = None,
-            by: Sequence[str] = DEFAULT_BY, include_failed: bool = False) -> list[dict]:
+            by: Sequence[str] = DEFAULT_BY, include_failed: bool = False, baseline: str | None = None) -> list[dict]:
     """Summary rows for the runs below `paths`; with `out_dir`, also writes compare.csv/.md/.png there.
+    ``baseline``: a strategy every other row is compared with, paired by seed (``row["vs_baseline"]``).
 
-    Raises UsageError when no (completed) run is found or a group key is unknown.
+    Raises UsageError when no (completed) run is found, a group key is unknown or the baseline is missing.
     """
     paths = list(paths)
     if out_dir is not None:
@@ -33,6 +34,9 @@ def compare(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | Non
     reports = every if include_failed else completed_only(every)
     require_reports(reports, paths, skipped=len(every) - len(reports))
     rows = summarize(reports, by)
+    if baseline is not None:
+        from prune_cli.comparison.baseline import add_baseline
+        add_baseline(rows, reports, by, baseline)
     if out_dir is not None:
         write_all(rows, out_dir)
     return rows
@@ -85,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     out_dir = args.out if args.out is not None else _default_out_dir(args.paths[0])
     try:
-        rows = compare(args.paths, out_dir=out_dir, by=args.by, include_failed=args.include_failed)
+        rows = compare(args.paths, out_dir=out_dir, by=args.by, include_failed=args.include_failed,
+                       baseline=args.baseline)
     except UsageError as err:
         print(f"prune-compare: {err}", file=sys.stderr)
         return 2
@@ -107,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="where to write compare.csv/.md/.png (default: DIR/compare for the first DIR)")
     parser.add_argument("--by", type=_parse_by, default=DEFAULT_BY, metavar="KEY,KEY",
                         help=f"group keys (default: {','.join(DEFAULT_BY)}); any experiment field works")
+    parser.add_argument("--baseline", metavar="STRATEGY",
+                        help="compare every other strategy with this one: the fine-tuned accuracy difference "
+                             "paired by seed, with its 95%% interval (a tie when it contains 0)")
     parser.add_argument("--include-failed", action="store_true",
                         help="also summarise failed and interrupted runs (their missing metrics are skipped)")
     return parser

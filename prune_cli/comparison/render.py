@@ -12,14 +12,19 @@ from prune_cli.storage.atomic import atomic_write_text
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Raw numbers (fractions, full precision) for further analysis; empty cells for missing values."""
-    fields = _group_keys(rows) + ["n", "seeds", "budget_epochs"] + [f"{n}_{s}" for n, _, _ in metrics_shown(rows)
-                                                                   for s in ("mean", "std", "ci95")]
+    fields = _group_keys(rows) + ["n", "seeds", "budget_epochs", "pruned_at"] + [
+        f"{n}_{s}" for n, _, _ in metrics_shown(rows) for s in ("mean", "std", "ci95")]
+    if any(row.get("vs_baseline") for row in rows):
+        fields += [f"vs_baseline_{k}" for k in ("strategy", "n", "mean", "low", "high", "verdict")]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         cells = {k: ("" if row.get(k) is None else row.get(k)) for k in fields}
         cells["seeds"] = " ".join(str(s) for s in row.get("seeds", []))
+        for key, value in (row.get("vs_baseline") or {}).items():
+            if f"vs_baseline_{key}" in cells:
+                cells[f"vs_baseline_{key}"] = "" if value is None else value
         writer.writerow(cells)
     atomic_write_text(path, buffer.getvalue())
 
@@ -33,6 +38,15 @@ def write_markdown(rows: Sequence[dict], path: str | os.PathLike) -> None:
               "per seed) of each row, in percent; \"(n=1)\": a single run, no interval. epochs: the training "
               "budget after the dense stage (fine-tuning, constrained training, retraining). The CSV has the "
               "sample standard deviations too."]
+    moments = _moments(rows)
+    if len(moments) > 1:
+        lines += ["", "The pruned accuracy is taken at different moments by different schedules, so each moment "
+                      "has its own column: " + "; ".join(f"[{i}] {m}" for i, m in enumerate(moments, start=1)) + "."]
+    baseline = next((row["vs_baseline"]["strategy"] for row in rows if row.get("vs_baseline")), None)
+    if baseline:
+        lines += ["", f"vs {baseline}: the fine-tuned accuracy minus {baseline}'s, paired by seed (same settings "
+                      f"otherwise), in points: mean [95% Student-t interval]; \"tie\" when the interval contains 0 "
+                      f"(or a single pair, which has no interval)."]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -57,7 +71,7 @@ def print_table(rows: Sequence[dict], console=None) -> None:
     for i in shown:
         # Key columns keep their names whole where they fit; on a narrow terminal they fold onto a second line.
         width = max((len(line[i]) for line in cells), default=0) if i < n_keys else None
-        table.add_column(_TERMINAL_HEADERS.get(headers[i], headers[i]), min_width=width,
+        table.add_column(_terminal_header(headers[i]), min_width=width,
                          justify="right" if _is_numeric_column(headers[i]) else "left",
                          overflow="fold")  # a long name wraps onto the next line; never cut with an ellipsis
     for line in cells:
@@ -74,17 +88,55 @@ _TERMINAL_HEADERS = {"target sparsity (%)": "target", "achieved sparsity (%)": "
                      "fine-tuned acc. (%)": "tuned acc", "int8 acc. (%)": "int8 acc"}
 
 
+def _terminal_header(header: str) -> str:
+    for long, short in _TERMINAL_HEADERS.items():
+        if header.startswith(long):
+            return short + header[len(long):]
+    return header
+
+
+def _moments(rows: Sequence[dict]) -> list[str]:
+    """The distinct moments of the rows' pruned accuracies (accuracy.pruned_at), in order of appearance."""
+    return list(dict.fromkeys(row["pruned_at"] for row in rows if row.get("pruned_at")))
+
+
 def _display(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """Headers and text cells shared by the Markdown file and the terminal table, so they never disagree."""
+    """Headers and text cells shared by the Markdown file and the terminal table, so they never disagree.
+    Pruned accuracies of different moments never share a column: one column per moment, numbered."""
     keys = _group_keys(rows)
     metrics = metrics_shown(rows)
-    headers = [_key_header(k) for k in keys] + ["n", "epochs"] + [header for _, _, header in metrics]
+    moments = _moments(rows)
+    headers = [_key_header(k) for k in keys] + ["n", "epochs"]
+    for name, _, header in metrics:
+        if name == "accuracy_pruned" and len(moments) > 1:
+            headers += [f"{header} [{i}]" for i in range(1, len(moments) + 1)]
+        else:
+            headers.append(header)
+    baseline = next((row["vs_baseline"]["strategy"] for row in rows if row.get("vs_baseline")), None)
+    if baseline:
+        headers.append(f"vs {baseline} (points)")
     cells = []
     for row in rows:
         line = [_key_cell(k, row.get(k)) for k in keys] + [str(row["n"]), row.get("budget_epochs") or "n/a"]
-        line += [_mean_ci_cell(row[f"{name}_mean"], row.get(f"{name}_ci95")) for name, _, _ in metrics]
+        for name, _, _ in metrics:
+            cell = _mean_ci_cell(row[f"{name}_mean"], row.get(f"{name}_ci95"))
+            if name == "accuracy_pruned" and len(moments) > 1:
+                line += [cell if row.get("pruned_at") == moment else "-" for moment in moments]
+            else:
+                line.append(cell)
+        if baseline:
+            line.append(_versus_cell(row.get("vs_baseline")))
         cells.append(line)
     return headers, cells
+
+
+def _versus_cell(versus) -> str:
+    if not versus:
+        return "-"
+    if versus.get("mean") is None:
+        return versus.get("verdict", "-")
+    interval = "" if versus.get("low") is None else f" [{100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}]"
+    return f"{100 * versus['mean']:+.2f}{interval} {versus['verdict']}"
 
 
 
@@ -108,4 +160,4 @@ def _mean_ci_cell(mean: float | None, ci95: float | None) -> str:
 
 
 def _is_numeric_column(header: str) -> bool:
-    return header in ("n", "epochs") or header.endswith("(%)")
+    return header in ("n", "epochs") or header.endswith(("(%)", "]", "(points)"))

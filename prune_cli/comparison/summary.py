@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 
 from prune_cli.errors import UsageError
+from prune_cli.significance import t_quantile
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def _deployed_latency(report: dict):
 # Summarised for the cost plots (accuracy against multiply-adds and against latency), not shown in the table.
 COST_METRICS = (("macs_nonzero", ("flops", "nonzero"), "multiply-adds per image (non-zero)"),
                 ("latency_ms", _deployed_latency, "latency at batch 256 (ms)"))
-SUMMARY_FIELDS = {"n", "seeds", "budget_epochs"} | {f"{name}_{stat}" for name, _, _ in METRICS + OPTIONAL_METRICS
-                                                    + COST_METRICS for stat in ("mean", "std", "ci95")}
+SUMMARY_FIELDS = {"n", "seeds", "budget_epochs", "pruned_at", "vs_baseline"} | {
+    f"{name}_{stat}" for name, _, _ in METRICS + OPTIONAL_METRICS + COST_METRICS for stat in ("mean", "std", "ci95")}
 
 
 def metrics_shown(rows) -> tuple:
@@ -126,12 +127,6 @@ def _check_keys(reports: list[dict], by: tuple[str, ...]) -> None:
         raise UsageError(f"unknown group key {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (for 95% intervals)."""
-    from scipy.stats import t
-    return float(t.ppf(0.975, df))
-
-
 def _distinct_seeds(keys: dict, members: list[dict]) -> list[dict]:
     """One run per configuration: a run repeated with the same config and seed (the same ``fingerprint``) is
     the same experiment again (on the CPU, the same numbers), not another sample; the repeats are named and
@@ -165,6 +160,9 @@ def _summarize_group(keys: dict, members: list[dict]) -> dict:
         # Half-width of the 95% interval of the mean (Student t); none for a single run.
         row[f"{name}_ci95"] = (t_quantile(len(values) - 1) * row[f"{name}_std"] / len(values) ** 0.5
                                if len(values) > 1 else None)
+    # Which moment "pruned" is (report accuracy.pruned_at): tables keep different moments in different columns.
+    moments = sorted({str(m) for m in (_lookup(r, ("accuracy", "pruned_at")) for r in members) if m is not None})
+    row["pruned_at"] = moments[0] if len(moments) == 1 else ("; ".join(moments) or None)
     budgets = sorted({int(v) for v in (number(_lookup(r, ("budget", "total_epochs"))) for r in members)
                       if v is not None})
     row["budget_epochs"] = "/".join(map(str, budgets)) if budgets else None

@@ -55,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     best = result["best"]
     if best:
-        print(f"prune-search: best {best['strategy']} at sparsity {best['sparsity']:.4f} (validation drop "
+        tied = result.get("tied_with") or []
+        head = f"best {best['strategy']}" if not tied else f"a tie: {best['strategy']} (with {', '.join(tied)})"
+        print(f"prune-search: {head} at sparsity {best['sparsity']:.4f} (validation drop "
               f"{100 * best['val_drop']:.2f} points, test accuracy {100 * best['test_accuracy']:.2f}%); "
               f"{settings.directory}/search.md")
     else:

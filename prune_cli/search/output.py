@@ -22,30 +22,54 @@ def markdown(result: dict) -> str:
              f"test accuracy is shown for the chosen runs only.", ""]
     best = result["best"]
     if best:
-        lines += [f"**Best: {best['strategy']} at sparsity {best['sparsity']:.4f}** (validation drop "
-                  f"{100 * best['val_drop']:.2f} points; test accuracy {100 * best['test_accuracy']:.2f}%).", ""]
+        head = "Best" if result.get("verdict") == "best" else "Highest, but tied"
+        lines += [f"**{head}: {best['strategy']} at sparsity {best['sparsity']:.4f}** (validation drop "
+                  f"{100 * best['val_drop']:.2f} points; test accuracy {100 * best['test_accuracy']:.2f}%).", "",
+                  f"Verdict: **{result.get('verdict')}**" + (f" (tied with {', '.join(result['tied_with'])})"
+                                                             if result.get("tied_with") else "")
+                  + f": {result.get('why')}.", ""]
+    resolution = result.get("resolution") or {}
+    if resolution.get("val_images"):
+        lines += [f"Resolution: {resolution['val_images']} validation images, so one image is "
+                  f"{resolution['points_per_image']:.2f} points and the budget of {100 * result['max_drop']:.2f} "
+                  f"points is {resolution['budget_images']:.1f} images.", ""]
     screening = result.get("screening")
     if screening:
         lines += ["## Choosing the strategy (strategy=auto)", "", screening["why"] + ".", "",
-                  "| strategy | val acc. (%) | val drop (points) | epochs | kept |", "|---|---|---|---|---|"]
+                  "| strategy | val acc. (%) | val drop (points) | epochs (dense + after) | verdict |",
+                  "|---|---|---|---|---|"]
         for row in sorted(screening["strategies"], key=lambda r: -r.get("val_accuracy", -1)):
-            lines.append(f"| {row['strategy']} | refused: {row['refused']} | - | - | no |" if "refused" in row else
-                         f"| {row['strategy']} | {100 * row['val_accuracy']:.2f} | {100 * row['val_drop']:.2f} | "
-                         f"{row['budget_epochs']} | {'yes' if row['kept'] else 'no'} |")
+            if "refused" in row:
+                lines.append(f"| {row['strategy']} | refused: {_cell(row['refused'])} | - | - | not screened |")
+                continue
+            budget = row["budget"]
+            lines.append(f"| {row['strategy']} | {100 * row['val_accuracy']:.2f} | {100 * row['val_drop']:.2f} | "
+                         f"{budget['dense_epochs']} + {budget['epochs_after_dense']} | {_cell(row['verdict'])} |")
         lines += ["", "## The search", ""]
-    lines += ["| strategy | chosen sparsity | val drop (points) | test acc. (%) | next failing sparsity | probes |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| strategy | chosen sparsity | val drop (points) | test acc. (%) | next failing sparsity | probes | "
+              "epochs (dense + after) |", "|---|---|---|---|---|---|---|"]
     for name, r in result["strategies"].items():
-        c = r["chosen"]
+        c, budget = r["chosen"], r.get("budget") or {}
+        epochs = f"{budget.get('dense_epochs', '?')} + {budget.get('epochs_after_dense', '?')}"
         lines.append(f"| {name} | {c['sparsity']:.4f} | {100 * c['val_drop']:.2f} | {100 * c['test_accuracy']:.2f} | "
-                     f"{c.get('next_failing', '-')} | {len(r['probes'])} |" if c else
-                     f"| {name} | none | - | - | - | {len(r['probes'])} |")
+                     f"{c.get('next_failing', '-')} | {len(r['probes'])} | {epochs} |" if c else
+                     f"| {name} | none | - | - | - | {len(r['probes'])} | {epochs} |")
     for name, r in result["strategies"].items():
         lines += ["", f"## {name}: probes in order", "", "| sparsity | val acc. (%) | val drop (points) | within |",
                   "|---|---|---|---|"]
         lines += [f"| {p['sparsity']:.6f} | {100 * p['val_accuracy']:.2f} | {100 * p['val_drop']:.2f} | "
                   f"{'yes' if p['within'] else 'no'} |" for p in r["probes"]]
+        if r.get("non_monotone"):
+            pairs = ", ".join(f"passed at {p['passed']:.6f} after failing at {p['failed']:.6f}"
+                              for p in r["non_monotone"])
+            lines += ["", f"**Not monotone**: {pairs}; accuracy did not fall steadily with sparsity there, so the "
+                          f"boundary near these probes is uncertain."]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "/").replace("\n", " ")
 
 
 def plot(result: dict, path: Path) -> None:

@@ -3,7 +3,14 @@
 Accuracy falls as sparsity grows; the search keeps a sparsity known to pass (validation drop within the
 budget) and one known to fail, and probes the geometric mean of their remaining fractions until the two are
 within ``search.tolerance`` of each other (in remaining fraction). It assumes accuracy falls monotonically
-with sparsity; probes that contradict it are all listed in ``search.json``.
+with sparsity; probes that contradict it (a pass above a fail) are flagged in ``search.json`` and ``search.md``.
+
+Differences are called only when the search can resolve them: a strategy's threshold lies between its
+chosen (passing) sparsity and its next failing probe, and two strategies whose ranges overlap are a tie
+(``verdict: tie``); at the same sparsity, validation accuracies are compared with McNemar's test on the
+images themselves. The resolution (points per validation image) and each strategy's training budget are
+stated; ``strategy=auto`` screens every family at the same budget and keeps every candidate it cannot tell
+from the ones it keeps.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from prune_cli.errors import UsageError
 
@@ -95,7 +103,7 @@ def probe(settings: Settings, overrides: list[str], strategy: str, sparsity: flo
         raise UsageError("prune-search needs a validation split: dataset.val_fraction must be above 0 (it "
                          "chooses on validation data, never on test)")
     entry = {"sparsity": round(sparsity, 6), "val_accuracy": val["finetuned"], "val_dense": val["dense"],
-             "val_drop": val["dense"] - val["finetuned"], "run_dir": str(run_dir)}
+             "val_drop": val["dense"] - val["finetuned"], "run_dir": str(run_dir), "budget": budget_of(report)}
     within = entry["val_drop"] <= settings.max_drop + 1e-12
     log.info("probe %d: %s at sparsity %.4f: validation %.2f%% (drop %.2f points, %s budget)", counter[0], strategy,
              sparsity, 100 * entry["val_accuracy"], 100 * entry["val_drop"], "within" if within else "over")
@@ -132,7 +140,8 @@ def search_strategy(settings: Settings, overrides: list[str], strategy: str, cou
                 else:
                     failing = middle
             chosen = passing
-    result = {"probes": [{k: v for k, v in p.items() if not k.startswith("_")} for p in probes], "chosen": None}
+    result = {"probes": [{k: v for k, v in p.items() if not k.startswith("_") and k != "budget"} for p in probes],
+              "chosen": None, "budget": probes[0]["budget"], "non_monotone": non_monotone(probes)}
     if chosen is not None:
         report = chosen["_report"]
         result["chosen"] = {"sparsity": chosen["sparsity"], "run_dir": chosen["run_dir"], "val_drop": chosen["val_drop"],
@@ -141,19 +150,61 @@ def search_strategy(settings: Settings, overrides: list[str], strategy: str, cou
         above = [p for p in probes if p["sparsity"] > chosen["sparsity"] and not p["within"]]
         if above:
             result["chosen"]["next_failing"] = min(p["sparsity"] for p in above)
+        result["_chosen_report"] = report
     return result
 
 
+def budget_of(report: dict) -> dict:
+    """A run's training budget: epochs of the dense stage it starts from (0 for a model trained from scratch
+    by the strategy itself) and epochs after it, and their sum: what an equal comparison holds equal."""
+    after = int(report["budget"]["total_epochs"])
+    phases = report["budget"]["epochs"]
+    from_scratch = "compress" in phases  # the smaller-model baseline trains its own model from initialisation
+    dense = 0 if from_scratch else int(((report.get("config") or {}).get("train") or {}).get("epochs", 0))
+    return {"dense_epochs": dense, "epochs_after_dense": after, "total_epochs": dense + after}
+
+
+def non_monotone(probes: list[dict]) -> list[dict]:
+    """Pairs of probes where a higher sparsity passed and a lower one failed: accuracy did not fall
+    monotonically there, so the bisection's answer near them is uncertain."""
+    return [{"failed": low["sparsity"], "passed": high["sparsity"]}
+            for low in probes if not low["within"]
+            for high in probes if high["within"] and high["sparsity"] > low["sparsity"]]
+
+
+def screening_overrides(overrides: list[str], strategy: str, epochs: int) -> list[str]:
+    """The settings that give ``strategy`` exactly ``epochs`` of training after the dense stage (for the
+    smaller-model baseline, which trains from scratch, train.epochs + ``epochs`` in all: the same total).
+    A strategy that trains before it prunes (l1, l0: ``strategy.epochs``) spends part of them there."""
+    from prune_cli.config import compose_config
+    cfg = compose_config([*overrides, f"strategy={strategy}"])
+    before = cfg.strategy.get("epochs")
+    if before is None:
+        return [f"finetune.epochs={epochs}"]
+    before = min(int(before), epochs)
+    if before < 1:  # no room to train before pruning: the strategy cannot be screened at this budget
+        return []
+    return [f"strategy.epochs={before}", f"finetune.epochs={epochs - before}"]
+
+
 def screen(settings: Settings, overrides: list[str], counter: list) -> tuple[list[dict], list[str]]:
-    """strategy=auto: every family at ``screen_sparsity`` with ``screen_epochs`` of fine-tuning, ranked by
-    validation accuracy; the best ``keep`` go on to the full search."""
+    """strategy=auto: every family at ``screen_sparsity`` with the same training budget (``screen_epochs``
+    after the dense stage), ranked by validation accuracy. The best ``keep`` go on to the full search, and so
+    does every candidate McNemar's test cannot tell from the last one kept (a tie is not a loss)."""
     import prune_cli
+    from prune_cli.search.paired import val_correct
+    from prune_cli.significance import ALPHA, mcnemar
     rows = []
     for strategy in SCREENED:
         run_dir = settings.directory / "screen" / strategy
+        given = screening_overrides(overrides, strategy, settings.screen_epochs)
+        if not given:
+            rows.append({"strategy": strategy, "refused": f"search.screen_epochs={settings.screen_epochs} leaves "
+                         f"no epoch for its training before pruning", "run_dir": str(run_dir)})
+            continue
         try:
             report = prune_cli.run([*overrides, f"strategy={strategy}", f"sparsity={settings.screen_sparsity:.6f}",
-                                    f"finetune.epochs={settings.screen_epochs}", "progress=false"], run_dir)
+                                    *given, "progress=false"], run_dir)
         except UsageError as err:  # e.g. a structured strategy that cannot reach the screening sparsity
             rows.append({"strategy": strategy, "refused": str(err), "run_dir": str(run_dir)})
             log.info("screen: %s refused: %s", strategy, err)
@@ -163,16 +214,41 @@ def screen(settings: Settings, overrides: list[str], counter: list) -> tuple[lis
         if val.get("finetuned") is None:
             raise UsageError("prune-search needs a validation split: dataset.val_fraction must be above 0")
         rows.append({"strategy": strategy, "val_accuracy": val["finetuned"], "val_drop": val["dense"] - val["finetuned"],
-                     "budget_epochs": report["budget"]["total_epochs"], "run_dir": str(run_dir)})
+                     "budget": budget_of(report), "settings": given, "run_dir": str(run_dir),
+                     "_correct": val_correct(run_dir, report)})
         log.info("screen: %s at sparsity %.4f: validation %.2f%%", strategy, settings.screen_sparsity,
                  100 * val["finetuned"])
-    ranked = sorted((r for r in rows if "val_accuracy" in r), key=lambda r: -r["val_accuracy"])
-    kept = [r["strategy"] for r in ranked[:settings.keep]]
+    measured = [r for r in rows if "val_accuracy" in r]
+    totals = {r["budget"]["total_epochs"] for r in measured}
+    expected = max(totals, key=lambda t: sum(r["budget"]["total_epochs"] == t for r in measured)) if totals else None
+    for r in measured:  # only equal budgets are ranked (every built-in family gets one; an own one may not)
+        if r["budget"]["total_epochs"] != expected:
+            r["ranked"] = False
+            r["verdict"] = f"not ranked: trained {r['budget']['total_epochs']} epochs, the others {expected}"
+    ranked = sorted((r for r in measured if r.get("ranked", True)), key=lambda r: -r["val_accuracy"])
+    kept = ranked[:settings.keep]
+    for r in ranked:
+        r["ranked"] = True
+        if r in kept:
+            r["verdict"] = "kept"
+            continue
+        last = kept[-1]
+        if r["_correct"] is not None and last["_correct"] is not None:
+            test = mcnemar(last["_correct"], r["_correct"])
+            r["against"] = {"strategy": last["strategy"], **test}
+            if test["p_value"] >= ALPHA:
+                r["verdict"] = f"kept: a tie with {last['strategy']} (McNemar p = {test['p_value']:.2g})"
+                continue
+            r["verdict"] = f"dropped: below {last['strategy']} (McNemar p = {test['p_value']:.2g})"
+        else:
+            r["verdict"] = "dropped (its validation results could not be re-measured for a paired test)"
+    names = [r["strategy"] for r in ranked if r["verdict"].startswith("kept")]
     for r in rows:
-        r["kept"] = r["strategy"] in kept
-    if not kept:
+        r["kept"] = r["strategy"] in names
+        r.pop("_correct", None)
+    if not names:
         raise UsageError(f"search.screen_sparsity={settings.screen_sparsity}: every strategy was refused there")
-    return rows, kept
+    return rows, names
 
 
 def check_before_probing(settings: Settings, overrides: list[str], strategies: list[str]) -> None:
@@ -207,21 +283,81 @@ def search(settings: Settings, overrides: list[str], strategies: list[str]) -> d
         chosen = results[strategy]["chosen"]
         log.info("%s: %s", strategy, f"highest sparsity within budget {chosen['sparsity']:.4f}" if chosen
                  else "no sparsity within budget")
-    candidates = [(r["chosen"]["sparsity"], -r["chosen"]["val_drop"], name) for name, r in results.items()
-                  if r["chosen"]]
-    best = None
-    if candidates:  # the highest sparsity within budget; ties go to the smaller validation drop
-        sparsity, _, name = max(candidates)
-        best = {"strategy": name, **{k: results[name]["chosen"][k] for k in ("sparsity", "val_drop",
-                                                                              "test_accuracy", "run_dir")}}
+    best, verdict = decide(results, settings)
+    reports = [r.pop("_chosen_report", None) for r in results.values()]
+    examples = _val_examples(results, reports)
     out = {"max_drop": settings.max_drop, "tolerance": settings.tolerance,
            "range": [settings.min_sparsity, settings.max_sparsity], "overrides": overrides,
-           "strategies": results, "best": best, "probes_run": counter[0]}
+           "strategies": results, "best": best, "probes_run": counter[0], **verdict,
+           "resolution": {"val_images": examples, "points_per_image": 100.0 / examples if examples else None,
+                          "budget_images": settings.max_drop * examples if examples else None}}
     if screening is not None:
-        out["screening"] = {"sparsity": settings.screen_sparsity, "finetune_epochs": settings.screen_epochs,
+        out["screening"] = {"sparsity": settings.screen_sparsity, "epochs_after_dense": settings.screen_epochs,
                             "keep": settings.keep, "strategies": screening,
-                            "why": f"kept the {len(strategies)} with the highest validation accuracy at sparsity "
-                                   f"{settings.screen_sparsity} after {settings.screen_epochs} fine-tune epochs "
-                                   f"({', '.join(strategies)}); each was then searched fully, and the best is "
-                                   f"the one reaching the highest sparsity within the budget"}
+                            "why": f"every family trained {settings.screen_epochs} epoch(s) after the dense stage "
+                                   f"(l1 and l0 spend them in their own training before pruning; the smaller-model "
+                                   f"baseline trains from scratch for the same total) and was ranked by validation "
+                                   f"accuracy at sparsity {settings.screen_sparsity}; kept the {settings.keep} best "
+                                   f"and every one McNemar's test cannot tell from the last of them "
+                                   f"({', '.join(strategies)}); each was then searched fully, and the best is the one "
+                                   f"reaching the highest sparsity within the budget"}
     return out
+
+
+def _val_examples(results: dict, reports: list) -> Optional[int]:
+    """The size of the validation split the choices were made on (from a chosen run, re-measured)."""
+    from prune_cli.search.paired import val_correct
+    for (name, result), report in zip(results.items(), reports):
+        if report is not None:
+            hits = val_correct(Path(result["chosen"]["run_dir"]), report)
+            if hits is not None:
+                return len(hits)
+    return None
+
+
+def decide(results: dict, settings: Settings) -> tuple[Optional[dict], dict]:
+    """The best strategy, and whether the search can tell it from the others (``verdict``: best | tie).
+
+    A strategy's highest passing sparsity is only known to lie between its chosen probe and its next failing
+    one (or the top of the range). The strategy reaching the highest chosen sparsity is best only if no other
+    strategy's range reaches it, and the gap is more than ``search.tolerance`` of the weights remaining; the
+    others are tied with it. At the same chosen sparsity the validation accuracies are compared on the images
+    (McNemar), a difference it cannot tell from chance being a tie too."""
+    from prune_cli.search.paired import val_correct
+    from prune_cli.significance import ALPHA, mcnemar
+    found = {name: r for name, r in results.items() if r["chosen"]}
+    if not found:
+        return None, {"verdict": None, "tied_with": [], "why": "no strategy stays within the budget"}
+    order = sorted(found, key=lambda n: (-found[n]["chosen"]["sparsity"], found[n]["chosen"]["val_drop"]))
+    top = found[order[0]]["chosen"]
+    tied, reasons = [], []
+    for name in order[1:]:
+        chosen = found[name]["chosen"]
+        upper = chosen.get("next_failing", settings.max_sparsity if chosen["sparsity"] >= settings.max_sparsity
+                           else chosen["sparsity"])
+        gap = (1 - chosen["sparsity"]) - (1 - top["sparsity"])
+        if chosen["sparsity"] == top["sparsity"]:
+            a = val_correct(Path(top["run_dir"]), found[order[0]].get("_chosen_report") or {})
+            b = val_correct(Path(chosen["run_dir"]), found[name].get("_chosen_report") or {})
+            test = mcnemar(a, b) if a is not None and b is not None else None
+            if test is None or test["p_value"] >= ALPHA:
+                tied.append(name)
+                reasons.append(f"{name} reaches the same sparsity" + (
+                    f" and McNemar cannot tell the validation accuracies apart (p = {test['p_value']:.2g})"
+                    if test else ""))
+        elif upper > top["sparsity"] or gap <= settings.tolerance:
+            tied.append(name)
+            reasons.append(f"{name}'s threshold lies between {chosen['sparsity']:.4f} and {upper:.4f}, which "
+                           f"{'reaches' if upper > top['sparsity'] else 'is within search.tolerance of'} "
+                           f"{top['sparsity']:.4f}")
+    name = order[0]
+    best = {"strategy": name, **{k: top[k] for k in ("sparsity", "val_drop", "test_accuracy", "run_dir")}}
+    budgets = {n: r["budget"]["total_epochs"] for n, r in results.items()}
+    why = ("; ".join(reasons) if tied else
+           f"{name} reaches {top['sparsity']:.4f} and no other strategy's range comes within "
+           f"search.tolerance={settings.tolerance} of it" if len(order) > 1 else f"{name} is the only strategy within the budget")
+    if len(set(budgets.values())) > 1:
+        why += ("; the strategies trained for different budgets (" + ", ".join(f"{n}: {b} epochs" for n, b in
+                budgets.items()) + "), so this is not an equal comparison")
+    return best, {"verdict": "tie" if tied else "best", "tied_with": tied, "why": why,
+                  "equal_budgets": len(set(budgets.values())) <= 1}

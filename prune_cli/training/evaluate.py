@@ -35,3 +35,16 @@ def evaluate(model: nn.Module, split, batch_size: int = 1024, precision: str = "
             correct = hits if correct is None else correct + hits
             total += len(y)
     return float(correct) / total if total else 0.0
+
+
+@torch.inference_mode()
+def correct(model: nn.Module, split, batch_size: int = 1024, precision: str = "fp32") -> torch.Tensor:
+    """Whether each example of ``split`` is classified right (a bool tensor on the CPU, in the split's order):
+    what a paired comparison of two models on the same examples needs."""
+    from prune_cli.training.step import autocast
+    hits = []
+    with eval_mode(model):
+        for x, y in split.batches(batch_size):
+            with autocast(x.device, precision):
+                hits.append((model(x).argmax(dim=1) == y).cpu())
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
