@@ -105,6 +105,9 @@ def test_lottery_with_a_fixed_number_of_rounds_spaces_them_equally():
 def test_lottery_refuses_a_target_its_dense_output_layer_cannot_allow():
     with pytest.raises(UsageError, match=r"sparsity=0.999: schedule=lottery can reach at most 0.99624"):
         _fitted(classifier_rate=0.0).targets(0.999)
+    with pytest.raises(UsageError, match=r"^schedule.rate_per_round=1e-06: reaching sparsity=0.9 would take more "
+                                         r"than 10,000 rounds; use a larger rate$"):
+        _fitted(rate_per_round=1e-6).targets(0.9)
 
 
 def test_gradual_formula_matches_zhu_and_gupta():

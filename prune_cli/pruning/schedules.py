@@ -176,18 +176,21 @@ class Lottery(Schedule):
         zeros = sum(sum(self.sizes[n] for n in names) * (1.0 - (1.0 - rate) ** x) for names, rate, _ in self._fitted())
         return zeros / sum(self.sizes.values())
 
+    MAX_ROUNDS = 10_000
+
     def _rounds_to(self, sparsity: float) -> float:
         """The (fractional) number of rounds at which the overall sparsity is exactly ``sparsity``."""
         if sparsity <= 0.0:
             return 0.0
-        hi = 1.0
-        while self._total(hi) < sparsity:
-            hi *= 2.0
-            if hi > 1e6:
-                raise UsageError(f"sparsity={sparsity}: schedule=lottery can reach at most "
-                                 f"{self._total(1e6):.6f} (schedule.classifier_rate={self.classifier_rate:g} "
-                                 f"leaves the output layer dense)")
-        lo = 0.0
+        reachable = sum(sum(self.sizes[n] for n in names) for names, rate, _ in self._fitted() if rate > 0)
+        limit = reachable / sum(self.sizes.values())
+        if sparsity >= limit:
+            raise UsageError(f"sparsity={sparsity}: schedule=lottery can reach at most {limit:.6f} "
+                             f"(schedule.classifier_rate={self.classifier_rate:g} leaves the output layer dense)")
+        if self._total(self.MAX_ROUNDS) < sparsity:
+            raise UsageError(f"schedule.rate_per_round={self.rate:g}: reaching sparsity={sparsity} would take more "
+                             f"than {self.MAX_ROUNDS:,} rounds; use a larger rate")
+        lo, hi = 0.0, float(self.MAX_ROUNDS)
         for _ in range(200):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if self._total(mid) < sparsity else (lo, mid)

@@ -34,7 +34,7 @@ class Settings:
     min_sparsity: float = 0.5     # the lowest sparsity probed (if it fails, nothing is chosen)
     max_sparsity: float = 0.995   # the highest sparsity probed
     max_probes: int = 12          # probes per strategy, at most
-    screen_epochs: int = 2        # strategy=auto: fine-tune epochs of each screening run
+    screen_epochs: int = 2        # strategy=auto: epochs after the dense stage, the same for every screened strategy
     screen_sparsity: float = 0.9  # strategy=auto: where the families are screened
     keep: int = 2                 # strategy=auto: how many of the best screened strategies are searched
     directory: Path = Path(".")
