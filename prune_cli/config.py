@@ -157,9 +157,17 @@ def resolve_device(name: str):
     return device
 
 
+PROCESSES = "(processes)"  # the fingerprint's entry for the world size; no config key can have this name
+
+
 def fingerprint(cfg: DictConfig, leave_out: tuple = ()) -> str:
-    """What identifies a run for resuming: the whole config except knobs that do not change results."""
+    """What identifies a run for resuming: the whole config except knobs that do not change results, and the
+    number of processes of a run across several (torchrun): their gradients average in another order, so a
+    run started with 2 is not continued with 1 or 4."""
     plain = without_neutral(OmegaConf.to_container(cfg, resolve=True))
+    from prune_cli import distributed
+    if distributed.launched():
+        plain[PROCESSES] = distributed.world_size()
     for key in leave_out:
         plain.pop(key, None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -167,7 +175,7 @@ def fingerprint(cfg: DictConfig, leave_out: tuple = ()) -> str:
 
 def variant(cfg: DictConfig) -> str:
     """Runs that differ only in seed and sparsity share a variant: prune-compare averages within one."""
-    return fingerprint(cfg, leave_out=("seed", "sparsity"))[:8]
+    return fingerprint(cfg, leave_out=("seed", "sparsity", PROCESSES))[:8]
 
 
 def plain(node):

@@ -41,6 +41,9 @@ def run_job(cfg: DictConfig) -> dict | None:
     """One run in its Hydra output directory. In a sweep, failures are recorded and the sweep goes on."""
     global _composed
     _composed = True
+    from prune_cli import distributed
+    if not distributed.is_main():
+        return _other_rank(cfg)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -76,6 +79,15 @@ def run_job(cfg: DictConfig) -> dict | None:
                                f"same hydra.run.dir to resume")
         print(f"prune-run: interrupted {why}; state kept in {run_dir} for resuming", file=sys.stderr)
         sys.exit(128 + int(signum))
+    except RuntimeError as err:
+        if not _peer_gone(err):
+            raise
+        # Across processes: another rank stopped (killed, or torchrun ended it) while this one waited for it.
+        reporting.write_status(run_dir, "interrupted", "interrupted: another process of the run stopped; re-run "
+                               "the same command with the same hydra.run.dir to resume")
+        print(f"prune-run: interrupted: another process of the run stopped; state kept in {run_dir} for resuming",
+              file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except OSError as err:  # an unwritable or full run directory: one line, never a traceback
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"prune-run: {job} could not write its files{where}: {err.strerror or err}", file=sys.stderr)
@@ -96,6 +108,39 @@ def run_job(cfg: DictConfig) -> dict | None:
         console_table(result, Console(stderr=False))
     log.info("report written to %s", run_dir / "report.json")
     return result
+
+
+def _other_rank(cfg: DictConfig) -> None:
+    """A rank other than 0 of a run across processes: the same experiment, silently. Rank 0 prints and writes
+    every file, failures included; this one exits with the same code."""
+    hydra_cfg = HydraConfig.get()
+    logging.getLogger("prune_cli").setLevel(logging.ERROR)
+    try:
+        with stop_signals():
+            from prune_cli.pipeline.experiment import Experiment
+            Experiment(cfg, Path(hydra_cfg.runtime.output_dir), None, overrides=list(hydra_cfg.overrides.task)).run()
+    except UsageError:
+        sys.exit(2)
+    except RunFailed:
+        sys.exit(1)
+    except KeyboardInterrupt as err:
+        sys.exit(128 + int(err.signum if isinstance(err, Stopped) else signal.SIGINT))
+    except RuntimeError as err:
+        if not _peer_gone(err):
+            raise
+        sys.exit(128 + signal.SIGTERM)
+    return None
+
+
+def _peer_gone(err: BaseException) -> bool:
+    """Whether ``err`` is a collective operation failing because another process of the run went away."""
+    from prune_cli import distributed
+    if not distributed.active():
+        return False
+    text = str(err)
+    return any(sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                         "NCCL communicator was aborted", "ProcessGroup", "Socket Timeout",
+                                         "connection reset", "Connection refused"))
 
 
 class Stopped(KeyboardInterrupt):
@@ -155,10 +200,17 @@ def main() -> None:
         sys.path.append(os.getcwd())
     from prune_cli.app.callbacks import SweepSummary
     SweepSummary.started = False
+    from prune_cli import distributed
     from prune_cli.app.guard import guard, with_run_dir
-    decided = guard(sys.argv[1:])
     argv = sys.argv
-    if decided is not None:  # Hydra writes where the checks looked (x/../DONE is DONE for both)
+    if distributed.launched():  # started by torchrun: one experiment across its processes
+        decided = _guard_across_processes(argv[1:])
+        sys.argv = [argv[0], *with_run_dir(argv[1:], decided)]
+        if not distributed.is_main():  # Hydra writes its config record and log from rank 0 only
+            sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    else:
+        decided = guard(argv[1:])
+    if decided is not None and not distributed.launched():  # Hydra writes where the checks looked
         sys.argv = [argv[0], *with_run_dir(argv[1:], decided)]
     try:
         _hydra_main()
@@ -170,9 +222,42 @@ def main() -> None:
         raise
     finally:
         sys.argv = argv
-        if decided is not None:
+        if decided is not None and distributed.is_main():
             from prune_cli.storage.run_dir import unlock
             unlock(decided)
+        distributed.stop()
+
+
+def _guard_across_processes(args: list[str]) -> Path:
+    """Under torchrun: rank 0 checks the command (the guard: one line for bad input, printed once) and decides
+    the run directory; every rank then takes its decision, or exits with its code. A sweep is refused: torchrun
+    runs one experiment across its processes."""
+    from prune_cli import distributed
+    from prune_cli.app.guard import guard
+    distributed.start()
+    code, decided = None, None
+    if distributed.is_main():
+        try:
+            if any(a in ("-m", "--multirun") for a in args):
+                print("prune-run: -m: a sweep cannot run under torchrun, which runs one experiment across its "
+                      "processes; run each job under torchrun, or sweep with hydra/launcher=submitit_slurm",
+                      file=sys.stderr)
+                sys.exit(2)
+            decided = guard(args)
+            if decided is None:  # --help, --cfg and the like: Hydra answers them, on rank 0 alone
+                code = "hydra"
+        except SystemExit as exit_:
+            code = exit_.code if exit_.code is not None else 0
+    code, decided = distributed.broadcast((code, decided))
+    if code == "hydra":
+        if distributed.is_main():
+            distributed.stop()
+            _hydra_main()
+        sys.exit(0)
+    if code is not None:
+        distributed.stop()
+        sys.exit(code)
+    return decided
 
 
 def _callbacks_composed() -> bool:

@@ -7,6 +7,7 @@ device type, since GPU and CPU kernels give different numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -33,8 +34,12 @@ def dense_key(cfg: DictConfig, schedule, device_type: str) -> str:
         from prune_cli.storage.weights import file_sha256, weights_path
         return cache_key({"model": plain(cfg.model), "dataset": dataset, "device": device_type,
                           "weights": file_sha256(weights_path(cfg.weights))})
-    return cache_key({"model": plain(cfg.model), "dataset": dataset, "train": plain(cfg.train),
-                      "seed": int(cfg.seed), "rewind_epoch": int(schedule.rewind_epoch), "device": device_type})
+    parts = {"model": plain(cfg.model), "dataset": dataset, "train": plain(cfg.train), "seed": int(cfg.seed),
+             "rewind_epoch": int(schedule.rewind_epoch), "device": device_type}
+    from prune_cli import distributed
+    if distributed.launched():  # trained across processes: another summation order, other weights
+        parts["processes"] = distributed.world_size()
+    return cache_key(parts)
 
 
 def check_weights(cfg: DictConfig, schedule) -> None:
@@ -62,11 +67,19 @@ def train_dense(exp) -> Optional[Masks]:
         exp.restore_saved_weights(exp.model)
     key = dense_key(exp.cfg, exp.schedule, exp.device.type)
     cache = run_cache(exp.cfg)
-    with cache.locked(key):
-        entry = cache.load(key, check=lambda e: _misfit(exp.model, e))
+    from prune_cli import distributed
+    # Across processes rank 0 holds the cache's lock and decides; the others follow its decision (they read a
+    # cached entry themselves, and train a missing one with it).
+    with cache.locked(key) if exp.main else contextlib.nullcontext():
+        entry = cache.load(key, check=lambda e: _misfit(exp.model, e)) if exp.main else None
+        if distributed.broadcast(entry is not None) and entry is None:
+            entry = cache.load(key, check=lambda e: _misfit(exp.model, e))
+            if entry is None:
+                raise RuntimeError(f"rank {distributed.rank()} cannot read the cached dense model rank 0 found")
         if entry is None:
             entry = _train(exp)
-            cache.store(key, entry)
+            if exp.main:
+                cache.store(key, entry)
             source = "computed" if cache.enabled else "computed (cache disabled)"
         else:
             exp.model.load_state_dict(entry["trained"])

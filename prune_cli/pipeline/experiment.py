@@ -78,6 +78,13 @@ def _fits(optimizer_state: dict, model) -> bool:
     return True
 
 
+class _NotHeld:
+    """The run directory's lock as a rank other than 0 has it: rank 0 holds the real one."""
+
+    def release(self) -> None:
+        pass
+
+
 class Experiment:
     """One run: what its stages share, and the steps every loop uses."""
 
@@ -90,7 +97,9 @@ class Experiment:
         self.overrides = list(overrides)
         self.keep_round_masks = keep_round_masks
         validate(cfg)
-        self.device = resolve_device(cfg.device)
+        from prune_cli import distributed
+        self.main = distributed.is_main()  # across processes (torchrun) only rank 0 writes and prints
+        self.device = distributed.device_for(resolve_device(cfg.device))
         self.strategy = instantiate(cfg.strategy, "strategy")
         self.schedule = instantiate(cfg.schedule, "schedule")
         self.schedule.check_budget(int(cfg.train.epochs), int(cfg.finetune.epochs))
@@ -121,16 +130,22 @@ class Experiment:
         self.prunable, self.ignored, self.unit_layers = allowed.names, allowed.ignored, allowed.unit_layers
         self.loop.plan(self.settings, self.strategy, self.schedule, self.facts)  # its refusals come before any work
         # Every check has passed: only now is the directory made, and held for this run alone.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = lock(self.run_dir)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = lock(self.run_dir)
+        else:
+            self.lock = _NotHeld()
         try:
-            remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
-            self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s).load()
+            if self.main:
+                remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
+            distributed.barrier()  # the other ranks read the resume state once rank 0 has tidied the directory
+            self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s, writes=self.main).load()
             self.state.restore_rng()
             self.record = RunRecord.from_state(self.state.record) if self.state.record else self._new_record()
             self.state.snapshot = self.record.to_state
             from prune_cli.loggers import Loggers
-            self.loggers = Loggers(self.run_dir, plain(cfg.get("logger")) or {}, self.record.history)
+            self.loggers = Loggers(self.run_dir, (plain(cfg.get("logger")) or {}) if self.main else {},
+                                   self.record.history)
         except BaseException:
             self.lock.release()
             raise
@@ -175,12 +190,16 @@ class Experiment:
         if self.state.resumed_from:
             log.info("resuming from %s", self.state.resumed_from)
             self.record.resumed_from = self.state.resumed_from
+        from prune_cli import distributed
         try:
             masks = dense.train_dense(self)
             outcome = self.loop.run(self, masks)
             self.record.add_time("total", time.perf_counter() - started)
-            report = finish(self, outcome)
-            self.loggers.finish(report)
+            report = None
+            if self.main:  # measuring and writing the result is rank 0's; the others wait for it
+                report = finish(self, outcome)
+                self.loggers.finish(report)
+            distributed.barrier()
             return report
         finally:
             self.loggers.close()
@@ -192,8 +211,8 @@ class Experiment:
         model = model or self.model
         batch, precision = self.settings.eval_batch_size, precision or self.settings.finetune.precision
         with Timer(self.device) as t:
-            test = evaluate(model, self.data.test, batch, precision)
-            val = evaluate(model, self.data.val, batch, precision) if self.data.val is not None else None
+            test = evaluate(model, self.data.test, batch, precision, shard=True)
+            val = evaluate(model, self.data.val, batch, precision, shard=True) if self.data.val is not None else None
         self.record.add_time("evaluate", t.seconds)
         return test, val
 
@@ -294,7 +313,7 @@ class Experiment:
             with Timer(self.device) as t:
                 stage = self.settings.train if entry["stage"] == str(TRAIN) else self.settings.finetune
                 entry["val_accuracy"] = evaluate(model, self.data.val, self.settings.eval_batch_size,
-                                                 stage.precision)
+                                                 stage.precision, shard=True)
             self.record.add_time("evaluate", t.seconds)
         self.record.history.append(entry)
         self.loggers.log_epoch(entry)
@@ -368,6 +387,8 @@ class Experiment:
                 masks = previous.intersect(masks)
             masks.validate(self.model)
             masks.apply_(self.model)
+            from prune_cli import distributed
+            distributed.agree(self.model, masks)  # across processes: rank 0's masks and weights, on every rank
         self.record.add_time("prune", t.seconds)
         return masks
 

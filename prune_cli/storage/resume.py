@@ -48,8 +48,11 @@ def cpu_copy(model) -> StateDict:
 
 
 class RunState:
-    def __init__(self, run_dir: Path, fingerprint: str, every_s: float):
+    def __init__(self, run_dir: Path, fingerprint: str, every_s: float, writes: bool = True):
+        """``writes``: whether this process saves the state (in a run across processes only rank 0 does; the
+        others keep the same bookkeeping in memory)."""
         self.path = Path(run_dir) / STATE
+        self.writes = writes
         self.fingerprint = fingerprint
         self.every_s = float(every_s)
         self.done: list[Stage] = []
@@ -101,6 +104,9 @@ class RunState:
         return 0, None
 
     def _write(self, model, masks: Optional[Masks]) -> None:
+        if not self.writes:
+            self._last_save = time.monotonic()
+            return
         start = time.perf_counter()
         position = None if self.position is None else dict(self.position, stage=str(self.position["stage"]))
         atomic_torch_save({
@@ -151,7 +157,8 @@ class RunState:
                 torch.cuda.set_rng_state_all(self.rng["cuda"])
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.writes:
+            self.path.unlink(missing_ok=True)
 
 
 def _tensors(value) -> bool:

@@ -22,18 +22,27 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split, batch_size: int = 1024, precision: str = "fp32") -> float:
+def evaluate(model: nn.Module, split, batch_size: int = 1024, precision: str = "fp32", shard: bool = False) -> float:
     """Top-1 accuracy on ``split``, in ``precision`` (the autocast of the training it follows); one host-device
-    sync at the end."""
+    sync at the end. ``shard``: in a run across processes (torchrun), each rank counts its slice of every batch
+    and the counts are summed, so the split is counted exactly once; every rank must call it."""
+    from prune_cli import distributed
     from prune_cli.training.step import autocast
+    shard = shard and distributed.active()
     correct, total = None, 0  # on the batches' device (an int8 model has no parameters to ask)
     with eval_mode(model):
         for x, y in split.batches(batch_size):
+            if shard:
+                x, y = distributed.shard(x, y)
             with autocast(x.device, precision):
                 logits = model(x)
             hits = (logits.argmax(dim=1) == y).sum()
             correct = hits if correct is None else correct + hits
             total += len(y)
+    if shard:
+        counts = torch.tensor([float(correct) if correct is not None else 0.0, float(total)], dtype=torch.float64,
+                              device=distributed.device_for(next(iter(model.parameters())).device))
+        correct, total = distributed.all_sum(counts).tolist()
     return float(correct) / total if total else 0.0
 
 

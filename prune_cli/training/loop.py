@@ -61,7 +61,10 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = train.num_batches(settings.batch_size)
-    step = TrainStep(model, optimizer, loss_fn, settings.precision, settings.compile, regularizer)
+    from prune_cli import distributed
+    step = TrainStep(model, optimizer, loss_fn, settings.precision, settings.compile, regularizer,
+                     forward=distributed.wrap(model))
+    ranks = distributed.world_size() if distributed.active() else 1
     step.use_masks(model, masks)
     model.train()
     task = progress.add_task(stage, total=settings.epochs, completed=start_epoch) if progress else None
@@ -71,8 +74,13 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
         step_losses = []  # kept on the device; checked once per epoch (no per-step sync)
         batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
         for i, (x, y) in enumerate(batches):
+            weight = 1.0
+            if ranks > 1:  # this rank's slice of the global batch; the loss weighted so that DDP's average of
+                size = len(y)  # the ranks' gradients is the whole batch's mean (also for a short last batch)
+                x, y = distributed.shard(x, y)
+                weight = len(y) * ranks / size
             try:
-                loss = step(x, y)
+                loss = step(x, y, weight)
             except RuntimeError as err:  # a huge lr (times Adam's bias correction) beyond float32's range
                 if "overflow" not in str(err):
                     raise
@@ -87,6 +95,8 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                     step.use_masks(model, masks)
                     step.reapply()
         losses = torch.stack(step_losses).float()
+        if ranks > 1:  # every rank sees the same epoch losses (each step's whole-batch loss), and stops alike
+            losses = distributed.all_sum(losses) / ranks
         _check_finite(losses, stage, epoch, steps_per_epoch)
         mean_loss = float(losses.mean())  # the epoch's one host-device sync (the finite check needs it anyway)
         if task is not None:

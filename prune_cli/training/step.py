@@ -46,8 +46,12 @@ class TrainStep:
     """``step(x, y) -> loss`` (a tensor on the device: nothing here waits on it)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, precision: str,
-                 compile: object, regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None):
+                 compile: object, regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None,
+                 forward: Optional[nn.Module] = None):
+        """``forward``: what runs the batch (the model under DistributedDataParallel across processes);
+        the parameters, masks and regularizer stay the model's own."""
         self.model, self.optimizer, self.loss_fn, self.regularizer = model, optimizer, loss_fn, regularizer
+        self.forward = forward if forward is not None else model
         self.device = next(model.parameters()).device
         self.precision = precision
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
@@ -71,40 +75,43 @@ class TrainStep:
         names = list(masks)
         self.pairs = ([params[n] for n in names], [masks[n].to(params[n].device) for n in names])
 
-    def _loss(self, x, y):
+    def _loss(self, x, y, weight):
         with autocast(self.device, self.precision):
-            loss = self.loss_fn(self.model(x), x, y)
+            loss = self.loss_fn(self.forward(x), x, y)
+            if weight != 1.0:  # a rank's share of a global batch (prune_cli.distributed)
+                loss = loss * weight
             if self.regularizer is not None:
                 loss = loss + self.regularizer(self.model)
         return loss
 
-    def _forward_backward(self, x, y):
-        loss = self._loss(x, y)
+    def _forward_backward(self, x, y, weight):
+        loss = self._loss(x, y, weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         return loss.detach()
 
-    def _whole_step(self, x, y, params, masks):
-        loss = self._loss(x, y)
+    def _whole_step(self, x, y, params, masks, weight):
+        loss = self._loss(x, y, weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         _apply(params, masks)
         return loss.detach()
 
-    def __call__(self, x, y) -> torch.Tensor:
+    def __call__(self, x, y, weight: float = 1.0) -> torch.Tensor:
+        """One step on the batch; ``weight`` scales its loss (1.0 but in a run across processes)."""
         if self.compiled and tuple(x.shape) not in self.shapes:
-            return self._first_of_shape(x, y)  # compiles: timed, once per batch shape
+            return self._first_of_shape(x, y, weight)  # compiles: timed, once per batch shape
         params, masks = self.pairs
         if self.scaler is None:
-            return self.body(x, y, params, masks)
-        loss = self.body(x, y)
+            return self.body(x, y, params, masks, weight)
+        loss = self.body(x, y, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         _apply(params, masks)
         return loss
 
-    def _first_of_shape(self, x, y) -> torch.Tensor:
+    def _first_of_shape(self, x, y, weight) -> torch.Tensor:
         """A compiled step's first call for a batch shape, timed to the end of its work: what compiling costs
         (the step's own work inside it is a rounding error next to tens of seconds)."""
         import time
@@ -113,7 +120,7 @@ class TrainStep:
         started = time.perf_counter()
         self.compiled = False  # the call itself goes through __call__'s ordinary path
         try:
-            loss = self(x, y)
+            loss = self(x, y, weight)
         finally:
             self.compiled = True
         _synchronize(self.device)

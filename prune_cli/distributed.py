@@ -1,0 +1,164 @@
+"""One experiment across processes: ``torchrun --nproc_per_node=N -m prune_cli.app.cli ...``.
+
+torchrun starts N copies of the command and tells each its rank (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+They run the same experiment together:
+
+- training: DistributedDataParallel, each rank on its slice of every global batch of the single-process
+  order (``shard``), its loss weighted so that the averaged gradient is the whole batch's mean
+  (``train.batch_size`` stays the global batch);
+- scoring and pruning on every rank from the same model and the same calibration batches, then rank 0's
+  masks and weights broadcast (``agree``) and checked identical, so no rank can drift;
+- evaluation sharded and summed (``all_sum``): the test split counted exactly once;
+- one run directory, one resume state, one report, one checkpoint, one set of logs: rank 0 writes
+  (``is_main``), the others wait for it (``barrier``).
+
+The backend is ``nccl`` for CUDA tensors and ``gloo`` for CPU ones (``cpu:gloo,cuda:nccl`` where there is a
+GPU). Outside torchrun every function here is a no-op for a single process.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # torch is imported where it is used: the command line checks its input before loading it
+    import torch
+
+
+def launched() -> bool:
+    """Whether this process is one of several that torchrun started for one experiment."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """Whether the process group is up (``start`` was called in a torchrun worker)."""
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes files and prints."""
+    return rank() == 0
+
+
+def start() -> None:
+    """Join the process group (once per process); on a GPU machine each rank takes the GPU of its local rank."""
+    import torch
+    import torch.distributed as dist
+    if not launched() or active():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+
+
+def stop() -> None:
+    import torch.distributed as dist
+    if active():
+        dist.destroy_process_group()
+
+
+def backend(device: "torch.device") -> str:
+    """The backend this device's tensors go through."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+AGREED = [0]  # prunes after which the ranks' masks were checked identical, in this process
+
+
+def describe(device: "torch.device") -> Optional[dict]:
+    """The report's ``distributed``: world size, backend, and how many prunes' masks were checked identical on
+    every rank (``masks_checked``); None for a single process."""
+    if not active():
+        return None
+    return {"world_size": world_size(), "backend": backend(device), "masks_checked": AGREED[0]}
+
+
+def device_for(device: "torch.device") -> "torch.device":
+    """The device a rank trains on: its own GPU (``LOCAL_RANK``) when the run is on CUDA."""
+    import torch
+    if active() and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+    if active():
+        dist.barrier()
+
+
+def broadcast(value):
+    """Rank 0's ``value`` (any picklable object), on every rank."""
+    import torch.distributed as dist
+    if not active():
+        return value
+    box = [value if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(tensor: "torch.Tensor") -> "torch.Tensor":
+    """The element-wise sum over ranks (in place, and returned)."""
+    import torch.distributed as dist
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def shard(x: "torch.Tensor", y: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """This rank's examples of a global batch: every ``world_size``-th one from its rank, so the ranks' shards
+    together are the batch."""
+    if not active():
+        return x, y
+    return x[rank()::world_size()], y[rank()::world_size()]
+
+
+def wrap(model: "torch.nn.Module") -> "torch.nn.Module":
+    """The model as the training step runs it: under DistributedDataParallel (gradients averaged over ranks
+    during the backward pass) when there are several processes. Parameters stay the model's own."""
+    if not active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def agree(model: "torch.nn.Module", masks) -> None:
+    """After a prune: every rank takes rank 0's weights, buffers and masks, and checks that it holds the same
+    masks (a RuntimeError names the first difference; it would be a bug, not bad input)."""
+    import torch
+    import torch.distributed as dist
+    if not active():
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+        if masks:
+            for name in masks:
+                dist.broadcast(masks[name], src=0)
+    digest = _digest(masks)
+    everyone = [None] * world_size()
+    dist.all_gather_object(everyone, digest)
+    if any(d != everyone[0] for d in everyone):
+        raise RuntimeError(f"ranks hold different masks after broadcasting rank 0's: {everyone}")
+    AGREED[0] += 1
+
+
+def _digest(masks) -> str:
+    import torch
+    h = hashlib.sha256()
+    for name in sorted(masks or {}):
+        h.update(name.encode())
+        h.update(masks[name].detach().to("cpu", torch.uint8).numpy().tobytes())
+    return h.hexdigest()
