@@ -62,6 +62,21 @@ def start() -> None:
         dist.init_process_group(backend="gloo")
 
 
+def join_job_tasks() -> bool:
+    """A job that Hydra's submitit launcher started as several tasks (``hydra.launcher.tasks_per_node`` or
+    ``nodes`` above 1): its tasks are the processes of one experiment. submitit's own description of the job
+    (``TorchDistributedEnvironment``) gives each its rank and the first host's address; returns whether this
+    process joined such a group."""
+    if launched() or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return False
+    import submitit
+    if submitit.JobEnvironment().num_tasks <= 1:
+        return False
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    start()
+    return True
+
+
 def stop() -> None:
     import torch.distributed as dist
     if active():

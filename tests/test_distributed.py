@@ -68,7 +68,7 @@ def test_two_processes_run_one_experiment_like_one_process(tmp_path, overrides):
 
 
 def test_sigterm_to_torchrun_leaves_an_interrupted_run_that_the_same_command_resumes(tmp_path):
-    args = [*SMALL, "finetune.epochs=120", "sparsity=0.8", "checkpoint.every_s=0", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [*SMALL, "finetune.epochs=60", "sparsity=0.8", "checkpoint.every_s=0", f"hydra.run.dir={tmp_path / 'run'}"]
     process = torchrun(args, tmp_path, start_new_session=True)
     log = tmp_path / "run" / "metrics.csv"
     deadline = time.monotonic() + 120
@@ -101,3 +101,17 @@ def test_a_bad_value_under_torchrun_is_one_line_and_writes_nothing(tmp_path):
     # torchrun reports a worker's non-zero exit its own way (exit 1 and its summary): the workers' code is 2.
     assert code == 1 and "exitcode  : 2" in out
     assert not (tmp_path / "run").exists() and not Path(tmp_path / "outputs").exists()
+
+
+def test_a_submitit_job_of_two_tasks_is_one_experiment_across_them(tmp_path):
+    """hydra/launcher=submitit_local with tasks_per_node=2: the SLURM launcher's machinery on this machine."""
+    env = dict(os.environ, PRUNE_CLI_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "prune_cli.app.cli", "-m", "hydra/launcher=submitit_local",
+                           "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SMALL,
+                           "sparsity=0.8"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (report_path,) = (tmp_path / "sweep").glob("*/report.json")
+    report = json.loads(report_path.read_text())
+    assert report["status"] == "completed"
+    assert report["distributed"] == {"world_size": 2, "backend": "gloo", "masks_checked": 1}
+    check_sparsity(report, report_path.parent, [*SMALL, "sparsity=0.8"])

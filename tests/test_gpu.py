@@ -99,3 +99,21 @@ def test_nothing_inside_an_epoch_waits_on_the_device(precision):
             stage="t", seed=0, masks=masks, after_step=guard)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL takes one GPU per process)")
+def test_torchrun_on_two_gpus_runs_one_experiment_with_nccl(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PRUNE_CLI_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "prune_cli.app.cli", "device=cuda", "model=lenet5",
+                           "train.epochs=2", "finetune.epochs=1", "sparsity=0.8", "train.precision=bf16",
+                           "finetune.precision=bf16", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["distributed"] == {"world_size": 2, "backend": "nccl", "masks_checked": 1}
+    assert report["sparsity"]["zeros"] == round(0.8 * report["sparsity"]["prunable_weights"])

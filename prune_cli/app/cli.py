@@ -42,8 +42,18 @@ def run_job(cfg: DictConfig) -> dict | None:
     global _composed
     _composed = True
     from prune_cli import distributed
-    if not distributed.is_main():
-        return _other_rank(cfg)
+    joined = distributed.join_job_tasks()  # a SLURM job of several tasks: one experiment across them
+    try:
+        if not distributed.is_main():
+            return _other_rank(cfg)
+        return _run_job(cfg)
+    finally:
+        if joined:
+            distributed.stop()
+
+
+def _run_job(cfg: DictConfig) -> dict | None:
+    """``run_job`` for rank 0, or the only process."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
