@@ -1,0 +1,82 @@
+"""Small jobs filling one GPU: a sweep of LeNet-sized jobs run serially against the joblib launcher's workers
+sharing the device (issue target: 32 jobs, n_jobs=8, at least 4x faster than serial).
+
+Both sweeps are ``prune-run -m`` commands (the user's path), on the same 32 jobs (magnitude, gradient x
+sparsities 0.5, 0.7, 0.9, 0.95 x seeds 0-3, LeNet-300-100 on digits), each with a fresh dense cache, run
+``--repeats`` times alternating which goes first. Wall time of each sweep and the serial / parallel ratio.
+
+    python benchmarks/gpu_sweep.py                      # device=cuda, n_jobs=8
+    python benchmarks/gpu_sweep.py --device cpu --n-jobs 2 --jobs 4 --repeats 1   # a smoke run on the CPU
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, machine, write_results
+
+STRATEGIES = ["magnitude", "gradient"]
+SPARSITIES = [0.5, 0.7, 0.9, 0.95]
+SEEDS = [0, 1, 2, 3]
+
+
+def sweep(work: Path, device: str, jobs: int, n_jobs: int, extra: list[str]) -> float:
+    """One ``prune-run -m`` over the first ``jobs`` combinations; its wall time (a fresh cache each time)."""
+    combos = list(itertools.product(STRATEGIES, SPARSITIES, SEEDS))[:jobs]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # One command line per sweep: Hydra's sweeper takes the product, so list the combos' values and keep
+    # the product at most ``jobs`` (the three axes in full give 32).
+    strategies = sorted({c[0] for c in combos})
+    sparsities = sorted({c[1] for c in combos})
+    seeds = sorted({c[2] for c in combos})
+    command = [sys.executable, "-m", "prune_cli.app.cli", "-m", "model=lenet300", "dataset=digits",
+               f"device={device}", "progress=false", "measure.latency=false", f"hydra.sweep.dir={work / 'sweep'}",
+               f"strategy={','.join(strategies)}", f"sparsity={','.join(map(str, sparsities))}",
+               f"seed={','.join(map(str, seeds))}", *extra]
+    if n_jobs > 1:
+        command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"]
+    env = {"PRUNE_CLI_CACHE": str(work / "cache")}
+    import os
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument("--n-jobs", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--extra", nargs="*", default=[])
+    args = parser.parse_args()
+    walls = {"serial": [], f"n_jobs={args.n_jobs}": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            order = [1, args.n_jobs] if repeat % 2 == 0 else [args.n_jobs, 1]
+            for n_jobs in order:
+                name = "serial" if n_jobs == 1 else f"n_jobs={n_jobs}"
+                wall = sweep(Path(tmp) / ("serial" if n_jobs == 1 else "parallel"), args.device, args.jobs, n_jobs,
+                             args.extra)
+                walls[name].append(wall)
+                print(f"{name}: {wall:.1f} s", flush=True)
+    medians = {name: statistics.median(values) for name, values in walls.items()}
+    ratio = medians["serial"] / medians[f"n_jobs={args.n_jobs}"]
+    print(f"serial / n_jobs={args.n_jobs}: {ratio:.2f}x ({args.jobs} jobs, device={args.device})")
+    write_results("gpu_sweep", {"machine": machine(), "args": vars(args), "walls": walls, "medians": medians,
+                                "speedup": ratio})
+
+
+if __name__ == "__main__":
+    main()
