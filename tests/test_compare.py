@@ -492,3 +492,27 @@ def test_pruned_accuracies_of_different_moments_get_their_own_columns(tmp_path):
     assert (cells["oneshot"][first], cells["oneshot"][second]) == ("-", "60.00 ± 0.00")
     assert "[1] at the last prune step, during the fine-tuning; [2] after the last prune" in "\n".join(lines)
     assert list(csv.DictReader(io.StringIO((tmp_path / "out" / "compare.csv").read_text())))[0]["pruned_at"]
+
+
+def test_a_mixed_directory_labels_variants_by_what_differs_within_their_rows_and_clips_intervals(tmp_path):
+    models = {"lenet300": {"_target_": "prune_cli.models.MLP", "hidden": [300, 100]},
+              "lenet5": {"_target_": "prune_cli.models.LeNet5", "channels": [6, 16]}}
+    for model, model_cfg in models.items():
+        for epochs in (10, 30):
+            for seed in (0, 1):
+                # Two seeds far apart: a t-interval would run past 100%; the range is shown instead.
+                report = make_report(tmp_path / f"{model}_e{epochs}_s{seed}", seed=seed,
+                                     accuracy={"dense": 0.97, "pruned": 0.5, "finetuned": 0.99 if seed else 0.30},
+                                     config={"seed": seed, "sparsity": 0.5, "model": model_cfg,
+                                             "finetune": {"epochs": epochs}})
+                report["experiment"].update(model=model, variant=f"{model}{epochs}")
+                (tmp_path / f"{model}_e{epochs}_s{seed}" / "report.json").write_text(json.dumps(report))
+    rows = cmp.compare([tmp_path], out_dir=tmp_path / "out")
+    assert sorted({row["variant"] for row in rows}) == ["finetune.epochs=10", "finetune.epochs=30"]
+    row = rows[0]
+    assert (row["accuracy_finetuned_low"], row["accuracy_finetuned_high"]) == (0.30, 0.99)
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "64.50 [30.00, 99.00]" in text and "model._target_" not in text
+    # Three seeds whose t-interval passes 100%: clipped there.
+    from prune_cli.comparison.summary import interval
+    assert interval([0.5, 0.99, 0.99], 0.7, True) == (pytest.approx(0.126666, abs=1e-5), 1.0)

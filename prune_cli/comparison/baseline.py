@@ -22,7 +22,7 @@ def add_baseline(rows: list[dict], reports: Sequence[dict], by: Sequence[str], b
     if baseline not in strategies:
         raise UsageError(f"--baseline {baseline}: no compared run has strategy={baseline}; they have "
                          f"{', '.join(sorted(map(str, strategies)))}")
-    labels = variant_labels(reports)
+    labels = variant_labels(reports, by)
     others = [k for k in by if k not in ("strategy", "variant")]
 
     def key(report):

@@ -10,33 +10,41 @@ from prune_cli.storage.atomic import atomic_path
 
 
 def plot_costs(rows: Sequence[dict], out_dir) -> list:
-    """Fine-tuned accuracy against measured costs, one line per strategy: ``compare_macs.png`` (non-zero
-    multiply-adds per image, log scale) and ``compare_latency.png`` (batch-256 latency of the shrunk or masked
-    model), each written when the runs have that measurement. Returns the paths written."""
+    """Fine-tuned accuracy against measured costs, one marker series per strategy: ``compare_macs.png``
+    (non-zero multiply-adds per image, log scale, joined by lines: the counts are exact) and
+    ``compare_latency.png`` (batch-256 latency of the shrunk or masked model: points with their spread over
+    the runs, not lines, since neighbouring latencies differ by noise), each written when the runs have that
+    measurement. Returns the paths written."""
     from pathlib import Path
 
-    from matplotlib.figure import Figure
     written = []
     for name, xlabel, filename in (("macs_nonzero", "multiply-adds per image (non-zero, log scale)", "compare_macs.png"),
                                    ("latency_ms", "latency at batch 256 (ms, shrunk or masked model)",
                                     "compare_latency.png")):
         if not any(row.get(f"{name}_mean") is not None for row in rows):
             continue
-        fig = Figure(figsize=(7, 4.5), layout="constrained")
-        ax = fig.add_subplot()
-        for label, series in _series(rows).items():
-            points = sorted((r[f"{name}_mean"], 100 * r["accuracy_finetuned_mean"]) for r in series
-                            if r.get(f"{name}_mean") is not None and r["accuracy_finetuned_mean"] is not None)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=label)
-        if name == "macs_nonzero":
-            ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy after fine-tuning (%)")
-        ax.set_title(_plot_title(rows))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+        fig, panels = _figure(rows)
+        for (pair, pair_rows), ax in zip(panels.items(), fig.axes):
+            for (label, series), colour in zip(_series(pair_rows).items(), _colours()):
+                points = sorted((r[f"{name}_mean"], 100 * r["accuracy_finetuned_mean"], r) for r in series
+                                if r.get(f"{name}_mean") is not None and r["accuracy_finetuned_mean"] is not None)
+                if not points:
+                    continue
+                xs, ys, members = zip(*points)
+                if name == "latency_ms":
+                    xerr = _spread([r.get(f"{name}_low") for r in members], [r.get(f"{name}_high") for r in members],
+                                   xs, 1.0)
+                    ax.errorbar(xs, ys, xerr=xerr, yerr=_accuracy_spread(members), fmt="o", capsize=3,
+                                color=colour, label=label)
+                else:
+                    ax.plot(xs, ys, marker="o", color=colour, label=label)
+            if name == "macs_nonzero":
+                ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("accuracy after fine-tuning (%)")
+            ax.set_title(pair or _plot_title(rows))
+            ax.grid(alpha=0.3)
+        _legend(fig)
         path = Path(out_dir) / filename
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
@@ -46,36 +54,99 @@ def plot_costs(rows: Sequence[dict], out_dir) -> list:
 
 def plot(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Fine-tuned accuracy against the fraction of weights remaining (1 - sparsity, log scale: 10%, 5% and
-    2% are equally far apart), one line per strategy (and per any other varying group key), error bars of
-    the 95% interval, and the dense accuracy as a dashed reference. Written as PNG."""
+    2% are equally far apart, ticks in percent), one panel per model and dataset, one line per strategy (and
+    per any other varying group key), the strategies nudged apart where they share an x, error bars of each
+    row's interval (clipped to [0, 100]; the range for two runs; none for one), and the dense accuracy as a
+    dashed reference. Written as PNG."""
+    x_key = "target_sparsity" if rows and "target_sparsity" in rows[0] else "sparsity_achieved_mean"
+    fig, panels = _figure(rows)
+    for (pair, pair_rows), ax in zip(panels.items(), fig.axes):
+        series = _series(pair_rows)
+        ticks = set()
+        for index, ((label, members), colour) in enumerate(zip(series.items(), _colours())):
+            points = sorted((100 * (1 - r[x_key]), r) for r in members
+                            if _number(r.get(x_key)) is not None and r[x_key] < 1
+                            and r["accuracy_finetuned_mean"] is not None)
+            if not points:
+                continue
+            xs, chosen = zip(*points)
+            ticks.update(xs)
+            # Several strategies at the same sparsity: a few percent apart on the log axis, so no bar hides
+            # another (the ticks stay at the true values).
+            nudge = 1.0 + 0.025 * (index - (len(series) - 1) / 2)
+            ax.errorbar([x * nudge for x in xs], [100 * r["accuracy_finetuned_mean"] for r in chosen],
+                        yerr=_accuracy_spread(chosen), marker="o", capsize=3, color=colour, label=label)
+        for style, (label, accuracy) in zip(itertools.cycle(("--", ":", "-.")),
+                                            _dense_references(pair_rows).items()):
+            ax.axhline(100 * accuracy, color="0.35", linestyle=style, label=f"{label}: {100 * accuracy:.2f}%")
+        ax.set_xscale("log")
+        _percent_ticks(ax, sorted(ticks))
+        ax.invert_xaxis()  # sparser to the right
+        ax.set_xlabel("weights remaining (%, log scale; " + ("1 - target sparsity)" if x_key == "target_sparsity"
+                                                             else "1 - achieved sparsity)"))
+        ax.set_ylabel("accuracy after fine-tuning (%)")
+        ax.set_title(pair or _plot_title(rows))
+        ax.grid(alpha=0.3)
+    _legend(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)  # explicit format: the temp name does not end in .png
+
+
+def _figure(rows: Sequence[dict]):
+    """A figure with one panel per model/dataset pair (side by side), and {pair label: its rows}."""
     # The object-oriented Figure API draws with Agg without touching pyplot's global state: no display
     # needed, no figures leaking between calls, nothing changed for a caller who uses pyplot themselves.
     from matplotlib.figure import Figure
+    pair_keys = [k for k in ("model", "dataset") if rows and k in rows[0]]
+    panels: dict[str, list[dict]] = {}
+    for row in rows:
+        panels.setdefault(" / ".join(str(row[k]) for k in pair_keys), []).append(row)
+    if len(panels) == 1:
+        panels = {_plot_title(rows): rows}
+    fig = Figure(figsize=(6.5 * len(panels) + 2.5, 4.5), layout="constrained")
+    fig.subplots(1, len(panels), squeeze=False)
+    return fig, panels
 
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    x_key = "target_sparsity" if rows and "target_sparsity" in rows[0] else "sparsity_achieved_mean"
-    for label, series in _series(rows).items():
-        points = sorted((100 * (1 - r[x_key]), 100 * r["accuracy_finetuned_mean"],
-                         100 * (r.get("accuracy_finetuned_ci95") or 0.0))
-                        for r in series if _number(r.get(x_key)) is not None and r[x_key] < 1
-                        and r["accuracy_finetuned_mean"] is not None)
-        if points:
-            xs, ys, errs = zip(*points)
-            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
-    for style, (label, accuracy) in zip(itertools.cycle(("--", ":", "-.")), _dense_references(rows).items()):
-        ax.axhline(100 * accuracy, color="0.35", linestyle=style, label=f"{label}: {100 * accuracy:.2f}%")
-    ax.set_xscale("log")
-    ax.invert_xaxis()  # sparser to the right
-    ax.set_xlabel("weights remaining (%, log scale; " + ("1 - target sparsity)" if x_key == "target_sparsity"
-                                                         else "1 - achieved sparsity)"))
-    ax.set_ylabel("accuracy after fine-tuning (%)")
-    ax.set_title(_plot_title(rows))
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)  # explicit format: the temp name does not end in .png
+
+def _legend(fig) -> None:
+    """One legend for the figure, outside the panels (it never covers a point)."""
+    handles, labels = {}, []
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if labels:
+        fig.legend([handles[label] for label in labels], labels, loc="outside right upper", fontsize="small")
+
+
+def _colours():
+    """Distinct colours for up to 20 series (tab20's dark shades first), then round again."""
+    from matplotlib import colormaps
+    table = colormaps["tab20"].colors
+    return itertools.cycle(list(table[0::2]) + list(table[1::2]))
+
+
+def _percent_ticks(ax, values: list[float]) -> None:
+    """Major ticks at the plotted weights-remaining values, labelled as percentages (no 4x10^1 labels)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    if not values:
+        return
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}%"))
+
+
+def _accuracy_spread(rows) -> list:
+    """Asymmetric y error bars (percent) from each row's fine-tuned accuracy interval (0 where there is none)."""
+    return _spread([r.get("accuracy_finetuned_low") for r in rows], [r.get("accuracy_finetuned_high") for r in rows],
+                   [100 * r["accuracy_finetuned_mean"] for r in rows], 100.0)
+
+
+def _spread(lows, highs, centres, scale: float) -> list:
+    below = [0.0 if lo is None else max(0.0, c - scale * lo) for lo, c in zip(lows, centres)]
+    above = [0.0 if hi is None else max(0.0, scale * hi - c) for hi, c in zip(highs, centres)]
+    return [below, above]
 
 
 def _series(rows: Sequence[dict]) -> dict[str, list[dict]]:

@@ -13,7 +13,7 @@ from prune_cli.storage.atomic import atomic_write_text
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Raw numbers (fractions, full precision) for further analysis; empty cells for missing values."""
     fields = _group_keys(rows) + ["n", "seeds", "budget_epochs", "pruned_at"] + [
-        f"{n}_{s}" for n, _, _ in metrics_shown(rows) for s in ("mean", "std", "ci95")]
+        f"{n}_{s}" for n, _, _ in metrics_shown(rows) for s in ("mean", "std", "ci95", "low", "high")]
     if any(row.get("vs_baseline") for row in rows):
         fields += [f"vs_baseline_{k}" for k in ("strategy", "n", "mean", "low", "high", "verdict")]
     buffer = io.StringIO()
@@ -35,9 +35,10 @@ def write_markdown(rows: Sequence[dict], path: str | os.PathLike) -> None:
              "|" + "|".join("---:" if _is_numeric_column(h) else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(map(_md_escape, line)) + " |" for line in cells]
     lines += ["", "Cells: mean ± the half-width of its 95% confidence interval (Student t) over the n runs (one "
-              "per seed) of each row, in percent; \"(n=1)\": a single run, no interval. epochs: the training "
-              "budget after the dense stage (fine-tuning, constrained training, retraining). The CSV has the "
-              "sample standard deviations too."]
+              "per seed) of each row, in percent; \"mean [low, high]\": that interval clipped to [0, 100], or "
+              "for n=2 the two runs' range (a t-interval from two runs says nothing); \"(n=1)\": a single run, "
+              "no interval. epochs: the training budget after the dense stage (fine-tuning, constrained "
+              "training, retraining). The CSV has the sample standard deviations and the intervals' ends too."]
     moments = _moments(rows)
     if len(moments) > 1:
         lines += ["", "The pruned accuracy is taken at different moments by different schedules, so each moment "
@@ -119,7 +120,8 @@ def _display(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     for row in rows:
         line = [_key_cell(k, row.get(k)) for k in keys] + [str(row["n"]), row.get("budget_epochs") or "n/a"]
         for name, _, _ in metrics:
-            cell = _mean_ci_cell(row[f"{name}_mean"], row.get(f"{name}_ci95"))
+            cell = _mean_ci_cell(row[f"{name}_mean"], row.get(f"{name}_ci95"), row.get(f"{name}_low"),
+                                 row.get(f"{name}_high"), row["n"])
             if name == "accuracy_pruned" and len(moments) > 1:
                 line += [cell if row.get("pruned_at") == moment else "-" for moment in moments]
             else:
@@ -153,10 +155,17 @@ def _key_cell(key: str, value) -> str:
     return str(value)
 
 
-def _mean_ci_cell(mean: float | None, ci95: float | None) -> str:
+def _mean_ci_cell(mean: float | None, ci95: float | None, low: float | None = None, high: float | None = None,
+                  n: int = 0) -> str:
+    """``mean ± half-width`` for a symmetric 95% interval (n >= 3); ``mean [low, high]`` where the interval
+    was clipped to [0, 100] or is the range of two runs; ``mean (n=1)`` for a single run."""
     if mean is None:
         return "n/a"
-    return f"{100 * mean:.2f} (n=1)" if ci95 is None else f"{100 * mean:.2f} ± {100 * ci95:.2f}"
+    if low is None or high is None:
+        return f"{100 * mean:.2f} (n=1)" if ci95 is None else f"{100 * mean:.2f} ± {100 * ci95:.2f}"
+    if n >= 3 and ci95 is not None and abs((mean - low) - ci95) < 1e-12 and abs((high - mean) - ci95) < 1e-12:
+        return f"{100 * mean:.2f} ± {100 * ci95:.2f}"
+    return f"{100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def _is_numeric_column(header: str) -> bool:

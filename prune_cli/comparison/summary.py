@@ -36,8 +36,10 @@ def _deployed_latency(report: dict):
 # Summarised for the cost plots (accuracy against multiply-adds and against latency), not shown in the table.
 COST_METRICS = (("macs_nonzero", ("flops", "nonzero"), "multiply-adds per image (non-zero)"),
                 ("latency_ms", _deployed_latency, "latency at batch 256 (ms)"))
+STATS = ("mean", "std", "ci95", "low", "high")
 SUMMARY_FIELDS = {"n", "seeds", "budget_epochs", "pruned_at", "vs_baseline"} | {
-    f"{name}_{stat}" for name, _, _ in METRICS + OPTIONAL_METRICS + COST_METRICS for stat in ("mean", "std", "ci95")}
+    f"{name}_{stat}" for name, _, _ in METRICS + OPTIONAL_METRICS + COST_METRICS for stat in STATS}
+FRACTIONS = {name for name, _, _ in METRICS + OPTIONAL_METRICS}  # accuracies and sparsities: within [0, 1]
 
 
 def metrics_shown(rows) -> tuple:
@@ -66,7 +68,7 @@ def summarize(reports: Iterable[dict], by: Sequence[str] = DEFAULT_BY) -> list[d
         # experiment: averaging them would hide the difference behind a large "std over seeds".
         log.warning("some runs share %s but differ in other settings; they are kept apart by the 'variant' "
                     "column (what differs between their configs)", ", ".join(by))
-        labels = variant_labels(reports)
+        labels = variant_labels(reports, by)
         rows = summarize(reports, (*by, "variant"))
         for row in rows:
             row["variant"] = labels.get(row["variant"], row["variant"])
@@ -86,24 +88,29 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def variant_labels(reports: Sequence[dict]) -> dict:
+def variant_labels(reports: Sequence[dict], by: Sequence[str] = DEFAULT_BY) -> dict:
     """{variant hash: what sets it apart}, e.g. ``finetune.epochs=30``: the config keys (from each report's
-    ``config``) whose values differ between the variants, seed and sparsity aside. Reports without a
-    config keep their hash."""
+    ``config``) whose values differ between the variants that share a row's other keys (model, dataset,
+    strategy, schedule: the target sparsity aside), seed and sparsity aside. A row of another model is not
+    labelled by that model's settings: its own columns say it. Reports without a config keep their hash."""
     from prune_cli.config import result_neutral
-    configs = {}
+    families: dict[tuple, dict] = {}
     for report in reports:
         variant, config = group_value(report, "variant"), report.get("config")
-        if variant is not None and isinstance(config, dict) and variant not in configs:
-            configs[variant] = {k: v for k, v in _flatten(config).items()
-                                if not result_neutral(k) and k not in ("seed", "sparsity")}
-    if len(configs) < 2:
-        return {}
-    keys = sorted(set().union(*configs.values()))
-    differing = [k for k in keys
-                 if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()}) > 1]
-    return {variant: ", ".join(f"{k}={config.get(k)}" for k in differing) or variant
-            for variant, config in configs.items()}
+        family = tuple(group_value(report, k) for k in by if k not in ("target_sparsity", "variant"))
+        if variant is not None and isinstance(config, dict):
+            families.setdefault(family, {}).setdefault(variant, {
+                k: v for k, v in _flatten(config).items() if not result_neutral(k) and k not in ("seed", "sparsity")})
+    labels: dict = {}
+    for configs in families.values():
+        keys = sorted(set().union(*configs.values())) if configs else []
+        differing = [k for k in keys
+                     if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()}) > 1]
+        for variant, config in configs.items():
+            label = ", ".join(f"{k}={config.get(k)}" for k in differing) or "-"
+            labels[variant] = label if variant not in labels or labels[variant] == label else \
+                f"{labels[variant]}; {label}"
+    return labels if len(labels) > 1 else {}
 
 
 def group_value(report: dict, key: str):
@@ -160,6 +167,7 @@ def _summarize_group(keys: dict, members: list[dict]) -> dict:
         # Half-width of the 95% interval of the mean (Student t); none for a single run.
         row[f"{name}_ci95"] = (t_quantile(len(values) - 1) * row[f"{name}_std"] / len(values) ** 0.5
                                if len(values) > 1 else None)
+        row[f"{name}_low"], row[f"{name}_high"] = interval(values, row[f"{name}_ci95"], name in FRACTIONS)
     # Which moment "pruned" is (report accuracy.pruned_at): tables keep different moments in different columns.
     moments = sorted({str(m) for m in (_lookup(r, ("accuracy", "pruned_at")) for r in members) if m is not None})
     row["pruned_at"] = moments[0] if len(moments) == 1 else ("; ".join(moments) or None)
@@ -167,6 +175,20 @@ def _summarize_group(keys: dict, members: list[dict]) -> dict:
                       if v is not None})
     row["budget_epochs"] = "/".join(map(str, budgets)) if budgets else None
     return row
+
+
+def interval(values: list[float], ci95: float | None, fraction: bool) -> tuple:
+    """(low, high) shown around a mean: the 95% t-interval for three runs or more, the range (min, max) for
+    two (a t-interval from two runs is 12.7 standard errors wide: it says nothing), none for one; never
+    outside [0, 1] for fractions (an accuracy interval past 100% is not an accuracy) nor below 0 otherwise."""
+    if len(values) < 2:
+        return None, None
+    if len(values) == 2:
+        low, high = min(values), max(values)
+    else:
+        mean = statistics.fmean(values)
+        low, high = mean - ci95, mean + ci95
+    return max(low, 0.0), (min(high, 1.0) if fraction else high)
 
 
 def warn_unequal_budgets(rows: Sequence[dict]) -> None:
