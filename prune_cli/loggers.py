@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 
 from prune_cli.errors import UsageError
 
-FIELDS = ("stage", "epoch", "epochs", "loss", "lr", "seconds", "val_accuracy", "cached")
+FIELDS = ("stage", "epoch", "epochs", "loss", "lr", "seconds", "val_accuracy", "cached", "train_accuracy")
 KEYS = {"csv": ("filename",), "tensorboard": ("dir",), "mlflow": ("tracking_uri", "experiment")}
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 
@@ -87,7 +87,7 @@ class TensorBoardLogger:
 
     def log_epoch(self, entry: dict) -> None:
         stage = entry["stage"]
-        for key in ("loss", "lr", "val_accuracy"):
+        for key in ("loss", "train_accuracy", "lr", "val_accuracy"):
             if key in entry:
                 self.writer.add_scalar(f"{stage}/{key}", entry[key], entry["epoch"])
         self.writer.flush()
@@ -113,7 +113,8 @@ class MLflowLogger:
 
     def log_epoch(self, entry: dict) -> None:
         self.step += 1
-        metrics = {f"{entry['stage']}.{k}": entry[k] for k in ("loss", "lr", "val_accuracy") if k in entry}
+        metrics = {f"{entry['stage']}.{k}": entry[k] for k in ("loss", "train_accuracy", "lr", "val_accuracy")
+                   if k in entry}
         self.mlflow.log_metrics(metrics, step=self.step)
 
     def log_final(self, report: dict) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
+import json
 
 import pytest
 
@@ -71,24 +73,54 @@ def test_a_missing_logger_package_names_its_extra(tmp_path, capsys, monkeypatch)
 def _colours(path):
     from PIL import Image
     with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == (720, 300)
-        return {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 16)}
+        assert image.format == "PNG" and image.size == (800, 500)
+        return {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 20)}
 
 
-def test_history_png_draws_the_loss_and_the_validation_accuracy_only_when_there_is_one(tmp_path):
-    from prune_cli.report.history_plot import ACCURACY, LOSS, draw_history
+def _rgb(hex_colour):
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_history_png_draws_loss_and_accuracies_only_when_there_are_some(tmp_path):
+    from prune_cli.report.history_plot import LOSS, TRAIN, VALIDATION, draw_history, phases
     history = [{"stage": "train", "epoch": i + 1, "epochs": 3, "loss": 2.0 / (i + 1), "lr": 1e-3, "seconds": 0.1}
                for i in range(3)]
-    assert draw_history(history, tmp_path / "loss.png")
-    assert LOSS in _colours(tmp_path / "loss.png") and ACCURACY not in _colours(tmp_path / "loss.png")
-    with_val = [dict(h, val_accuracy=0.9) for h in history]
-    assert draw_history(with_val, tmp_path / "both.png")
-    assert {LOSS, ACCURACY} <= _colours(tmp_path / "both.png")
+    assert draw_history(history, tmp_path / "loss.png", title="magnitude / oneshot")
+    colours = _colours(tmp_path / "loss.png")
+    assert _rgb(LOSS) in colours and _rgb(TRAIN) not in colours and _rgb(VALIDATION) not in colours
+    both = [dict(h, train_accuracy=0.8 + 0.05 * i, val_accuracy=0.9) for i, h in enumerate(history)]
+    both += [dict(h, stage="round1.finetune") for h in both[:2]]
+    assert draw_history(both, tmp_path / "both.png")
+    assert {_rgb(LOSS), _rgb(TRAIN), _rgb(VALIDATION)} <= _colours(tmp_path / "both.png")
+    # Phases are separate segments, in run order; a phase that comes back is a new one.
+    assert phases(both) == [("train", [0, 1, 2]), ("round1.finetune", [3, 4])]
+    assert phases([{"stage": "a"}, {"stage": "b"}, {"stage": "a", "cached": True}]) == [
+        ("a", [0]), ("b", [1]), ("a (cached)", [2])]
     assert not draw_history([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_training_accuracy_per_epoch_is_what_the_steps_predicted(tmp_path):
+    import torch
+    from torch import nn
+    from prune_cli.data.splits import TensorSplit
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 5), torch.randint(0, 3, (40,))
+    model = nn.Linear(5, 3)
+    stats = []
+    # lr 0: the weights never change, so the epoch's training accuracy is the model's accuracy on the split.
+    fit(model, TensorSplit(x, y), StageSettings(epochs=1, lr=0.0, batch_size=16, optimizer="sgd"), stage="t", seed=0,
+        on_epoch_stats=stats.append)
+    expected = float((model(x).argmax(dim=1) == y).float().mean())
+    assert stats[0]["train_accuracy"] == pytest.approx(expected)
 
 
 def test_a_run_writes_history_png_and_report_md_shows_it(tmp_path):
     prune_cli.run(["train.epochs=2", "finetune.epochs=1", "measure.latency=false", "progress=false",
                    f"cache.dir={tmp_path / 'cache'}"], tmp_path / "run")
     assert _colours(tmp_path / "run" / "history.png")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert all(0 <= entry["train_accuracy"] <= 1 for entry in report["history"])
+    assert "train_accuracy" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert "![training loss and validation accuracy per epoch](history.png)" in (tmp_path / "run" / "report.md").read_text()

@@ -151,6 +151,10 @@ def test_cost_fields_are_measured(run_api):
     assert report["size_bytes"]["checkpoint"] == (run_dir / "pruned.pt").stat().st_size
     assert report["size_bytes"]["sparse"] < report["size_bytes"]["dense"]
     assert report["speedup"]["method"] == "none"
+    # Ratios named as ratios: dense latency over the masked model's, per batch size.
+    latency = report["latency"]
+    assert report["speedup"]["measured"] == {
+        f"batch_{n}": latency["dense"][f"batch_{n}_ms"] / latency["masked"][f"batch_{n}_ms"] for n in (1, 256)}
 
 
 def test_first_round_scores_are_shared_across_sparsities(run_api, tmp_path, monkeypatch):

@@ -16,13 +16,21 @@ def write_report(run_dir: Path, result: dict) -> None:
     written."""
     from prune_cli.report.history_plot import NAME, draw_history
     try:
-        draw_history(result.get("history") or [], Path(run_dir) / NAME)
+        draw_history(result.get("history") or [], Path(run_dir) / NAME, title=_title(result, run_dir))
     except OSError:
         raise  # a full disk or an unwritable directory: the run says so
     except Exception as err:  # noqa: BLE001 - a picture must not cost the run its report
         logging.getLogger("prune_cli").warning("history.png not drawn: %s: %s", type(err).__name__, err)
     atomic_write_text(Path(run_dir) / "report.md", markdown(result))
     atomic_write_text(Path(run_dir) / REPORT, json.dumps(result, indent=2) + "\n")
+
+
+def _title(result: dict, run_dir: Path) -> str:
+    experiment = result.get("experiment") or {}
+    target = (result.get("sparsity") or {}).get("target")
+    what = " / ".join(str(experiment[k]) for k in ("strategy", "schedule", "model", "dataset") if experiment.get(k))
+    return f"{what}, sparsity {target:g}, seed {experiment.get('seed')} ({Path(run_dir).name})" \
+        if target is not None else Path(run_dir).name
 
 
 def write_status(run_dir: Path, status: str, error: str) -> None:

@@ -88,7 +88,7 @@ def markdown(r: dict) -> str:
             lines.append(f"| size {name} | {size:,} bytes |")
     speedup = r.get("speedup") or {}
     if speedup.get("method", "none") != "none" and speedup.get("measured"):
-        cells = ", ".join(f"{k.replace('_ms', '')}: {v:.2f}x" for k, v in speedup["measured"].items())
+        cells = ", ".join(f"{k}: {v:.2f}x" for k, v in speedup["measured"].items())
         lines.append(f"| measured speed-up ({speedup['method']}) | {cells} |")
     elif speedup.get("note"):
         lines.append(f"| measured speed-up | none: {speedup['note']} |")

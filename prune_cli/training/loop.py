@@ -52,8 +52,9 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
 
     ``after_step(global_step)`` may return new masks (gradual pruning, hard-threshold projection); they are
     applied at once and used from then on. ``on_epoch_end`` lets the pipeline save resumable state;
-    ``on_epoch_stats`` gets ``{"stage", "epoch", "epochs", "loss", "lr", "seconds"}`` after every epoch (the
-    mean training loss of its steps, the epoch's lr and wall time); ``on_compiled(seconds)``, at the end of a
+    ``on_epoch_stats`` gets ``{"stage", "epoch", "epochs", "loss", "train_accuracy", "lr", "seconds"}`` after
+    every epoch (the mean training loss of its steps, the share of its training examples the steps' own
+    forward passes classified right, the epoch's lr and wall time); ``on_compiled(seconds)``, at the end of a
     compiled stage, the seconds its first calls took to compile.
     """
     prepare(model)
@@ -71,7 +72,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         set_lr(optimizer, settings.lr_at(epoch))
-        step_losses = []  # kept on the device; checked once per epoch (no per-step sync)
+        step_losses, step_hits, seen = [], [], 0  # kept on the device; read once per epoch (no per-step sync)
         batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
         for i, (x, y) in enumerate(batches):
             weight = 1.0
@@ -80,7 +81,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                 x, y = distributed.shard(x, y)
                 weight = len(y) * ranks / size
             try:
-                loss = step(x, y, weight)
+                loss, hits = step(x, y, weight)
             except RuntimeError as err:  # a huge lr (times Adam's bias correction) beyond float32's range
                 if "overflow" not in str(err):
                     raise
@@ -88,6 +89,8 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                                 f"{epoch * steps_per_epoch + i + 1}: lr {settings.lr_at(epoch):g} overflows float32 "
                                 f"(try a smaller lr)") from None
             step_losses.append(loss)
+            step_hits.append(hits)
+            seen += len(y)
             if after_step is not None:
                 new_masks = after_step(epoch * steps_per_epoch + i + 1)
                 if new_masks is not None:
@@ -95,15 +98,22 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                     step.use_masks(model, masks)
                     step.reapply()
         losses = torch.stack(step_losses).float()
+        right = torch.stack(step_hits).sum().double().reshape(1)
+        total = seen
         if ranks > 1:  # every rank sees the same epoch losses (each step's whole-batch loss), and stops alike
             losses = distributed.all_sum(losses) / ranks
+            right = distributed.all_sum(right)
+            total = int(distributed.all_sum(torch.tensor([seen], device=right.device)).item())
         _check_finite(losses, stage, epoch, steps_per_epoch)
-        mean_loss = float(losses.mean())  # the epoch's one host-device sync (the finite check needs it anyway)
+        # The epoch's host-device sync (the finite check needs one anyway): its mean loss and accuracy.
+        mean_loss, correct = torch.cat([losses.mean().double().reshape(1), right]).tolist()
         if task is not None:
             progress.update(task, advance=1, description=f"{stage} loss {mean_loss:.3f}")
         if on_epoch_stats is not None:
-            on_epoch_stats({"stage": stage, "epoch": epoch + 1, "epochs": settings.epochs, "loss": mean_loss,
-                            "lr": settings.lr_at(epoch), "seconds": time.perf_counter() - started})
+            stats = {"stage": stage, "epoch": epoch + 1, "epochs": settings.epochs, "loss": mean_loss}
+            if total:
+                stats["train_accuracy"] = correct / total
+            on_epoch_stats({**stats, "lr": settings.lr_at(epoch), "seconds": time.perf_counter() - started})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, optimizer, masks)
     if task is not None:

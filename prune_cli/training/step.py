@@ -43,7 +43,8 @@ def prepare(model: nn.Module) -> None:
 
 
 class TrainStep:
-    """``step(x, y) -> loss`` (a tensor on the device: nothing here waits on it)."""
+    """``step(x, y) -> (loss, hits)``: the batch's loss and how many of its examples the forward pass got right
+    (tensors on the device: nothing here waits on them)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, precision: str,
                  compile: object, regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None,
@@ -77,41 +78,43 @@ class TrainStep:
 
     def _loss(self, x, y, weight):
         with autocast(self.device, self.precision):
-            loss = self.loss_fn(self.forward(x), x, y)
+            logits = self.forward(x)
+            loss = self.loss_fn(logits, x, y)
             if weight != 1.0:  # a rank's share of a global batch (prune_cli.distributed)
                 loss = loss * weight
             if self.regularizer is not None:
                 loss = loss + self.regularizer(self.model)
-        return loss
+        # Training accuracy from the step's own predictions: no extra pass over the data.
+        return loss, (logits.detach().argmax(dim=1) == y).sum()
 
     def _forward_backward(self, x, y, weight):
-        loss = self._loss(x, y, weight)
+        loss, hits = self._loss(x, y, weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        return loss.detach()
+        return loss.detach(), hits
 
     def _whole_step(self, x, y, params, masks, weight):
-        loss = self._loss(x, y, weight)
+        loss, hits = self._loss(x, y, weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         _apply(params, masks)
-        return loss.detach()
+        return loss.detach(), hits
 
-    def __call__(self, x, y, weight: float = 1.0) -> torch.Tensor:
+    def __call__(self, x, y, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the batch; ``weight`` scales its loss (1.0 but in a run across processes)."""
         if self.compiled and tuple(x.shape) not in self.shapes:
             return self._first_of_shape(x, y, weight)  # compiles: timed, once per batch shape
         params, masks = self.pairs
         if self.scaler is None:
             return self.body(x, y, params, masks, weight)
-        loss = self.body(x, y, weight)
+        loss, hits = self.body(x, y, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         _apply(params, masks)
-        return loss
+        return loss, hits
 
-    def _first_of_shape(self, x, y, weight) -> torch.Tensor:
+    def _first_of_shape(self, x, y, weight) -> tuple[torch.Tensor, torch.Tensor]:
         """A compiled step's first call for a batch shape, timed to the end of its work: what compiling costs
         (the step's own work inside it is a rounding error next to tens of seconds)."""
         import time
@@ -120,12 +123,12 @@ class TrainStep:
         started = time.perf_counter()
         self.compiled = False  # the call itself goes through __call__'s ordinary path
         try:
-            loss = self(x, y, weight)
+            out = self(x, y, weight)
         finally:
             self.compiled = True
         _synchronize(self.device)
         self.compile_seconds += time.perf_counter() - started
-        return loss
+        return out
 
     def reapply(self) -> None:
         """Multiply the masks in now (after the masks changed between steps)."""
