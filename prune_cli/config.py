@@ -165,7 +165,7 @@ def fingerprint(cfg: DictConfig, leave_out: tuple = ()) -> str:
     number of processes of a run across several (torchrun): their gradients average in another order, so a
     run started with 2 is not continued with 1 or 4."""
     plain = without_neutral(OmegaConf.to_container(cfg, resolve=True))
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     if distributed.launched():
         plain[PROCESSES] = distributed.world_size()
     for key in leave_out:

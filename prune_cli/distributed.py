@@ -78,6 +78,8 @@ def join_job_tasks() -> bool:
 
 
 def stop() -> None:
+    if not launched():  # a single process never loaded torch.distributed for this (--help stays torch-free)
+        return
     import torch.distributed as dist
     if active():
         dist.destroy_process_group()

@@ -245,3 +245,16 @@ def test_a_terminal_shows_a_line_at_once_which_the_first_output_wipes(tmp_path):
     assert shown == (b"prune-run: starting...\r\x1b[Kprune-run: sparsity=2: must be a number in [0, 1) (the "
                      b"fraction of prunable weights that are zero at the end)\r\n")
     assert first < 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["strategy=magnitude,magnitue"], "prune-run: strategy=magnitue: no such option; did you mean magnitude? "
+                                      "strategy is one of"),
+    (["sparsity=0.5,0.9", "sparsty=0.1,0.2"], "prune-run: sparsty=0.1: unknown key; did you mean sparsity?"),
+])
+def test_a_sweep_with_an_unknown_option_or_key_is_one_line_before_any_job(tmp_path, capsys, monkeypatch, args,
+                                                                          message):
+    code, _, err = run_in_process(["-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys, monkeypatch,
+                                  tmp_path)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and err.strip().startswith(message)
+    assert not (tmp_path / "sweep").exists()

@@ -41,7 +41,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     """One run in its Hydra output directory. In a sweep, failures are recorded and the sweep goes on."""
     global _composed
     _composed = True
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     joined = distributed.join_job_tasks()  # a SLURM job of several tasks: one experiment across them
     try:
         if not distributed.is_main():
@@ -144,7 +144,7 @@ def _other_rank(cfg: DictConfig) -> None:
 
 def _peer_gone(err: BaseException) -> bool:
     """Whether ``err`` is a collective operation failing because another process of the run went away."""
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     if not distributed.active():
         return False
     text = str(err)
@@ -210,7 +210,7 @@ def main() -> None:
         sys.path.append(os.getcwd())
     from prune_cli.app.callbacks import SweepSummary
     SweepSummary.started = False
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     from prune_cli.app.guard import guard, with_run_dir
     argv = sys.argv
     if distributed.launched():  # started by torchrun: one experiment across its processes
@@ -242,7 +242,7 @@ def _guard_across_processes(args: list[str]) -> Path:
     """Under torchrun: rank 0 checks the command (the guard: one line for bad input, printed once) and decides
     the run directory; every rank then takes its decision, or exits with its code. A sweep is refused: torchrun
     runs one experiment across its processes."""
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     from prune_cli.app.guard import guard
     distributed.start()
     code, decided = None, None

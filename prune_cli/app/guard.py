@@ -76,6 +76,49 @@ def resolved_run_dir(argv: list[str]) -> Optional[tuple[Path, object]]:
     return run_dir, cfg
 
 
+def check_sweep(argv: list[str]) -> None:
+    """A sweep (``-m``): every value of every swept key composed on its own (the other keys at their first
+    value), so an unknown option or key is one line and exit 2 before Hydra starts the sweep, as for a single
+    run. Values are checked by each job (a refused job is named and the others run)."""
+    args = _parsed(argv)
+    if args is None or not args.multirun or args.help or args.hydra_help or args.cfg or args.info \
+            or args.config_path or args.experimental_rerun:
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(args.overrides))
+        base, swept = [], []
+        for index, override in enumerate(parsed):
+            if override.is_sweep_override():
+                values = list(override.sweep_string_iterator())
+                swept.append((index, override.get_key_element(), values))
+                base.append(f"{override.get_key_element()}={values[0]}")
+            else:
+                base.append(override.input_line)
+    except Exception:  # noqa: BLE001 - a glob sweep, a grammar error: Hydra answers those itself
+        return
+    combinations = [base] + [[*base[:i], f"{key}={value}", *base[i + 1:]] for i, key, values in swept
+                             for value in values[1:]]
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from prune_cli.config import CONFIG_DIR
+    import prune_cli.app.resolvers  # noqa: F401
+    for overrides in combinations:
+        if args.config_dir:
+            overrides = [*overrides, f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
+        try:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                compose(config_name=args.config_name or "config", overrides=overrides)
+        except OverrideParseException:
+            return  # a value re-spelled here that Hydra's own spelling parses (quoting): leave it to Hydra
+        except Exception as err:  # noqa: BLE001 - unknown options and keys
+            _bad_override(err, overrides)
+        finally:
+            GlobalHydra.instance().clear()
+
+
 def _bad_override(err: Exception, overrides) -> None:
     from prune_cli.config import composition_error
     print(f"prune-run: {composition_error(err, overrides)}", file=sys.stderr)
@@ -86,6 +129,7 @@ def guard(argv: list[str]) -> Optional[Path]:
     """Apply the rules above; exits (2, or 0 for a completed run) when Hydra must not start. Returns the run
     directory as decided (``run_dir.decide``), made and locked for this process, which the caller hands to
     Hydra so that the checks and the writes use the same directory; None when there is no single run."""
+    check_sweep(argv)
     found = resolved_run_dir(argv)
     if found is None:
         return None

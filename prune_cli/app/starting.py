@@ -48,7 +48,7 @@ def showing_start():
     """On a terminal: print the line (no newline) and arm the streams to erase it on their first write; at the
     end, wipe it if nothing was written and put the original streams back."""
     out, err = sys.stdout, sys.stderr
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     if not (hasattr(err, "isatty") and err.isatty()) or not distributed.is_main():  # under torchrun: rank 0 says it
         yield
         return

@@ -36,7 +36,7 @@ def dense_key(cfg: DictConfig, schedule, device_type: str) -> str:
                           "weights": file_sha256(weights_path(cfg.weights))})
     parts = {"model": plain(cfg.model), "dataset": dataset, "train": plain(cfg.train), "seed": int(cfg.seed),
              "rewind_epoch": int(schedule.rewind_epoch), "device": device_type}
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     if distributed.launched():  # trained across processes: another summation order, other weights
         parts["processes"] = distributed.world_size()
     return cache_key(parts)
@@ -67,7 +67,7 @@ def train_dense(exp) -> Optional[Masks]:
         exp.restore_saved_weights(exp.model)
     key = dense_key(exp.cfg, exp.schedule, exp.device.type)
     cache = run_cache(exp.cfg)
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     # Across processes rank 0 holds the cache's lock and decides; the others follow its decision (they read a
     # cached entry themselves, and train a missing one with it).
     with cache.locked(key) if exp.main else contextlib.nullcontext():

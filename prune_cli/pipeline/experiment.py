@@ -97,7 +97,7 @@ class Experiment:
         self.overrides = list(overrides)
         self.keep_round_masks = keep_round_masks
         validate(cfg)
-        from prune_cli import distributed
+        import prune_cli.distributed as distributed
         self.main = distributed.is_main()  # across processes (torchrun) only rank 0 writes and prints
         self.device = distributed.device_for(resolve_device(cfg.device))
         self.strategy = instantiate(cfg.strategy, "strategy")
@@ -190,7 +190,7 @@ class Experiment:
         if self.state.resumed_from:
             log.info("resuming from %s", self.state.resumed_from)
             self.record.resumed_from = self.state.resumed_from
-        from prune_cli import distributed
+        import prune_cli.distributed as distributed
         try:
             masks = dense.train_dense(self)
             outcome = self.loop.run(self, masks)
@@ -387,7 +387,7 @@ class Experiment:
                 masks = previous.intersect(masks)
             masks.validate(self.model)
             masks.apply_(self.model)
-            from prune_cli import distributed
+            import prune_cli.distributed as distributed
             distributed.agree(self.model, masks)  # across processes: rank 0's masks and weights, on every rank
         self.record.add_time("prune", t.seconds)
         return masks

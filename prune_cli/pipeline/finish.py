@@ -47,7 +47,7 @@ def finish(exp, outcome: Outcome) -> dict:
     report["precision"] = {"train": train.precision, "finetune": finetune.precision, "eval": finetune.precision,
                            "matmul": torch.get_float32_matmul_precision()}
     report["compile"] = {"train": train.compile, "finetune": finetune.compile}
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     report["distributed"] = distributed.describe(exp.device)
     path = exp.run_dir / "pruned.pt"
     save_checkpoint(path, state_dict=state_dict, masks=masks.cpu_state() if masks else {}, spec=outcome.spec,

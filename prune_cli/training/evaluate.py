@@ -26,7 +26,7 @@ def evaluate(model: nn.Module, split, batch_size: int = 1024, precision: str = "
     """Top-1 accuracy on ``split``, in ``precision`` (the autocast of the training it follows); one host-device
     sync at the end. ``shard``: in a run across processes (torchrun), each rank counts its slice of every batch
     and the counts are summed, so the split is counted exactly once; every rank must call it."""
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     from prune_cli.training.step import autocast
     shard = shard and distributed.active()
     correct, total = None, 0  # on the batches' device (an int8 model has no parameters to ask)

@@ -62,7 +62,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = train.num_batches(settings.batch_size)
-    from prune_cli import distributed
+    import prune_cli.distributed as distributed
     step = TrainStep(model, optimizer, loss_fn, settings.precision, settings.compile, regularizer,
                      forward=distributed.wrap(model))
     ranks = distributed.world_size() if distributed.active() else 1
