@@ -51,15 +51,16 @@ def is_main() -> bool:
 
 def start() -> None:
     """Join the process group (once per process); on a GPU machine each rank takes the GPU of its local rank."""
+    import datetime
+
     import torch
     import torch.distributed as dist
     if not launched() or active():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
-    else:
-        dist.init_process_group(backend="gloo")
+    # Collectives wait as long as rank 0 may wait on the dense cache's lock while another job trains the same
+    # dense model (hours, for a large one); a process that dies is noticed at once (torchrun stops the rest).
+    timeout = datetime.timedelta(hours=24)
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
 
 
 def join_job_tasks() -> bool:
@@ -74,6 +75,12 @@ def join_job_tasks() -> bool:
         return False
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     start()
+    if not is_main():  # rank 0 writes the job's log; Hydra opened it in every task
+        import logging
+        for handler in list(logging.getLogger().handlers):
+            if isinstance(handler, logging.FileHandler) or type(handler).__name__ == "LogFile":
+                logging.getLogger().removeHandler(handler)
+                handler.close()
     return True
 
 
@@ -90,7 +97,8 @@ def backend(device: "torch.device") -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-AGREED = [0]  # prunes after which the ranks' masks were checked identical, in this process
+AGREED = [0]    # prunes after which the ranks' masks were compared, in this process
+DIFFERED = [0]  # of those, the prunes where some rank had computed other masks than rank 0 (then replaced)
 
 
 def describe(device: "torch.device") -> Optional[dict]:
@@ -98,15 +106,24 @@ def describe(device: "torch.device") -> Optional[dict]:
     every rank (``masks_checked``); None for a single process."""
     if not active():
         return None
-    return {"world_size": world_size(), "backend": backend(device), "masks_checked": AGREED[0]}
+    return {"world_size": world_size(), "backend": backend(device), "masks_checked": AGREED[0],
+            "masks_differed": DIFFERED[0]}
 
 
 def device_for(device: "torch.device") -> "torch.device":
-    """The device a rank trains on: its own GPU (``LOCAL_RANK``) when the run is on CUDA."""
+    """The device a rank trains on: on CUDA its own GPU, the local rank's among those it sees (one, when the
+    scheduler gives each task its own); made the current device, as NCCL wants. An explicit ``cuda:N`` would
+    put every rank on one GPU: refused."""
     import torch
-    if active() and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
+    if not active() or device.type != "cuda":
+        return device
+    if device.index is not None:
+        from prune_cli.errors import UsageError
+        raise UsageError(f"device={device}: across {world_size()} processes each takes its own GPU; use "
+                         f"device=cuda (or auto)")
+    mine = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    torch.cuda.set_device(mine)
+    return mine
 
 
 def barrier() -> None:
@@ -158,18 +175,33 @@ def agree(model: "torch.nn.Module", masks) -> None:
     import torch.distributed as dist
     if not active():
         return
+    # Compared before the broadcast: ranks that computed different masks (non-deterministic kernels) are
+    # named, then all take rank 0's.
+    everyone = [None] * world_size()
+    dist.all_gather_object(everyone, _digest(masks))
+    if any(d != everyone[0] for d in everyone):
+        import logging
+        differing = [r for r, d in enumerate(everyone) if d != everyone[0]]
+        logging.getLogger("prune_cli").warning("ranks %s computed other masks than rank 0; all take rank 0's",
+                                               differing)
+        DIFFERED[0] += 1
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast(tensor.data, src=0)
         if masks:
             for name in masks:
                 dist.broadcast(masks[name], src=0)
-    digest = _digest(masks)
-    everyone = [None] * world_size()
-    dist.all_gather_object(everyone, digest)
-    if any(d != everyone[0] for d in everyone):
-        raise RuntimeError(f"ranks hold different masks after broadcasting rank 0's: {everyone}")
     AGREED[0] += 1
+
+
+def sync_buffers(model: "torch.nn.Module") -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank: each rank's last forward pass updated
+    its own from its slice, and evaluation and saving must see one model."""
+    import torch.distributed as dist
+    if not active():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def _digest(masks) -> str:

@@ -51,7 +51,7 @@ def test_two_processes_run_one_experiment_like_one_process(tmp_path, overrides):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     prunes = 2 if "schedule=lottery" in overrides else 1
     assert report["status"] == "completed"
-    assert report["distributed"] == {"world_size": 2, "backend": "gloo", "masks_checked": prunes}
+    assert report["distributed"] == {"world_size": 2, "backend": "gloo", "masks_checked": prunes, "masks_differed": 0}
     assert out.count("report written to") == 1 and out.count("accuracy fine-tuned") == 1  # rank 0 speaks
     check_sparsity(report, tmp_path / "run", [*SMALL, *overrides])
     masks = safe_load(tmp_path / "run" / "pruned.pt")["masks"]
@@ -113,5 +113,5 @@ def test_a_submitit_job_of_two_tasks_is_one_experiment_across_them(tmp_path):
     (report_path,) = (tmp_path / "sweep").glob("*/report.json")
     report = json.loads(report_path.read_text())
     assert report["status"] == "completed"
-    assert report["distributed"] == {"world_size": 2, "backend": "gloo", "masks_checked": 1}
+    assert report["distributed"] == {"world_size": 2, "backend": "gloo", "masks_checked": 1, "masks_differed": 0}
     check_sparsity(report, report_path.parent, [*SMALL, "sparsity=0.8"])

@@ -115,5 +115,5 @@ def test_torchrun_on_two_gpus_runs_one_experiment_with_nccl(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["distributed"] == {"world_size": 2, "backend": "nccl", "masks_checked": 1}
+    assert report["distributed"] == {"world_size": 2, "backend": "nccl", "masks_checked": 1, "masks_differed": 0}
     assert report["sparsity"]["zeros"] == round(0.8 * report["sparsity"]["prunable_weights"])

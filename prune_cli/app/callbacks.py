@@ -91,8 +91,9 @@ class SweepSummary(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Every job of a sweep leaves its directory's name in the sweep directory, so the summary counts it
         wherever the job wrote (an override can move a job's directory)."""
-        if _mode(config) != RunMode.MULTIRUN:
-            return
+        import os
+        if _mode(config) != RunMode.MULTIRUN or int(os.environ.get("SLURM_PROCID", "0")) > 0:
+            return  # a job of several SLURM tasks: its first task records it
         hydra = config.hydra
         marker = Path(hydra.sweep.dir) / JOBS / f"{hydra.job.num}"
         try:

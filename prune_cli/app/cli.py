@@ -45,7 +45,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     joined = distributed.join_job_tasks()  # a SLURM job of several tasks: one experiment across them
     try:
         if not distributed.is_main():
-            return _other_rank(cfg)
+            return None if cfg.get("dry_run") else _other_rank(cfg)
         return _run_job(cfg)
     finally:
         if joined:
@@ -89,21 +89,19 @@ def _run_job(cfg: DictConfig) -> dict | None:
                                f"same hydra.run.dir to resume")
         print(f"prune-run: interrupted {why}; state kept in {run_dir} for resuming", file=sys.stderr)
         sys.exit(128 + int(signum))
-    except RuntimeError as err:
-        if not _peer_gone(err):
-            raise
-        # Across processes: another rank stopped (killed, or torchrun ended it) while this one waited for it.
-        reporting.write_status(run_dir, "interrupted", "interrupted: another process of the run stopped; re-run "
-                               "the same command with the same hydra.run.dir to resume")
-        print(f"prune-run: interrupted: another process of the run stopped; state kept in {run_dir} for resuming",
-              file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
     except OSError as err:  # an unwritable or full run directory: one line, never a traceback
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"prune-run: {job} could not write its files{where}: {err.strerror or err}", file=sys.stderr)
         reporting.write_status(run_dir, "failed", f"could not write its files: {err.strerror or err}")
         return _fail("", 1, multirun, job, f"could not write its files: {err.strerror or err}")
     except Exception as err:
+        if _peer_gone(err):
+            # Across processes: another rank stopped (killed, or torchrun ended it) while this one waited for it.
+            reporting.write_status(run_dir, "interrupted", "interrupted: another process of the run stopped; "
+                                   "re-run the same command with the same hydra.run.dir to resume")
+            print(f"prune-run: interrupted: another process of the run stopped; state kept in {run_dir} for "
+                  f"resuming", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
         # A bug, not bad input: keep the traceback, and never leave a run looking finished. A single run lets
         # Hydra print it; in a sweep it is printed here and the sweep goes on (the summary names the job).
         reporting.write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
@@ -122,9 +120,19 @@ def _run_job(cfg: DictConfig) -> dict | None:
 
 def _other_rank(cfg: DictConfig) -> None:
     """A rank other than 0 of a run across processes: the same experiment, silently. Rank 0 prints and writes
-    every file, failures included; this one exits with the same code."""
+    every file, failures included; this one exits with the same code, or, as a task of a sweep's job (SLURM),
+    returns the failure like rank 0 does, so the sweep goes on."""
     hydra_cfg = HydraConfig.get()
     logging.getLogger("prune_cli").setLevel(logging.ERROR)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        try:
+            return _other_rank_run(cfg, hydra_cfg)
+        except BaseException as err:  # noqa: BLE001 - rank 0 reports the job; this task only must not abort it
+            return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    return _other_rank_run(cfg, hydra_cfg)
+
+
+def _other_rank_run(cfg: DictConfig, hydra_cfg) -> None:
     try:
         with stop_signals():
             from prune_cli.pipeline.experiment import Experiment
@@ -135,7 +143,7 @@ def _other_rank(cfg: DictConfig) -> None:
         sys.exit(1)
     except KeyboardInterrupt as err:
         sys.exit(128 + int(err.signum if isinstance(err, Stopped) else signal.SIGINT))
-    except RuntimeError as err:
+    except Exception as err:
         if not _peer_gone(err):
             raise
         sys.exit(128 + signal.SIGTERM)
@@ -148,9 +156,9 @@ def _peer_gone(err: BaseException) -> bool:
     if not distributed.active():
         return False
     text = str(err)
-    return any(sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-                                         "NCCL communicator was aborted", "ProcessGroup", "Socket Timeout",
-                                         "connection reset", "Connection refused"))
+    return isinstance(err, RuntimeError) and any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                  "NCCL communicator was aborted", "Connection refused"))
 
 
 class Stopped(KeyboardInterrupt):
@@ -253,11 +261,18 @@ def _guard_across_processes(args: list[str]) -> Path:
                       "processes; run each job under torchrun, or sweep with hydra/launcher=submitit_slurm",
                       file=sys.stderr)
                 sys.exit(2)
+            if any(a in ("--config-path", "-cp") or a.startswith("--config-path=") for a in args):
+                print("prune-run: --config-path: not under torchrun (every process must read the same config); "
+                      "use --config-dir", file=sys.stderr)
+                sys.exit(2)
             decided = guard(args)
             if decided is None:  # --help, --cfg and the like: Hydra answers them, on rank 0 alone
                 code = "hydra"
         except SystemExit as exit_:
             code = exit_.code if exit_.code is not None else 0
+        except BaseException as err:  # noqa: BLE001 - the others must not wait for a decision that never comes
+            print(f"prune-run: {type(err).__name__}: {err}", file=sys.stderr)
+            code = 1
     code, decided = distributed.broadcast((code, decided))
     if code == "hydra":
         if distributed.is_main():

@@ -110,6 +110,12 @@ class Experiment:
         check_opening(self.run_dir, also=logger_files(plain(cfg.get("logger"))))
         refuse_other_config(self.run_dir, self.fingerprint)  # before state.pt is read
         self.settings = RunSettings.from_cfg(cfg)  # what the stages read, typed, from here on
+        if distributed.active():  # every rank needs at least two examples of every global batch
+            for key, stage in (("train", self.settings.train), ("finetune", self.settings.finetune)):
+                if stage.batch_size < 2 * distributed.world_size():
+                    raise UsageError(f"{key}.batch_size={stage.batch_size}: across {distributed.world_size()} "
+                                     f"processes the global batch needs at least {2 * distributed.world_size()} "
+                                     f"examples (two per process)")
         self.seed = self.settings.seed
         check_data_fits(cfg.dataset)  # sizes no machine has are refused before they are allocated
         self.data = load_dataset(cfg.dataset).to(self.device)

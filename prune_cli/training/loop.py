@@ -75,28 +75,31 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
         step_losses, step_hits, seen = [], [], 0  # kept on the device; read once per epoch (no per-step sync)
         batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
         for i, (x, y) in enumerate(batches):
-            weight = 1.0
+            weight, size = 1.0, len(y)
             if ranks > 1:  # this rank's slice of the global batch; the loss weighted so that DDP's average of
-                size = len(y)  # the ranks' gradients is the whole batch's mean (also for a short last batch)
-                x, y = distributed.shard(x, y)
+                x, y = distributed.shard(x, y)  # the ranks' gradients is the whole batch's mean
                 weight = len(y) * ranks / size
-            try:
-                loss, hits = step(x, y, weight)
-            except RuntimeError as err:  # a huge lr (times Adam's bias correction) beyond float32's range
-                if "overflow" not in str(err):
-                    raise
-                raise RunFailed(f"non-finite update in stage {stage!r} at epoch {epoch + 1}, step "
-                                f"{epoch * steps_per_epoch + i + 1}: lr {settings.lr_at(epoch):g} overflows float32 "
-                                f"(try a smaller lr)") from None
-            step_losses.append(loss)
-            step_hits.append(hits)
-            seen += len(y)
+            # Across processes a last batch too short to give every rank two examples is left out, on every
+            # rank alike (an empty slice has no mean loss; one example breaks batch norm).
+            if ranks == 1 or size >= 2 * ranks:
+                try:
+                    loss, hits = step(x, y, weight)
+                except RuntimeError as err:  # a huge lr (times Adam's bias correction) beyond float32's range
+                    if "overflow" not in str(err):
+                        raise
+                    raise RunFailed(f"non-finite update in stage {stage!r} at epoch {epoch + 1}, step "
+                                    f"{epoch * steps_per_epoch + i + 1}: lr {settings.lr_at(epoch):g} overflows "
+                                    f"float32 (try a smaller lr)") from None
+                step_losses.append(loss)
+                step_hits.append(hits)
+                seen += len(y)
             if after_step is not None:
                 new_masks = after_step(epoch * steps_per_epoch + i + 1)
                 if new_masks is not None:
                     masks = new_masks
                     step.use_masks(model, masks)
                     step.reapply()
+        distributed.sync_buffers(model)  # one model on every rank before it is evaluated or saved
         losses = torch.stack(step_losses).float()
         right = torch.stack(step_hits).sum().double().reshape(1)
         total = seen
