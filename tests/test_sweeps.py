@@ -246,7 +246,8 @@ def _job_config(sweep_dir: Path, num: int, name: str):
                                        "runtime": {"output_dir": str(sweep_dir / f"{num}_{name}")}}})
 
 
-def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("error", [TypeError, RuntimeError])
+def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch, error):
     """An unexpected exception (a bug) in one job must not lose the sweep summary: the job prints the
     traceback, records the failure and returns normally, so Hydra's sweeper sees a finished job (its public
     ``JobReturn.status`` is COMPLETED; nothing rewrites it), and the job's line says what happened."""
