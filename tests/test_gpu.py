@@ -117,3 +117,12 @@ def test_torchrun_on_two_gpus_runs_one_experiment_with_nccl(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["distributed"] == {"world_size": 2, "backend": "nccl", "masks_checked": 1, "masks_differed": 0}
     assert report["sparsity"]["zeros"] == round(0.8 * report["sparsity"]["prunable_weights"])
+
+
+def test_cuda_graph_latency_is_reported_beside_the_eager_one(run_api):
+    report, _ = run_api("device=cuda", "model=lenet5", "strategy=activation", "sparsity=0.5", "finetune.epochs=1",
+                        "measure.batch_sizes=[1,64]", name="graph-latency")
+    graphs = report["latency_cuda_graph"]
+    assert set(graphs) == {"dense", "masked", "shrunk"}
+    assert all(set(entry) == {"batch_1_ms", "batch_64_ms"} and min(entry.values()) > 0 for entry in graphs.values())
+    assert set(report["speedup"]["measured_cuda_graph"]) == {"batch_1", "batch_64"}

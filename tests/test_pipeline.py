@@ -157,6 +157,15 @@ def test_cost_fields_are_measured(run_api):
         f"batch_{n}": latency["dense"][f"batch_{n}_ms"] / latency["masked"][f"batch_{n}_ms"] for n in (1, 256)}
 
 
+def test_latency_is_timed_at_the_batch_sizes_asked_for(run_api):
+    report, _ = run_api("sparsity=0.5", "model.hidden=[100]", "measure.batch_sizes=[1,32]")
+    assert all(set(entry) == {"batch_1_ms", "batch_32_ms"} for entry in report["latency"].values())
+    assert set(report["speedup"]["measured"]) == {"batch_1", "batch_32"}
+    import torch
+    if not torch.cuda.is_available() or report["experiment"]["device"] == "cpu":
+        assert report["latency_cuda_graph"] == {}  # CUDA graphs exist on a GPU only
+
+
 def test_first_round_scores_are_shared_across_sparsities(run_api, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path / "cache"))  # its own: other tests score the same
     a, _ = run_api("strategy=activation", "sparsity=0.5", name="a")

@@ -96,6 +96,7 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
         "cache": dict(record.cache),
         "flops": dict(measured["flops"]),
         "latency": measured["latency"],
+        "latency_cuda_graph": measured.get("latency_cuda_graph") or {},
         "size_bytes": measured["size_bytes"],
         "speedup": measured["speedup"],
         "shrunk": measured["shrunk"],
