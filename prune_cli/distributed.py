@@ -87,8 +87,16 @@ def join_job_tasks() -> bool:
 def stop() -> None:
     if not launched():  # a single process never loaded torch.distributed for this (--help stays torch-free)
         return
+    import datetime
+
     import torch.distributed as dist
     if active():
+        # Leave together: a rank that tears its connections down while another still uses them can abort the
+        # other's communication threads. A peer that is gone (an error path) is waited for a minute at most.
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        except Exception:  # noqa: BLE001 - a lost peer, or a backend without a monitored barrier
+            pass
         dist.destroy_process_group()
 
 
