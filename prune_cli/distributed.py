@@ -91,12 +91,14 @@ def stop() -> None:
 
     import torch.distributed as dist
     if active():
-        # Leave together: a rank that tears its connections down while another still uses them can abort the
-        # other's communication threads. A peer that is gone (an error path) is waited for a minute at most.
-        try:
-            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
-        except Exception:  # noqa: BLE001 - a lost peer, or a backend without a monitored barrier
-            pass
+        if COMPLETED[0]:
+            # Leave together: a rank that tears its connections down while rank 0 still writes can abort the
+            # other's communication threads. Only after a completed run: on an error path the peers may be in
+            # other collectives, or gone.
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            except Exception:  # noqa: BLE001 - a lost peer, or a backend without a monitored barrier
+                pass
         dist.destroy_process_group()
 
 
@@ -105,6 +107,7 @@ def backend(device: "torch.device") -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+COMPLETED = [False]  # the experiment finished on every rank (set after its last barrier)
 AGREED = [0]    # prunes after which the ranks' masks were compared, in this process
 DIFFERED = [0]  # of those, the prunes where some rank had computed other masks than rank 0 (then replaced)
 

@@ -68,7 +68,7 @@ def test_two_processes_run_one_experiment_like_one_process(tmp_path, overrides):
 
 
 def test_sigterm_to_torchrun_leaves_an_interrupted_run_that_the_same_command_resumes(tmp_path):
-    args = [*SMALL, "finetune.epochs=60", "sparsity=0.8", "checkpoint.every_s=0", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [*SMALL, "finetune.epochs=30", "sparsity=0.8", "checkpoint.every_s=0", f"hydra.run.dir={tmp_path / 'run'}"]
     process = torchrun(args, tmp_path, start_new_session=True)
     log = tmp_path / "run" / "metrics.csv"
     deadline = time.monotonic() + 120

@@ -206,6 +206,7 @@ class Experiment:
                 report = finish(self, outcome)
                 self.loggers.finish(report)
             distributed.barrier()
+            distributed.COMPLETED[0] = True
             return report
         finally:
             self.loggers.close()
