@@ -227,7 +227,7 @@ def top_level() -> dict:
         "cache": {"enabled": Bool(), "dir": Text()},
         "checkpoint": {"every_s": Num(0.0, 1e9)},
         "measure": {"latency": Bool(), "latency_budget_s": Num(0.0, 3600.0, lo_open=True),
-                    "batch_sizes": ListOf(Int(1, 1_000_000), min_len=1, max_len=8)},
+                    "batch_sizes": ListOf(Int(1, 65_536), min_len=1, max_len=8)},
         "export": {"sparse": Bool(), "min_sparsity": Num(0.0, 1.0)},
         "logger": Noted(Optional_(Free(mapping=True)), "loggers by name: csv, tensorboard, mlflow"),
         "quantize": {"name": Choice(("none", "int8_dynamic", "int8_weight_only", "int8_static"))},

@@ -42,8 +42,9 @@ def t_quantile(df: int, level: float = 0.95) -> float:
 
 
 def paired_interval(differences: Sequence[float], level: float = 0.95) -> dict:
-    """Mean of paired differences (one per seed) and its Student-t interval; ``tie`` when it contains 0.
-    A single pair has no interval (``low``/``high`` None) and is never called a difference."""
+    """Mean of paired differences (one per seed) and its Student-t interval; ``tie`` when it contains 0, or when
+    there are fewer than three pairs (one has no interval; two identical differences would give a zero-width
+    one that claims far more than two samples can)."""
     values = [float(d) for d in differences]
     n = len(values)
     mean = statistics.fmean(values) if values else math.nan
@@ -52,7 +53,7 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> dict:
         half = t_quantile(n - 1, level) * statistics.stdev(values) / math.sqrt(n)
     low, high = (None, None) if half is None else (mean - half, mean + half)
     return {"n": n, "mean": mean, "low": low, "high": high,
-            "tie": half is None or low <= 0.0 <= high}
+            "tie": half is None or n < 3 or low <= 0.0 <= high}
 
 
 def resolution(examples: int) -> float:

@@ -101,3 +101,20 @@ def test_layer_rates_set_some_layers_and_the_rest_reach_the_exact_total(scope):
 def test_layer_rates_that_cannot_be_completed_are_refused():
     with pytest.raises(ValueError, match="cannot be completed"):
         topk_masks({"a": torch.rand(10), "b": torch.rand(10)}, 0.1, "global", layer_rates={"a": 0.9})
+
+
+def test_own_rates_for_every_layer_meet_the_total_exactly_over_earlier_masks():
+    import torch
+    from prune_cli.pruning.masks import Masks, topk_masks
+    torch.manual_seed(0)
+    scores = {"a": torch.rand(10, 10), "b": torch.rand(3)}
+    # Earlier masks zero 2 of b's 3 weights; this round's own rates give b round(0.34 * 3) = 1: the floor wins
+    # and the surplus comes back from a, so the total is still exactly round(0.5 * 103) = 52.
+    previous = Masks({"a": torch.ones(10, 10), "b": torch.tensor([0.0, 0.0, 1.0])})
+    masks = topk_masks(scores, 0.5, "layer", previous=previous, layer_rates={"a": 0.5, "b": 0.34})
+    zeros = {name: int((mask == 0).sum()) for name, mask in masks.items()}
+    assert zeros == {"a": 50, "b": 2} and sum(zeros.values()) == round(0.5 * 103)
+    assert bool((masks["b"][:2] == 0).all())  # masks only shrink
+    with pytest.raises(ValueError, match="already zero 3 weights, more than the 1 of this target"):
+        topk_masks({"b": torch.rand(3)}, 0.34, "layer", previous=Masks({"b": torch.zeros(3)}),
+                   layer_rates={"b": 0.34})

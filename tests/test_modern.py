@@ -205,3 +205,14 @@ def test_sequential_wanda_refuses_a_global_ranking():
     with pytest.raises(ValueError, match="strategy.scope=global: sequential wanda prunes each layer as it goes"):
         Wanda(scope="global")
     assert Wanda(scope="global", sequential=False).takes_layer_rates
+
+
+def test_sequential_wanda_scores_are_never_shared_across_sparsities(tmp_path):
+    """They depend on the target (each layer is measured on the layers before it pruned to it)."""
+    common = ["strategy=wanda", "model=lenet300", "train.epochs=1", "finetune.epochs=0", "measure.latency=false",
+              "progress=false", f"cache.dir={tmp_path / 'cache'}"]
+    first = prune_cli.run([*common, "sparsity=0.5"], tmp_path / "a")
+    second = prune_cli.run([*common, "sparsity=0.9"], tmp_path / "b")
+    assert second["cache"]["dense"] == "reused" and "scores" not in first["cache"] and "scores" not in second["cache"]
+    one_pass = prune_cli.run([*common, "sparsity=0.9", "strategy.sequential=false"], tmp_path / "c")
+    assert one_pass["cache"]["scores"] == "computed"  # one pass on the dense model: shareable as before

@@ -58,6 +58,7 @@ def test_search_finds_the_boundary_on_validation_data_and_resumes(tmp_path, caps
     (["strategy=magnitude,gradnt"], "strategy=gradnt: no such option; did you mean gradient?"),
     (["strategy=../strategy/magnitude"], "strategy=../strategy/magnitude: not a strategy name"),
     (["strategy=magnitude,activation", "strategy.scope=nowhere"], "strategy.scope='nowhere': must be one of"),
+    (["strategy=auto", "schedule=lottery"], "schedule=lottery: strategy=auto screens every family at the same budget"),
 ])
 def test_bad_search_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     """Refused before the first probe: within seconds, and no search directory is made."""

@@ -22,8 +22,14 @@ def add_baseline(rows: list[dict], reports: Sequence[dict], by: Sequence[str], b
     if baseline not in strategies:
         raise UsageError(f"--baseline {baseline}: no compared run has strategy={baseline}; they have "
                          f"{', '.join(sorted(map(str, strategies)))}")
+    # A run repeated with the same config and seed counts once (as in the summary rows).
+    reports = list({r.get("fingerprint") or id(r): r for r in reports}.values())
     labels = variant_labels(reports, by)
     others = [k for k in by if k not in ("strategy", "variant")]
+
+    def label(report):
+        variant = group_value(report, "variant")
+        return labels.get(variant, variant) if labels else None
 
     def key(report):
         return tuple(group_value(report, k) for k in others) + (group_value(report, "seed"),)
@@ -32,18 +38,24 @@ def add_baseline(rows: list[dict], reports: Sequence[dict], by: Sequence[str], b
     for report in reports:
         if group_value(report, "strategy") == baseline:
             base.setdefault(key(report), []).append(report)
+
+    def partner(report):
+        """The baseline run of the same settings and seed: of the same variant where the baseline has several."""
+        found = base.get(key(report), [])
+        if len(found) > 1:
+            found = [r for r in found if label(r) == label(report)]
+        return found[0] if len(found) == 1 else None
     for row in rows:
         if row.get("strategy") == baseline:
             continue
         members = [r for r in reports if all(group_value(r, k) == row.get(k) for k in by if k != "variant")
-                   and ("variant" not in row or labels.get(group_value(r, "variant"), group_value(r, "variant"))
-                        == row["variant"])]
+                   and ("variant" not in row or label(r) == row["variant"])]
         differences = []
         for report in members:
-            partners = base.get(key(report), [])
+            other = partner(report)
             mine, theirs = number((report.get("accuracy") or {}).get("finetuned")), None
-            if len(partners) == 1:
-                theirs = number((partners[0].get("accuracy") or {}).get("finetuned"))
+            if other is not None:
+                theirs = number((other.get("accuracy") or {}).get("finetuned"))
             if mine is not None and theirs is not None:
                 differences.append(mine - theirs)
         if not differences:

@@ -24,10 +24,13 @@ def plot_costs(rows: Sequence[dict], out_dir) -> list:
         if not any(row.get(f"{name}_mean") is not None for row in rows):
             continue
         fig, panels = _figure(rows)
+        colour_of = _colour_map(panels)
         for (pair, pair_rows), ax in zip(panels.items(), fig.axes):
-            for (label, series), colour in zip(_series(pair_rows).items(), _colours()):
-                points = sorted((r[f"{name}_mean"], 100 * r["accuracy_finetuned_mean"], r) for r in series
-                                if r.get(f"{name}_mean") is not None and r["accuracy_finetuned_mean"] is not None)
+            for label, series in _series(pair_rows).items():
+                colour = colour_of[label]
+                points = sorted(((r[f"{name}_mean"], 100 * r["accuracy_finetuned_mean"], r) for r in series
+                                 if r.get(f"{name}_mean") is not None and r["accuracy_finetuned_mean"] is not None),
+                                key=lambda point: point[:2])
                 if not points:
                     continue
                 xs, ys, members = zip(*points)
@@ -60,13 +63,15 @@ def plot(rows: Sequence[dict], path: str | os.PathLike) -> None:
     dashed reference. Written as PNG."""
     x_key = "target_sparsity" if rows and "target_sparsity" in rows[0] else "sparsity_achieved_mean"
     fig, panels = _figure(rows)
+    colour_of = _colour_map(panels)
     for (pair, pair_rows), ax in zip(panels.items(), fig.axes):
         series = _series(pair_rows)
         ticks = set()
-        for index, ((label, members), colour) in enumerate(zip(series.items(), _colours())):
-            points = sorted((100 * (1 - r[x_key]), r) for r in members
-                            if _number(r.get(x_key)) is not None and r[x_key] < 1
-                            and r["accuracy_finetuned_mean"] is not None)
+        for index, (label, members) in enumerate(series.items()):
+            colour = colour_of[label]
+            points = sorted(((100 * (1 - r[x_key]), r) for r in members
+                             if _number(r.get(x_key)) is not None and r[x_key] < 1
+                             and r["accuracy_finetuned_mean"] is not None), key=lambda point: point[0])
             if not points:
                 continue
             xs, chosen = zip(*points)
@@ -120,11 +125,14 @@ def _legend(fig) -> None:
         fig.legend([handles[label] for label in labels], labels, loc="outside right upper", fontsize="small")
 
 
-def _colours():
-    """Distinct colours for up to 20 series (tab20's dark shades first), then round again."""
+def _colour_map(panels: dict) -> dict:
+    """{series label: colour}, one colour per label across every panel (the shared legend names them once):
+    distinct for up to 20 labels (tab20's dark shades first), then round again."""
     from matplotlib import colormaps
     table = colormaps["tab20"].colors
-    return itertools.cycle(list(table[0::2]) + list(table[1::2]))
+    colours = itertools.cycle(list(table[0::2]) + list(table[1::2]))
+    labels = list(dict.fromkeys(label for pair_rows in panels.values() for label in _series(pair_rows)))
+    return {label: next(colours) for label in labels}
 
 
 def _percent_ticks(ax, values: list[float]) -> None:

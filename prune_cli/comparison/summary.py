@@ -30,7 +30,9 @@ def _deployed_latency(report: dict):
     """Batch-256 latency of the model one would deploy: the shrunk one when there is one, else the masked."""
     latency = report.get("latency") or {}
     entry = latency.get("shrunk") or latency.get("masked") or {}
-    return entry.get("batch_256_ms")
+    timed = sorted((int(k[len("batch_"):-len("_ms")]), v) for k, v in entry.items()
+                   if k.startswith("batch_") and k.endswith("_ms") and k[len("batch_"):-len("_ms")].isdigit())
+    return timed[-1][1] if timed else None  # the largest batch timed (256 by default)
 
 
 # Summarised for the cost plots (accuracy against multiply-adds and against latency), not shown in the table.

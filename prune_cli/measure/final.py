@@ -91,7 +91,9 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
     out["speedup"] = _speedups(out, compressed)
     if graphs.get("dense") and (graphs.get("shrunk") or graphs.get("masked")):
         # The same speed-up without launch overhead: what the shrunk model saves in arithmetic on a GPU.
-        out["speedup"]["measured_cuda_graph"] = _ratios(graphs["dense"], graphs.get("shrunk") or graphs["masked"])
+        fast = "shrunk" if graphs.get("shrunk") else "masked"
+        out["speedup"]["measured_cuda_graph"] = _ratios(graphs["dense"], graphs[fast])
+        out["speedup"]["cuda_graph_of"] = fast  # the model those ratios are of (a shrunk one not captured: masked)
     return out
 
 

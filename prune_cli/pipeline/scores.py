@@ -30,7 +30,8 @@ def first_round_scores(exp, ctx) -> dict:
     import prune_cli.distributed as distributed
     # Across processes every rank scores (the same model, the same batches): no rank waits on the cache's lock
     # while the others wait for it, and none but rank 0 would write.
-    if exp.strategy.trains_before_scoring or not dense_entry or not exp.cfg.cache.enabled or distributed.active():
+    if exp.strategy.trains_before_scoring or exp.strategy.scores_depend_on_target \
+            or not dense_entry or not exp.cfg.cache.enabled or distributed.active():
         return exp.strategy.score(ctx)
     key = cache_key({"dense": dense_entry, "strategy": plain(exp.cfg.strategy), "seed": exp.seed,
                      "prunable": exp.prunable, "batch_size": ctx.batch_size})

@@ -155,11 +155,28 @@ def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str =
     wanted = {name: float(rate) * flat[name].numel() for name, rate in layer_rates.items()}
     counts = {name: round(z) for name, z in wanted.items()}
     if not rest and layer_rates:
-        # Every tensor has its own rate: round them so that they add up to the total (largest remainders).
-        counts = {name: int(z) for name, z in wanted.items()}
+        # Every tensor has its own rate: round them so that they add up to the total (largest remainders),
+        # never below the zeros a tensor already has (masks only shrink) nor above its size.
+        floors = {name: int(torch.isinf(flat[name]).sum()) for name in wanted}
+        if sum(floors.values()) > goal:
+            raise ValueError(f"the earlier masks already zero {sum(floors.values())} weights, more than the {goal} "
+                             f"of this target; masks only shrink")
+        counts = {name: max(floors[name], int(z)) for name, z in wanted.items()}
         short = goal - sum(counts.values())
-        for name in sorted(wanted, key=lambda n: wanted[n] - counts[n], reverse=True)[:max(0, short)]:
-            counts[name] += 1
+        order = sorted(wanted, key=lambda n: wanted[n] - int(wanted[n]), reverse=True)
+        while short > 0:  # add to the largest remainders first, round robin until the total is met
+            grown = False
+            for name in order:
+                if short and counts[name] < flat[name].numel():
+                    counts[name] += 1
+                    short -= 1
+                    grown = True
+            if not grown:
+                break
+        for name in reversed(order):  # a floor above the rate: take the surplus back where a layer can give it
+            while short < 0 and counts[name] > max(floors[name], 0) and counts[name] > wanted[name]:
+                counts[name] -= 1
+                short += 1
     fixed = {name: max(int(torch.isinf(flat[name]).sum()), k) for name, k in counts.items()}
     left = goal - sum(fixed.values())
     rest_size = sum(flat[n].numel() for n in rest)

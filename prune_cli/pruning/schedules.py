@@ -227,6 +227,9 @@ class Lottery(Schedule):
         if self.rewind_epoch > train_epochs:
             raise UsageError(f"schedule.rewind_epoch={self.rewind_epoch}: must be at most train.epochs "
                              f"({train_epochs}), the epochs of dense training it rewinds to")
+        if int(train_epochs) == 0 and self.fixed_epochs is None:
+            raise UsageError("train.epochs=0: schedule=lottery retrains for train.epochs every round, so its rounds "
+                             "would not train at all; set schedule.epochs_per_round")
 
     def describe(self):
         out = {"name": self.name, "protocol": self.resolved, "rate_per_round": self.rate,

@@ -25,15 +25,25 @@ def val_correct(run_dir: Path, report: dict) -> Optional[torch.Tensor]:
     reported = (report.get("val_accuracy") or {}).get("finetuned")
     if reported is None or not path.exists():
         return None
+    import torch
     config = safe_load(path).get("config") or {}
     data = load_dataset(OmegaConf.create(config["dataset"]))
     if data.val is None:
         return None
+    # Measured as the run measured it: on its device (a GPU when there is one), in its precision and matmul
+    # precision, so the count matches the report's.
+    device = str((report.get("experiment") or {}).get("device") or "cpu")
+    device = device if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
     # The run composed this model's config itself: its own target is as trusted as the run was.
     target = str((config.get("model") or {}).get("_target_", ""))
-    model = load_checkpoint(path, trusted=(target,) if target else ())
-    precision = (report.get("precision") or {}).get("eval", "fp32")
-    hits = correct(model, data.val, precision=precision)
+    model = load_checkpoint(path, map_location=device, trusted=(target,) if target else ())
+    precision = report.get("precision") or {}
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision.get("matmul", matmul))
+    try:
+        hits = correct(model, data.val.to(device), precision=precision.get("eval", "fp32"))
+    finally:
+        torch.set_float32_matmul_precision(matmul)
     # Batch composition can move a float by an ulp, never a prediction by a whole example on the same device;
     # a run measured on another device may differ, and is then left out rather than half-trusted.
     if abs(int(hits.sum()) - reported * len(hits)) > 0.5:

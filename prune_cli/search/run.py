@@ -240,8 +240,8 @@ def screen(settings: Settings, overrides: list[str], counter: list) -> tuple[lis
                 r["verdict"] = f"kept: a tie with {last['strategy']} (McNemar p = {test['p_value']:.2g})"
                 continue
             r["verdict"] = f"dropped: below {last['strategy']} (McNemar p = {test['p_value']:.2g})"
-        else:
-            r["verdict"] = "dropped (its validation results could not be re-measured for a paired test)"
+        else:  # no paired test possible: not shown to be worse, so kept (a tie is not a loss)
+            r["verdict"] = "kept: its validation results could not be re-measured for a paired test"
     names = [r["strategy"] for r in ranked if r["verdict"].startswith("kept")]
     for r in rows:
         r["kept"] = r["strategy"] in names
@@ -258,7 +258,9 @@ def check_before_probing(settings: Settings, overrides: list[str], strategies: l
     import re
     from prune_cli.app.dry_run import make_plan
     from prune_cli.config import compose_config
-    names = [s for s in strategies if s != "auto"] if strategies != ["auto"] else SCREENED
+    auto = strategies == ["auto"]
+    names = [s for s in strategies if s != "auto"] if not auto else SCREENED
+    refused = []
     for name in names:
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", name):
             raise UsageError(f"strategy={name}: not a strategy name (an option of conf/strategy, e.g. magnitude); "
@@ -267,7 +269,18 @@ def check_before_probing(settings: Settings, overrides: list[str], strategies: l
         if float(cfg.dataset.get("val_fraction") or 0.0) <= 0.0:
             raise UsageError(f"dataset.val_fraction={cfg.dataset.get('val_fraction')}: prune-search needs a "
                              f"validation split to choose on; use a fraction above 0 (default 0.1)")
-        make_plan(cfg)
+        if auto and (cfg.schedule.name == "lottery" or cfg.schedule.get("epochs_per_round") is not None):
+            raise UsageError(f"schedule={cfg.schedule.name}: strategy=auto screens every family at the same "
+                             f"budget, search.screen_epochs of fine-tuning, which this schedule's own per-round "
+                             f"training would not keep; screen with schedule=oneshot, iterative or gradual")
+        try:
+            make_plan(cfg)
+        except UsageError as err:
+            if not auto:
+                raise
+            refused.append(str(err))  # screening records the family as refused and goes on
+    if auto and len(refused) == len(names):
+        raise UsageError(f"strategy=auto: every family is refused here; the first: {refused[0]}")
 
 
 def search(settings: Settings, overrides: list[str], strategies: list[str]) -> dict:

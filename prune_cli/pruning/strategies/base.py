@@ -66,6 +66,9 @@ class Strategy:
     # Whether pruning also changes the surviving weights (SparseGPT's reconstruction): such a strategy gives
     # its masks through ``reconstruct`` instead of scores.
     reconstructs = False
+    # Whether the scores of a dense model depend on the target (a strategy that prunes while it scores, such
+    # as sequential Wanda): such scores are never shared across sparsities through the cache.
+    scores_depend_on_target = False
 
     def __init__(self, scope: str = "global", prune_classifier: bool = True, name: Optional[str] = None,
                  granularity: str = "unstructured", layer_sparsity: Optional[dict] = None,

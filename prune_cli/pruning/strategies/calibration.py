@@ -139,6 +139,8 @@ class Wanda(_Calibrated):
         kwargs.setdefault("scope", "row")  # the paper's comparison group
         super().__init__(**kwargs)
         self.sequential = bool(sequential)
+        # Pruning as it scores, sequential Wanda's scores depend on the target: never shared across sparsities.
+        self.scores_depend_on_target = self.sequential
         if self.sequential:
             if self.scope == "global":
                 raise ValueError("strategy.scope=global: sequential wanda prunes each layer as it goes, so it "
