@@ -38,7 +38,7 @@ def prunable_of(model: nn.Module, example: torch.Tensor, strategy, schedule, spa
             f"{classifier_name(model)}.weight"):
         from prune_cli.errors import UsageError
         raise UsageError(f"schedule.classifier_rate: strategy={strategy.name} sets every layer's rate itself, so "
-                         f"the output layer cannot take another (use schedule.classifier_rate=1.0)")
+                         f"the output layer cannot take another (use schedule.protocol=totals)")
     layers = []
     if strategy.structured:
         from prune_cli.pruning.units import check_reachable, sparing, unit_layers

@@ -39,7 +39,7 @@ def check_layer_sparsity(strategy, prunable: list, params: Mapping, sparsity: fl
     final = round_layer_rates(rates, own, sparsity, sparsity)
     if not final:
         return
-    key = "strategy.layer_sparsity" if rates else "schedule.classifier_rate"
+    key = "strategy.layer_sparsity" if rates else "schedule.protocol"
     total = sum(sizes.values())
     fixed = sum(round(rate * sizes[n]) for n, rate in final.items())
     rest = total - sum(sizes[n] for n in final)
