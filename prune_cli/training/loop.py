@@ -72,7 +72,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         set_lr(optimizer, settings.lr_at(epoch))
-        step_losses, step_hits, seen = [], [], 0  # kept on the device; read once per epoch (no per-step sync)
+        step_losses, predicted, labels = [], [], []  # kept on the device; read once per epoch (no per-step sync)
         batches = train.batches(settings.batch_size, shuffle=True, generator=epoch_generator(seed, epoch))
         for i, (x, y) in enumerate(batches):
             weight, size = 1.0, len(y)
@@ -83,7 +83,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
             # rank alike (an empty slice has no mean loss; one example breaks batch norm).
             if ranks == 1 or size >= 2 * ranks:
                 try:
-                    loss, hits = step(x, y, weight)
+                    loss, predictions = step(x, y, weight)
                 except RuntimeError as err:  # a huge lr (times Adam's bias correction) beyond float32's range
                     if "overflow" not in str(err):
                         raise
@@ -91,8 +91,8 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                                     f"{epoch * steps_per_epoch + i + 1}: lr {settings.lr_at(epoch):g} overflows "
                                     f"float32 (try a smaller lr)") from None
                 step_losses.append(loss)
-                step_hits.append(hits)
-                seen += len(y)
+                predicted.append(predictions)
+                labels.append(y)
             if after_step is not None:
                 new_masks = after_step(epoch * steps_per_epoch + i + 1)
                 if new_masks is not None:
@@ -101,8 +101,8 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                     step.reapply()
         distributed.sync_buffers(model)  # one model on every rank before it is evaluated or saved
         losses = torch.stack(step_losses).float()
-        right = torch.stack(step_hits).sum().double().reshape(1)
-        total = seen
+        right = (torch.cat(predicted) == torch.cat(labels)).sum().double().reshape(1)
+        seen = total = sum(len(y) for y in labels)
         if ranks > 1:  # every rank sees the same epoch losses (each step's whole-batch loss), and stops alike
             losses = distributed.all_sum(losses) / ranks
             right = distributed.all_sum(right)

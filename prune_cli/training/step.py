@@ -43,8 +43,8 @@ def prepare(model: nn.Module) -> None:
 
 
 class TrainStep:
-    """``step(x, y) -> (loss, hits)``: the batch's loss and how many of its examples the forward pass got right
-    (tensors on the device: nothing here waits on them)."""
+    """``step(x, y) -> (loss, predictions)``: the batch's loss and the forward pass's predicted classes (tensors
+    on the device: nothing here waits on them)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, precision: str,
                  compile: object, regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None,
@@ -58,6 +58,9 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
         self.pairs: tuple[list, list] = ([], [])
         self.compiled = bool(compile)
+        # A CUDA-graph replay reuses its output memory at the next step, and the loop keeps each step's loss and
+        # predictions until the epoch ends: those are copied out (two small kernels) before the next replay.
+        self.copies_outputs = compile == "reduce-overhead" and self.device.type == "cuda"
         self.shapes: set = set()         # batch shapes the compiled step has seen
         self.compile_seconds = 0.0       # first calls per shape of a compiled step
         # fp16's scaler unscales, checks for infinities and skips steps on the host: the update stays eager.
@@ -84,22 +87,23 @@ class TrainStep:
                 loss = loss * weight
             if self.regularizer is not None:
                 loss = loss + self.regularizer(self.model)
-        # Training accuracy from the step's own predictions: no extra pass over the data.
-        return loss, (logits.detach().argmax(dim=1) == y).sum()
+        # Training accuracy from the step's own predictions (no extra pass over the data); the loop compares
+        # them with the labels once per epoch, so a step adds one small kernel.
+        return loss, logits.detach().argmax(dim=1)
 
     def _forward_backward(self, x, y, weight):
-        loss, hits = self._loss(x, y, weight)
+        loss, predictions = self._loss(x, y, weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        return loss.detach(), hits
+        return loss.detach(), predictions
 
     def _whole_step(self, x, y, params, masks, weight):
-        loss, hits = self._loss(x, y, weight)
+        loss, predictions = self._loss(x, y, weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         _apply(params, masks)
-        return loss.detach(), hits
+        return loss.detach(), predictions
 
     def __call__(self, x, y, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the batch; ``weight`` scales its loss (1.0 but in a run across processes)."""
@@ -107,12 +111,15 @@ class TrainStep:
             return self._first_of_shape(x, y, weight)  # compiles: timed, once per batch shape
         params, masks = self.pairs
         if self.scaler is None:
-            return self.body(x, y, params, masks, weight)
-        loss, hits = self.body(x, y, weight)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        _apply(params, masks)
-        return loss, hits
+            loss, predictions = self.body(x, y, params, masks, weight)
+        else:
+            loss, predictions = self.body(x, y, weight)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            _apply(params, masks)
+        if self.copies_outputs:
+            return loss.clone(), predictions.clone()
+        return loss, predictions
 
     def _first_of_shape(self, x, y, weight) -> tuple[torch.Tensor, torch.Tensor]:
         """A compiled step's first call for a batch shape, timed to the end of its work: what compiling costs
