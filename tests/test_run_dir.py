@@ -28,8 +28,8 @@ def test_the_launch_directory_is_refused_and_the_users_files_stay(tmp_path, caps
     before = snapshot(tmp_path)
     code, _, err = run_in_process([*TINY, f"hydra.run.dir={spelling}"], capsys, monkeypatch, tmp_path)
     assert code == 2
-    assert err.strip().splitlines() == [f"prune-run: hydra.run.dir=.: is the launch directory; a run "
-                                        f"needs a directory of its own (e.g. hydra.run.dir=outputs/runs/NAME)"]
+    assert err.strip().splitlines() == ["prune-run: hydra.run.dir=.: is the launch directory; a run "
+                                        "needs a directory of its own (e.g. hydra.run.dir=outputs/runs/NAME)"]
     assert snapshot(tmp_path) == before
 
 

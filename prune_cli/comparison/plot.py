@@ -181,7 +181,8 @@ def _dense_references(rows: Sequence[dict]) -> dict[str, float]:
         total[0] += row["accuracy_dense_mean"] * row["n"]  # weight by runs: rows can have different n
         total[1] += row["n"]
     if len(sums) == 1:
-        return {"dense": s / n for s, n in sums.values()}
+        (s, n), = sums.values()
+        return {"dense": s / n}
     return {f"dense ({pair})": s / n for pair, (s, n) in sums.items()}
 
 

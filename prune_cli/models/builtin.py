@@ -48,7 +48,7 @@ class MLP(nn.Module):
         self.normalize = Normalize(mean, std)
         sizes = [math.prod(input_shape)] + [scaled(h, width) for h in hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], num_classes))
         self.layers = nn.Sequential(*layers)

@@ -320,7 +320,7 @@ def search(settings: Settings, overrides: list[str], strategies: list[str]) -> d
 def _val_examples(results: dict, reports: list) -> Optional[int]:
     """The size of the validation split the choices were made on (from a chosen run, re-measured)."""
     from prune_cli.search.paired import val_correct
-    for (name, result), report in zip(results.items(), reports):
+    for result, report in zip(results.values(), reports):
         if report is not None:
             hits = val_correct(Path(result["chosen"]["run_dir"]), report)
             if hits is not None:
