@@ -4,7 +4,7 @@
   activations quantized on the fly); Conv layers stay float.
 - ``int8_weight_only``: ``Int8WeightOnlyConfig`` on the Linear layers (int8 weights, float activations).
 
-torch marks its own ``torch.ao.quantization`` deprecated in favour of torchao. torchao's int8 tensors cover
+torch deprecates its own older quantization package in favour of torchao. torchao's int8 tensors cover
 Linear layers only: a convolution on them has no kernel (``aten.convolution`` is unimplemented for
 ``Int8Tensor``). Its replacement for static, calibrated int8 of conv nets is the pt2e flow, which exports a
 graph specialised to one input shape and runs int8 only once inductor compiles it; so ``int8_static`` (the

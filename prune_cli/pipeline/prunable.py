@@ -33,12 +33,6 @@ def prunable_of(model: nn.Module, example: torch.Tensor, strategy, schedule, spa
                          f"{classifier_name(model)}.weight")
     if strategy.pattern is not None:
         check_pattern(model, names, strategy, schedule, sparsity)
-    elif not strategy.takes_layer_rates and schedule.layer_rates(
-            sparsity, {n: p.numel() for n, p in model.named_parameters() if n in names},
-            f"{classifier_name(model)}.weight"):
-        from prune_cli.errors import UsageError
-        raise UsageError(f"schedule.classifier_rate: strategy={strategy.name} sets every layer's rate itself, so "
-                         f"the output layer cannot take another (use schedule.protocol=totals)")
     layers = []
     if strategy.structured:
         from prune_cli.pruning.units import check_reachable, sparing, unit_layers

@@ -148,6 +148,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _apply(params, masks) -> None:
+    if not params:  # a dense model: not even the no-grad context (every step of an eager loop comes here)
+        return
     with torch.no_grad():
         for param, mask in zip(params, masks):
             param.mul_(mask)
