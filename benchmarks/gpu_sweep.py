@@ -27,16 +27,24 @@ SPARSITIES = [0.5, 0.7, 0.9, 0.95]
 SEEDS = [0, 1, 2, 3]
 
 
+def axes(jobs: int) -> tuple[list, list, list]:
+    """The strategies, sparsities and seeds of the first ``jobs`` combinations. One command line per sweep:
+    Hydra's sweeper takes their product, which is exactly ``jobs`` only for some counts (1-4, 8, 12, 16, 32)."""
+    combos = list(itertools.product(STRATEGIES, SPARSITIES, SEEDS))[:jobs]
+    values = [sorted({c[i] for c in combos}) for i in range(3)]
+    return values[0], values[1], values[2]
+
+
+def allowed_job_counts() -> list[int]:
+    return sorted({n for n in range(1, len(STRATEGIES) * len(SPARSITIES) * len(SEEDS) + 1)
+                   if len(axes(n)[0]) * len(axes(n)[1]) * len(axes(n)[2]) == n})
+
+
 def sweep(work: Path, device: str, jobs: int, n_jobs: int, extra: list[str]) -> float:
     """One ``prune-run -m`` over the first ``jobs`` combinations; its wall time (a fresh cache each time)."""
-    combos = list(itertools.product(STRATEGIES, SPARSITIES, SEEDS))[:jobs]
+    strategies, sparsities, seeds = axes(jobs)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    # One command line per sweep: Hydra's sweeper takes the product, so list the combos' values and keep
-    # the product at most ``jobs`` (the three axes in full give 32).
-    strategies = sorted({c[0] for c in combos})
-    sparsities = sorted({c[1] for c in combos})
-    seeds = sorted({c[2] for c in combos})
     command = [sys.executable, "-m", "prune_cli.app.cli", "-m", "model=lenet300", "dataset=digits",
                f"device={device}", "progress=false", "measure.latency=false", f"hydra.sweep.dir={work / 'sweep'}",
                f"strategy={','.join(strategies)}", f"sparsity={','.join(map(str, sparsities))}",
@@ -61,6 +69,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--extra", nargs="*", default=[])
     args = parser.parse_args()
+    if args.jobs not in allowed_job_counts():
+        parser.error(f"--jobs {args.jobs}: a sweep's product of strategies, sparsities and seeds gives one of "
+                     f"{', '.join(map(str, allowed_job_counts()))}")
     walls = {"serial": [], f"n_jobs={args.n_jobs}": []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

@@ -50,6 +50,10 @@ def hand(model, x, y, batch, precision="fp32", channels_last=False, compile_mode
         return loss.detach()
 
     if compile_mode is not None:
+        # SGD makes its momentum buffers on its first step: made here first (zeros give the same step), or
+        # inside a CUDA graph they would be outputs whose memory the next replay reuses.
+        for p in model.parameters():
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         step = torch.compile(step, mode=compile_mode, backend=backend)
     g = torch.Generator().manual_seed(0)
 

@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Small and fast: the real numbers live in benchmarks/, not here.
-TINY = ["train.epochs=3", "finetune.epochs=2", "checkpoint.every_s=0", "measure.latency_budget_s=0.01"]
+# Small and fast: the real numbers live in benchmarks/, not here. On the CPU, where the figures the tests pin
+# (bit-identical resume, exact losses and messages) hold on any machine; a test of another device says so
+# after these (a later override wins), and the CUDA paths have tests/test_gpu.py.
+TINY = ["device=cpu", "train.epochs=3", "finetune.epochs=2", "checkpoint.every_s=0", "measure.latency_budget_s=0.01"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,6 +75,14 @@ def prune_run(args, cwd, env=None, timeout=300):
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.run([sys.executable, "-m", "prune_cli.app.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def default_stop_signals() -> None:
+    """``preexec_fn`` of a child a test stops with SIGINT or SIGHUP: their default dispositions. A suite started
+    in the background (``pytest &``) has SIGINT ignored, under nohup SIGHUP too; children inherit that, and
+    Python then keeps them ignored, as a program started that way should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def read_report(run_dir) -> dict:

@@ -113,7 +113,7 @@ def test_disabled_cache_touches_nothing(tmp_path):
 
 # --- in the pipeline ------------------------------------------------------------------------------------------
 
-QUICK = ["train.epochs=2", "finetune.epochs=1", "train.batch_size=256", "finetune.batch_size=256",
+QUICK = ["device=cpu", "train.epochs=2", "finetune.epochs=1", "train.batch_size=256", "finetune.batch_size=256",
          "measure.latency=false", "checkpoint.every_s=0"]
 
 

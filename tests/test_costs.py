@@ -219,3 +219,21 @@ def test_shrunk_matches_masked_within_1e5_of_the_output_scale(monkeypatch, scale
     assert out["shrunk"]["max_abs_output"] == pytest.approx(peak, rel=1e-6)
     assert out["shrunk"]["max_abs_diff"] == pytest.approx(shift, rel=1e-2)
     assert out["shrunk"]["matches_masked"] is matches
+
+
+def test_the_shrunk_check_runs_in_ieee_float32_and_restores_the_settings():
+    """TF32 (a GPU's default for convolutions, and matmul_precision=high) moves outputs by ~1e-3: the masked
+    and shrunk models are compared without it, and the run's own settings come back, after an error too."""
+    from prune_cli.measure.final import ieee_fp32
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")
+    try:
+        with pytest.raises(KeyError):
+            with ieee_fp32():
+                assert torch.get_float32_matmul_precision() == "highest"
+                assert torch.backends.cudnn.allow_tf32 is False
+                raise KeyError("inside")
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("high", True)
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]

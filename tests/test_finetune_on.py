@@ -8,7 +8,7 @@ import torch
 from prune_cli.storage.resume import RunState
 from prune_cli.storage.safe_load import safe_load
 
-STRUCTURED = ["model=lenet300", "strategy=magnitude", "strategy.granularity=structured", "sparsity=0.5",
+STRUCTURED = ["device=cpu", "model=lenet300", "strategy=magnitude", "strategy.granularity=structured", "sparsity=0.5",
               "measure.latency=false"]
 
 

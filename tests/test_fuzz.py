@@ -18,7 +18,7 @@ from prune_cli.config import compose_config
 from conftest import options, run_in_process
 
 # Small and fast wherever a drawn value is valid: a few steps of training, no latency timing.
-BASE = ["train.epochs=1", "finetune.epochs=1", "train.batch_size=512", "finetune.batch_size=512",
+BASE = ["device=cpu", "train.epochs=1", "finetune.epochs=1", "train.batch_size=512", "finetune.batch_size=512",
         "checkpoint.every_s=0", "measure.latency=false", "strategy.epochs=1"]
 VALUES = ["abc", "''", "null", "true", "false", "[]", "[1]", "[0]", "[-1]", "{}", "{a: 1}", "nan", "inf", "-inf",
           "-1", "0", "1", "0.5", "2.5", "1e30", "-1e30", str(2 ** 70), "/../../escaped", "' '"]

@@ -11,7 +11,7 @@ import pytest
 import prune_cli
 from conftest import run_in_process
 
-RUN = ["train.epochs=3", "finetune.epochs=2", "schedule=iterative", "schedule.rounds=2", "sparsity=0.8",
+RUN = ["device=cpu", "train.epochs=3", "finetune.epochs=2", "schedule=iterative", "schedule.rounds=2", "sparsity=0.8",
        "dataset.val_fraction=0.1", "measure.latency=false", "progress=false"]
 
 

@@ -18,7 +18,7 @@ from prune_cli.pruning.strategies.calibration import SparseGPT, Wanda, _block_co
 from prune_cli.data.splits import TensorSplit
 from prune_cli.storage.safe_load import safe_load
 
-FAST = ["model=lenet300", "train.epochs=2", "measure.latency=false", "progress=false"]
+FAST = ["device=cpu", "model=lenet300", "train.epochs=2", "measure.latency=false", "progress=false"]
 
 
 def test_nm_masks_keep_the_n_best_of_every_m_consecutive_inputs():

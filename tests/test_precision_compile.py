@@ -138,3 +138,49 @@ def test_inductor_compiles_a_real_step_on_the_cpu():
             assert bool((param[masks[name] == 0] == 0).all())
     for (name, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-4), name
+
+
+def test_sgd_momentum_made_before_a_compiled_step_gives_the_same_steps():
+    """SGD makes its momentum buffers on its first step; a compiled step gets them made first (inside a CUDA
+    graph they would be outputs whose memory the next replay reuses). Zero buffers give the same steps, bit
+    for bit, Nesterov included; a loaded buffer is kept."""
+    models = [mlp(), mlp()]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True) for m in models]
+    step_module._state_made_eagerly(optimizers[1], None, torch.device("cpu"))
+    buffers = [optimizers[1].state[p]["momentum_buffer"] for p in models[1].parameters()]
+    assert all(b.shape == p.shape and not b.any() for b, p in zip(buffers, models[1].parameters()))
+    x, y = data(32).x, data(32).y
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    kept = optimizers[1].state[next(models[1].parameters())]["momentum_buffer"]
+    step_module._state_made_eagerly(optimizers[1], None, torch.device("cpu"))
+    assert optimizers[1].state[next(models[1].parameters())]["momentum_buffer"] is kept
+
+
+@pytest.mark.parametrize("saved_compiled", [False, True], ids=["eager-saved", "compiled-saved"])
+def test_a_resumed_optimizer_keeps_this_runs_lr_kind_and_kernels(saved_compiled):
+    """A run resumes its optimizer's state, not the saved run's choices of how to step it: a compiled step
+    needs its lr as a tensor (on the run's device), an eager one a float, whatever the saved run used."""
+    from prune_cli.training.settings import load_optimizer_state, make_optimizer
+    model = mlp()
+    settings = StageSettings(epochs=1, lr=0.01, batch_size=32, optimizer="adam")
+    saver = make_optimizer(model, StageSettings(epochs=1, lr=0.03, batch_size=32, compile=saved_compiled))
+    nn.functional.cross_entropy(model(data(32).x), data(32).y).backward()
+    saver.step()
+    saver.param_groups[0]["foreach"] = True  # a kernel choice the resumed run must not take over
+    saved = saver.state_dict()
+    for compiled in (False, True):
+        optimizer = make_optimizer(model, StageSettings(**{**settings.__dict__, "compile": compiled}))
+        load_optimizer_state(optimizer, saved)
+        group = optimizer.param_groups[0]
+        # 0.03 as saved; a float32 tensor on either side holds it as float32
+        lr = float(torch.tensor(0.03)) if compiled or saved_compiled else 0.03
+        assert isinstance(group["lr"], torch.Tensor) is compiled and float(group["lr"]) == lr
+        assert group["foreach"] is None
+        for name, value in saver.state[next(iter(saver.state))].items():
+            assert torch.equal(optimizer.state[next(iter(optimizer.state))][name], value), name

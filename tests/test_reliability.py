@@ -15,15 +15,15 @@ from prune_cli.storage.atomic import atomic_torch_save, atomic_write_text
 from prune_cli.storage.safe_load import safe_load
 from prune_cli.errors import UsageError
 
-from conftest import prune_run, read_report, run_in_process
+from conftest import default_stop_signals, prune_run, read_report, run_in_process
 
-SLOW_FINETUNE = ["model=lenet300", "train.epochs=2", "finetune.epochs=8", "finetune.batch_size=16",
+SLOW_FINETUNE = ["device=cpu", "model=lenet300", "train.epochs=2", "finetune.epochs=8", "finetune.batch_size=16",
                  "checkpoint.every_s=0", "sparsity=0.9", "measure.latency_budget_s=0.01"]
 
 
 def start(args, cwd, env):
     return subprocess.Popen([sys.executable, "-m", "prune_cli.app.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals)
 
 
 def wait_for_finetune_epoch(run_dir: Path, proc, at_least: int = 2, timeout: float = 120):
@@ -82,9 +82,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, stop, uninterr
 
 # SIGTERM's exit code and report are checked with its resume, above.
 @pytest.mark.parametrize("stop,named", [(signal.SIGINT, "by the user (Ctrl-C)"), (signal.SIGUSR1, "by SIGUSR1"),
-                                        pytest.param(signal.SIGHUP, "by SIGHUP", marks=pytest.mark.skipif(
-                                            signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
-                                            reason="SIGHUP is ignored here (nohup), and so by the run"))],
+                                        (signal.SIGHUP, "by SIGHUP")],
                          ids=["SIGINT", "SIGUSR1", "SIGHUP"])
 def test_a_stop_signal_records_interrupted_and_exits_128_plus_it(tmp_path, stop, named):
     run_dir = tmp_path / "run"

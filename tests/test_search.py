@@ -9,7 +9,7 @@ import prune_cli
 from prune_cli.search import main
 from prune_cli.training.evaluate import evaluate
 
-RUN = ["model=lenet300", "train.epochs=3", "finetune.epochs=2", "measure.latency=false"]
+RUN = ["device=cpu", "model=lenet300", "train.epochs=3", "finetune.epochs=2", "measure.latency=false"]
 
 
 def test_search_finds_the_boundary_on_validation_data_and_resumes(tmp_path, capsys, monkeypatch):

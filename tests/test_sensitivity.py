@@ -11,7 +11,7 @@ from prune_cli.pruning.allocation import allocate
 from prune_cli.sensitivity import main
 from prune_cli.storage.safe_load import safe_load
 
-RUN = ["model=mlp", "train.epochs=2", "measure.latency=false"]
+RUN = ["device=cpu", "model=mlp", "train.epochs=2", "measure.latency=false"]
 
 
 def test_each_layer_alone_then_rates_from_the_curves(tmp_path, monkeypatch):

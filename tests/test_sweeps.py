@@ -13,7 +13,7 @@ import pytest
 from conftest import prune_run, read_report
 
 # Few, large batches and no latency timing: each job takes well under a second once torch is loaded.
-QUICK = ["train.epochs=2", "finetune.epochs=1", "train.batch_size=256", "finetune.batch_size=256",
+QUICK = ["device=cpu", "train.epochs=2", "finetune.epochs=1", "train.batch_size=256", "finetune.batch_size=256",
          "measure.latency=false", "checkpoint.every_s=0"]
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 # Tiny models on a shared machine run several times faster on one thread (no spinning on busy cores).

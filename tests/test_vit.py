@@ -16,7 +16,7 @@ from prune_cli.pruning.units import head_group, unit_groups, unit_masks
 from prune_cli.storage.safe_load import safe_load
 from prune_cli.training.evaluate import evaluate
 
-VIT = ["model=vit", "measure.latency=false"]
+VIT = ["device=cpu", "model=vit", "measure.latency=false"]
 
 
 @pytest.mark.parametrize("shape,patch,tokens", [((1, 8, 8), 2, 17), ((1, 28, 28), 7, 17), ((3, 32, 32), 8, 17)])

@@ -2,6 +2,7 @@
 structured result. Models are timed side by side (dense twin, masked, shrunk, CSR) for fair ratios."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -10,6 +11,7 @@ from prune_cli.measure.flops import count_flops
 from prune_cli.measure.latency import measure_latency
 from prune_cli.measure.sizes import checkpoint_sizes
 from prune_cli.training.evaluate import eval_mode
+from prune_cli.training.step import prepare
 
 log = logging.getLogger("prune_cli")
 # Largest output difference between masked and shrunk models that counts as the same model, relative to the
@@ -33,6 +35,8 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
     example_shape = tuple(example.shape[1:])
     masks = dict(masks) if masks else None
     out = {"flops": count_flops(model, example_shape, masks)}
+    for timed_model in (model, dense_twin):  # every model timed in one memory layout, so ratios are of pruning
+        prepare(timed_model)
     timed = {"masked": model, "dense": dense_twin}
     shrunk_info = None
     if structured and masks:
@@ -44,6 +48,7 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
         shrunk_info["matches_masked"] = bool(diff <= EXACT * max(1.0, scale))
         if not shrunk_info["matches_masked"]:
             log.warning("shrunk model differs from the masked one by %.3g (outputs up to %.3g)", diff, scale)
+        prepare(shrunk_model)  # the layout the masked model trained in (channels-last conv nets on a GPU)
         timed["shrunk"] = shrunk_model
         out["flops"]["shrunk"] = count_flops(shrunk_model, example_shape)["dense"]
         shrunk_state = {k: v.detach().cpu().clone() for k, v in shrunk_model.state_dict().items()}
@@ -97,14 +102,29 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
     return out
 
 
+@contextlib.contextmanager
+def ieee_fp32():
+    """float32 arithmetic without TF32 (a GPU's default for convolutions, and for matmuls in a run with
+    ``matmul_precision=high``): TF32 keeps 10 mantissa bits, which moves outputs by ~1e-3, far above ``EXACT``."""
+    matmul, convolutions = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = convolutions
+        torch.set_float32_matmul_precision(matmul)
+
+
 @torch.inference_mode()
 def _max_output_diff(a, b, split) -> tuple[float, float]:
-    """(largest |a(x) - b(x)|, largest |a(x)|) over the split."""
+    """(largest |a(x) - b(x)|, largest |a(x)|) over the split, in IEEE float32."""
     worst, scale = 0.0, 0.0
-    for x, _ in split.batches(1024):
-        out = a(x)
-        worst = max(worst, float((out - b(x)).abs().max()))
-        scale = max(scale, float(out.abs().max()))
+    with ieee_fp32():
+        for x, _ in split.batches(1024):
+            out = a(x)
+            worst = max(worst, float((out - b(x)).abs().max()))
+            scale = max(scale, float(out.abs().max()))
     return worst, scale
 
 

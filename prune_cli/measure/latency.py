@@ -71,8 +71,13 @@ class GraphReplay:
                 model(self.x)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = model(self.x)
+        current = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.out = model(self.x)
+        finally:
+            # A capture that fails ends before torch.cuda.graph gives back the stream it captured on.
+            torch.cuda.set_stream(current)
 
     def __call__(self):
         self.graph.replay()

@@ -72,8 +72,7 @@ def nm_masks(scores: Mapping[str, torch.Tensor], pattern: NMPattern, kept: int,
     for name, score in scores.items():
         score = score.detach().float()
         if previous is not None and name in previous:
-            score = torch.where(previous[name].to(score.device) == 0, torch.tensor(float("-inf"), device=score.device),
-                                score)
+            score = score.masked_fill(previous[name].to(score.device) == 0, float("-inf"))
         groups = to_groups(score, pattern.m)
         order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :kept]
         mask = torch.zeros_like(groups).scatter_(1, order, 1.0)

@@ -17,7 +17,7 @@ from torch import nn
 
 from prune_cli.errors import RunFailed
 from prune_cli.pruning.masks import Masks
-from prune_cli.training.settings import StageSettings, make_optimizer, set_lr
+from prune_cli.training.settings import StageSettings, load_optimizer_state, make_optimizer, set_lr
 from prune_cli.training.step import TrainStep, prepare
 
 
@@ -60,7 +60,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     prepare(model)
     optimizer = make_optimizer(model, settings)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        load_optimizer_state(optimizer, optimizer_state)
     steps_per_epoch = train.num_batches(settings.batch_size)
     import prune_cli.distributed as distributed
     step = TrainStep(model, optimizer, loss_fn, settings.precision, settings.compile, regularizer,

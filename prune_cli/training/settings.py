@@ -84,6 +84,28 @@ def make_optimizer(model: nn.Module, settings: StageSettings) -> torch.optim.Opt
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
 
 
+# Options that say how a run steps its optimizer (which kernels; lr as a tensor for a compiled step), not what it
+# has learnt: a resumed run keeps the ones made for its own device and compile mode ("device" is result-neutral,
+# so a run begun on one device may be resumed on another).
+STEPPING = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Resume ``optimizer`` from ``saved`` (its ``state_dict()``, read onto the CPU). ``load_state_dict`` alone
+    takes every option from the saved groups: a saved lr tensor would come back on the CPU, where a CUDA-graph
+    step cannot read it, and the saved kernel choices would replace this device's."""
+    groups = []
+    for made, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
+        group = {**saved_group, **{key: made[key] for key in STEPPING if key in made}}
+        lr = float(saved_group["lr"])
+        if isinstance(made["lr"], torch.Tensor):
+            made["lr"].fill_(lr)
+            lr = made["lr"]
+        group["lr"] = lr
+        groups.append(group)
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The epoch's learning rate, in place where it is a tensor (a compiled step reads it without recompiling)."""
     for group in optimizer.param_groups:

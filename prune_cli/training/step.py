@@ -37,8 +37,8 @@ def prepare(model: nn.Module) -> None:
     """The memory layout a model trains fastest in, before its optimizer is made: on a GPU, a conv net in
     channels-last (NHWC, what cuDNN's tensor-core convolutions want). Parameters change layout in place, so
     masks and saved states still fit them."""
-    device = next(model.parameters()).device
-    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    param = next(model.parameters(), None)
+    if param is not None and param.is_cuda and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
 
 
@@ -56,6 +56,8 @@ class TrainStep:
         self.device = next(model.parameters()).device
         self.precision = precision
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        if compile:
+            _state_made_eagerly(optimizer, self.scaler, self.device)
         self.pairs: tuple[list, list] = ([], [])
         self.compiled = bool(compile)
         # A CUDA-graph replay reuses its output memory at the next step, and the loop keeps each step's loss and
@@ -66,6 +68,10 @@ class TrainStep:
         # fp16's scaler unscales, checks for infinities and skips steps on the host: the update stays eager.
         body = self._forward_backward if self.scaler is not None else self._whole_step
         if compile:
+            # Each stage's step compiles anew (another model, other shapes); dropping the last stage's code and
+            # graphs keeps a many-round schedule under dynamo's limit of entries per function, past which it
+            # would quietly fall back to eager.
+            torch.compiler.reset()
             mode = "reduce-overhead" if compile == "reduce-overhead" else None
             body = torch.compile(body, mode=mode, backend=BACKEND)
         self.body = body
@@ -140,6 +146,20 @@ class TrainStep:
     def reapply(self) -> None:
         """Multiply the masks in now (after the masks changed between steps)."""
         _apply(*self.pairs)
+
+
+def _state_made_eagerly(optimizer: torch.optim.Optimizer, scaler, device: torch.device) -> None:
+    """State that would otherwise be created inside the first compiled step, made before it. Tensors created in
+    a CUDA-graph step are that graph's outputs, and their memory is reused at the next replay: SGD's momentum
+    buffers (made on its first step) and the fp16 scaler's scale. A zero buffer gives the same first step
+    (``0 * momentum + grad`` is the gradient, as the clone SGD would make; dampening is 0 here)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        for group in optimizer.param_groups:
+            if group["momentum"] and not group["dampening"]:
+                for param in group["params"]:
+                    optimizer.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+    if scaler is not None:
+        scaler.scale(torch.zeros((), device=device))  # creates the scale and its growth tracker
 
 
 def _synchronize(device: torch.device) -> None:
