@@ -60,7 +60,7 @@ def test_the_environment_stamp_names_versions_commit_and_the_command_that_reruns
                    "torchvision": metadata.version("torchvision"), "hydra": metadata.version("hydra-core"),
                    "python": platform.python_version(), "cuda": torch.version.cuda,
                    "device_name": env["device_name"], "host": env["host"], "git_commit": head, "git_dirty": False,
-                   "command": "prune-run train.epochs=3 finetune.epochs=2 checkpoint.every_s=0 "
+                   "command": "prune-run device=cpu train.epochs=3 finetune.epochs=2 checkpoint.every_s=0 "
                               "measure.latency_budget_s=0.01 strategy.scope=layer"}
     assert env["device_name"] and env["host"]
     markdown = (tmp_path / "run" / "report.md").read_text()
