@@ -126,3 +126,43 @@ def test_cuda_graph_latency_is_reported_beside_the_eager_one(run_api):
     assert set(graphs) == {"dense", "masked", "shrunk"}
     assert all(set(entry) == {"batch_1_ms", "batch_64_ms"} and min(entry.values()) > 0 for entry in graphs.values())
     assert set(report["speedup"]["measured_cuda_graph"]) == {"batch_1", "batch_64"}
+
+
+@pytest.mark.parametrize("optimizer,precision", [("sgd", "bf16"), ("sgd", "fp16"), ("adam", "fp16")])
+def test_cuda_graph_steps_whose_state_is_made_on_the_first_step(optimizer, precision):
+    """SGD's momentum buffers and fp16's loss scale are made on an optimizer's first step: before the compiled
+    step, not inside a CUDA graph (whose outputs the next replay overwrites). Two stages in a row train with
+    finite losses and masked weights exactly zero, and a stage resumed from a saved optimizer state (read onto
+    the CPU, as resume reads it) completes with its lr back on the GPU."""
+    import io
+    import math
+
+    from prune_cli.data.splits import AugmentedSplit
+    from prune_cli.models import CIFARResNet
+    from prune_cli.pruning.masks import Masks
+    from prune_cli.training.loop import fit
+    from prune_cli.training.settings import StageSettings
+    torch.manual_seed(0)
+    model = CIFARResNet((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3, depth=20).cuda()
+    masks = Masks({n: (torch.rand_like(p) > 0.5).float() for n, p in model.named_parameters() if p.dim() == 4})
+    masks.apply_(model)
+    data = AugmentedSplit(torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, device="cuda"),
+                          torch.randint(0, 10, (512,), device="cuda"))
+    settings = StageSettings(epochs=3, lr=0.01, batch_size=128, optimizer=optimizer, precision=precision,
+                             compile="reduce-overhead")
+    stats, saved = [], {}
+
+    def keep(epoch, opt, _masks):
+        buffer = io.BytesIO()
+        torch.save(opt.state_dict(), buffer)
+        buffer.seek(0)
+        saved[epoch] = torch.load(buffer, map_location="cpu", weights_only=True)
+
+    for stage in ("first", "second"):
+        fit(model, data, settings, stage=stage, seed=0, masks=masks, on_epoch_stats=stats.append, on_epoch_end=keep)
+    fit(model, data, settings, stage="second", seed=0, masks=masks, start_epoch=1, optimizer_state=saved[1],
+        on_epoch_stats=stats.append)
+    assert len(stats) == 8 and all(math.isfinite(s["loss"]) for s in stats), stats
+    for name, param in model.named_parameters():
+        if name in masks:
+            assert bool((param[masks[name] == 0] == 0).all()), name

@@ -67,7 +67,8 @@ def make_optimizer(model: nn.Module, settings: StageSettings) -> torch.optim.Opt
     params = [p for p in model.parameters() if p.requires_grad]
     cuda = bool(params) and all(p.is_cuda for p in params)
     options: dict = {"weight_decay": settings.weight_decay}
-    if settings.compile:
+    # fp16's gradient scaler steps the optimizer outside the compiled part (training/step.py): eager kernels.
+    if settings.compile and settings.precision != "fp16":
         options["lr"] = torch.tensor(settings.lr, device=params[0].device if cuda else "cpu")
         if settings.optimizer != "sgd" and cuda:
             options["capturable"] = True
