@@ -1,6 +1,5 @@
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,12 +76,14 @@ def prune_run(args, cwd, env=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def default_stop_signals() -> None:
-    """``preexec_fn`` of a child a test stops with SIGINT or SIGHUP: their default dispositions. A suite started
-    in the background (``pytest &``) has SIGINT ignored, under nohup SIGHUP too; children inherit that, and
-    Python then keeps them ignored, as a program started that way should."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+# ``python -m prune_cli.app.cli`` with SIGINT and SIGHUP at their defaults, for a test that stops it with one: a
+# suite started in the background (``pytest &``, nohup) has them ignored, children inherit that, and Python then
+# keeps them ignored, as a program started that way should. (Set in the child itself: a ``preexec_fn`` is unsafe
+# in a process with threads, as pytest-xdist's workers are.)
+CLI_WITH_STOP_SIGNALS = [sys.executable, "-c", "import runpy, signal; "
+                         "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                         "signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+                         "runpy.run_module('prune_cli.app.cli', run_name='__main__', alter_sys=True)"]
 
 
 def read_report(run_dir) -> dict:

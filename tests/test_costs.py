@@ -224,7 +224,7 @@ def test_shrunk_matches_masked_within_1e5_of_the_output_scale(monkeypatch, scale
 def test_the_shrunk_check_runs_in_ieee_float32_and_restores_the_settings():
     """TF32 (a GPU's default for convolutions, and matmul_precision=high) moves outputs by ~1e-3: the masked
     and shrunk models are compared without it, and the run's own settings come back, after an error too."""
-    from prune_cli.measure.final import ieee_fp32
+    from prune_cli.training.float32 import ieee_fp32
     before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("high")
     try:

@@ -128,12 +128,14 @@ def test_cuda_graph_latency_is_reported_beside_the_eager_one(run_api):
     assert set(report["speedup"]["measured_cuda_graph"]) == {"batch_1", "batch_64"}
 
 
-@pytest.mark.parametrize("optimizer,precision", [("sgd", "bf16"), ("sgd", "fp16"), ("adam", "fp16")])
+@pytest.mark.parametrize("optimizer,precision", [("sgd", "bf16"), ("adam", "bf16"), ("sgd", "fp16"),
+                                                 ("adam", "fp16")])
 def test_cuda_graph_steps_whose_state_is_made_on_the_first_step(optimizer, precision):
     """SGD's momentum buffers and fp16's loss scale are made on an optimizer's first step: before the compiled
     step, not inside a CUDA graph (whose outputs the next replay overwrites). Two stages in a row train with
     finite losses and masked weights exactly zero, and a stage resumed from a saved optimizer state (read onto
-    the CPU, as resume reads it) completes with its lr back on the GPU."""
+    the CPU, as resume reads it) completes; a compiled update (bf16) finds its lr, and Adam its step counts, on
+    the GPU after the resume, an fp16 stage (eager update after the scaler) a float lr."""
     import io
     import math
 
@@ -160,8 +162,16 @@ def test_cuda_graph_steps_whose_state_is_made_on_the_first_step(optimizer, preci
 
     for stage in ("first", "second"):
         fit(model, data, settings, stage=stage, seed=0, masks=masks, on_epoch_stats=stats.append, on_epoch_end=keep)
+    resumed = {}
     fit(model, data, settings, stage="second", seed=0, masks=masks, start_epoch=1, optimizer_state=saved[1],
-        on_epoch_stats=stats.append)
+        on_epoch_stats=stats.append, on_epoch_end=lambda epoch, opt, _masks: resumed.setdefault("optimizer", opt))
+    group = resumed["optimizer"].param_groups[0]
+    if precision == "fp16":
+        assert isinstance(group["lr"], float)
+    else:
+        assert group["lr"].is_cuda
+        if optimizer == "adam":
+            assert all(state["step"].is_cuda for state in resumed["optimizer"].state.values())
     assert len(stats) == 8 and all(math.isfinite(s["loss"]) for s in stats), stats
     for name, param in model.named_parameters():
         if name in masks:

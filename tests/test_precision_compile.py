@@ -165,22 +165,44 @@ def test_sgd_momentum_made_before_a_compiled_step_gives_the_same_steps():
 @pytest.mark.parametrize("saved_compiled", [False, True], ids=["eager-saved", "compiled-saved"])
 def test_a_resumed_optimizer_keeps_this_runs_lr_kind_and_kernels(saved_compiled):
     """A run resumes its optimizer's state, not the saved run's choices of how to step it: a compiled step
-    needs its lr as a tensor (on the run's device), an eager one a float, whatever the saved run used."""
+    needs its lr as a tensor (on the run's device), an eager one (fp16's compiled stages too) a float,
+    whatever the saved run used."""
+    import copy
+
     from prune_cli.training.settings import load_optimizer_state, make_optimizer
     model = mlp()
-    settings = StageSettings(epochs=1, lr=0.01, batch_size=32, optimizer="adam")
     saver = make_optimizer(model, StageSettings(epochs=1, lr=0.03, batch_size=32, compile=saved_compiled))
     nn.functional.cross_entropy(model(data(32).x), data(32).y).backward()
     saver.step()
     saver.param_groups[0]["foreach"] = True  # a kernel choice the resumed run must not take over
-    saved = saver.state_dict()
-    for compiled in (False, True):
-        optimizer = make_optimizer(model, StageSettings(**{**settings.__dict__, "compile": compiled}))
-        load_optimizer_state(optimizer, saved)
+    saved = copy.deepcopy(saver.state_dict())
+    for compiled, precision in ((False, "fp32"), (True, "fp32"), (True, "fp16")):
+        settings = StageSettings(epochs=1, lr=0.01, batch_size=32, compile=compiled, precision=precision)
+        optimizer = make_optimizer(model, settings)
+        load_optimizer_state(optimizer, copy.deepcopy(saved))
         group = optimizer.param_groups[0]
+        as_tensor = compiled and precision != "fp16"
         # 0.03 as saved; a float32 tensor on either side holds it as float32
-        lr = float(torch.tensor(0.03)) if compiled or saved_compiled else 0.03
-        assert isinstance(group["lr"], torch.Tensor) is compiled and float(group["lr"]) == lr
+        lr = float(torch.tensor(0.03)) if as_tensor or saved_compiled else 0.03
+        assert isinstance(group["lr"], torch.Tensor) is as_tensor and float(group["lr"]) == lr
         assert group["foreach"] is None
-        for name, value in saver.state[next(iter(saver.state))].items():
-            assert torch.equal(optimizer.state[next(iter(optimizer.state))][name], value), name
+        assert len(optimizer.state) == len(saved["state"]) == 4
+        for param, index in zip(model.parameters(), range(4)):
+            for name, value in saved["state"][index].items():
+                assert torch.equal(optimizer.state[param][name], value), (index, name)
+
+
+def test_a_compiled_stage_compiles_however_many_stages_came_before(monkeypatch):
+    """Each stage builds its own step; without clearing the last stages' compiled code, dynamo stops
+    compiling a function after a few entries (8 in torch 2.14) and quietly runs it eagerly. A lottery
+    schedule has twice as many stages as rounds."""
+    calls: list = []
+    monkeypatch.setattr(step_module, "BACKEND", counting_backend(calls))
+    model = mlp()
+    settings = StageSettings(epochs=1, lr=1e-2, batch_size=32, compile=True)
+    reached = []
+    for stage in range(12):
+        before = len(calls)
+        fit(model, data(64), settings, stage=f"round{stage}", seed=0, masks=half_masks(model))
+        reached.append(len(calls) > before)
+    assert reached == [True] * 12

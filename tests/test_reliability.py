@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,15 +14,15 @@ from prune_cli.storage.atomic import atomic_torch_save, atomic_write_text
 from prune_cli.storage.safe_load import safe_load
 from prune_cli.errors import UsageError
 
-from conftest import default_stop_signals, prune_run, read_report, run_in_process
+from conftest import CLI_WITH_STOP_SIGNALS, prune_run, read_report, run_in_process
 
 SLOW_FINETUNE = ["device=cpu", "model=lenet300", "train.epochs=2", "finetune.epochs=8", "finetune.batch_size=16",
                  "checkpoint.every_s=0", "sparsity=0.9", "measure.latency_budget_s=0.01"]
 
 
 def start(args, cwd, env):
-    return subprocess.Popen([sys.executable, "-m", "prune_cli.app.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals)
+    return subprocess.Popen([*CLI_WITH_STOP_SIGNALS, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_finetune_epoch(run_dir: Path, proc, at_least: int = 2, timeout: float = 120):
@@ -51,6 +50,7 @@ def uninterrupted(tmp_path_factory):
     return cwd / "run"
 
 
+@pytest.mark.xdist_group("uninterrupted")  # one worker: the module's reference run is made once
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "SIGTERM"])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, stop, uninterrupted):
     env = dict(os.environ)

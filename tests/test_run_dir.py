@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import TINY, default_stop_signals, prune_run, read_report, run_in_process
+from conftest import CLI_WITH_STOP_SIGNALS, TINY, prune_run, read_report, run_in_process
 
 WRITTEN = ["metrics.csv", "prune-run.log", ".hydra", "report.json", "report.md", "pruned.pt", "state.pt",
            "history.png"]
@@ -352,9 +352,8 @@ def test_a_bad_value_is_refused_even_where_the_run_is_already_complete(tmp_path,
 
 def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "prune_cli.app.cli", *TINY, "hydra.run.dir=run"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_stop_signals)
+    proc = subprocess.Popen([*CLI_WITH_STOP_SIGNALS, *TINY, "hydra.run.dir=run"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # checking the config and importing torch: no run has started
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -23,18 +23,18 @@ from prune_cli.config import compose_config
 @contextlib.contextmanager
 def host_kept():
     """Whatever a run changes process-wide (``threads`` sets torch's thread count, stages seed the global
-    generator, libraries imported on the way may add warning filters) is put back afterwards."""
+    generator, ``matmul_precision`` sets torch's, libraries imported on the way may add warning filters) is put
+    back afterwards. Not restorable: a compiled stage clears torch.compile's caches (``torch.compiler.reset``)."""
     import torch
+    from prune_cli.training.float32 import float32_arithmetic
     streams, threads, collecting = (sys.stdout, sys.stderr), torch.get_num_threads(), gc.isenabled()
-    matmul = torch.get_float32_matmul_precision()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=cuda):
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=cuda), float32_arithmetic():
             yield
     finally:
         sys.stdout, sys.stderr = streams
         torch.set_num_threads(threads)
-        torch.set_float32_matmul_precision(matmul)
         (gc.enable if collecting else gc.disable)()
 
 

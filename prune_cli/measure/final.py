@@ -2,7 +2,6 @@
 structured result. Models are timed side by side (dense twin, masked, shrunk, CSR) for fair ratios."""
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -11,6 +10,7 @@ from prune_cli.measure.flops import count_flops
 from prune_cli.measure.latency import measure_latency
 from prune_cli.measure.sizes import checkpoint_sizes
 from prune_cli.training.evaluate import eval_mode
+from prune_cli.training.float32 import ieee_fp32
 from prune_cli.training.step import prepare
 
 log = logging.getLogger("prune_cli")
@@ -43,12 +43,12 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
         from prune_cli.pruning.shrink import shrink
         shrunk_model, shrunk_info = shrink(model, masks, example)
         shrunk_model.eval()
+        prepare(shrunk_model)  # the layout the masked model trained in (channels-last conv nets on a GPU)
         diff, scale = _max_output_diff(model, shrunk_model, test)
         shrunk_info["max_abs_diff"], shrunk_info["max_abs_output"] = diff, scale
         shrunk_info["matches_masked"] = bool(diff <= EXACT * max(1.0, scale))
         if not shrunk_info["matches_masked"]:
             log.warning("shrunk model differs from the masked one by %.3g (outputs up to %.3g)", diff, scale)
-        prepare(shrunk_model)  # the layout the masked model trained in (channels-last conv nets on a GPU)
         timed["shrunk"] = shrunk_model
         out["flops"]["shrunk"] = count_flops(shrunk_model, example_shape)["dense"]
         shrunk_state = {k: v.detach().cpu().clone() for k, v in shrunk_model.state_dict().items()}
@@ -102,23 +102,10 @@ def _measure(model, masks, structured, compressed, example, test, device, dense_
     return out
 
 
-@contextlib.contextmanager
-def ieee_fp32():
-    """float32 arithmetic without TF32 (a GPU's default for convolutions, and for matmuls in a run with
-    ``matmul_precision=high``): TF32 keeps 10 mantissa bits, which moves outputs by ~1e-3, far above ``EXACT``."""
-    matmul, convolutions = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = convolutions
-        torch.set_float32_matmul_precision(matmul)
-
-
 @torch.inference_mode()
 def _max_output_diff(a, b, split) -> tuple[float, float]:
-    """(largest |a(x) - b(x)|, largest |a(x)|) over the split, in IEEE float32."""
+    """(largest |a(x) - b(x)|, largest |a(x)|) over the split, in IEEE float32 (TF32 moves outputs by far more
+    than ``EXACT``)."""
     worst, scale = 0.0, 0.0
     with ieee_fp32():
         for x, _ in split.batches(1024):

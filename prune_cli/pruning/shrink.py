@@ -18,6 +18,7 @@ from torch import nn
 from prune_cli.pruning.masks import BATCH_NORMS, CONVOLUTIONS, PRUNABLE_TYPES, Masks, classifier_name
 from prune_cli.pruning.units import UnitGroup, join_name, dependency_graph, head_group, out_pruning_fn, unit_groups
 from prune_cli.training.evaluate import eval_mode
+from prune_cli.training.float32 import ieee_fp32
 
 
 def _dead_units(group: UnitGroup, masks: Mapping[str, torch.Tensor], weights: set[str]) -> torch.Tensor:
@@ -44,7 +45,9 @@ def _zero_rows(mask) -> int:
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with eval_mode(model), torch.no_grad():
+    """The outputs the masked and smaller models are compared on, in IEEE float32 (TF32 on a GPU would move
+    them by far more than the tolerance)."""
+    with eval_mode(model), torch.no_grad(), ieee_fp32():
         return model(x)
 
 

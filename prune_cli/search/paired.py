@@ -38,12 +38,9 @@ def val_correct(run_dir: Path, report: dict) -> Optional[torch.Tensor]:
     target = str((config.get("model") or {}).get("_target_", ""))
     model = load_checkpoint(path, map_location=device, trusted=(target,) if target else ())
     precision = report.get("precision") or {}
-    matmul = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision.get("matmul", matmul))
-    try:
+    from prune_cli.training.float32 import float32_arithmetic
+    with float32_arithmetic(precision.get("matmul")):
         hits = correct(model, data.val.to(device), precision=precision.get("eval", "fp32"))
-    finally:
-        torch.set_float32_matmul_precision(matmul)
     # Batch composition can move a float by an ulp, never a prediction by a whole example on the same device;
     # a run measured on another device may differ, and is then left out rather than half-trusted.
     if abs(int(hits.sum()) - reported * len(hits)) > 0.5:

@@ -40,8 +40,9 @@ def evaluate(model: nn.Module, split, batch_size: int = 1024, precision: str = "
             correct = hits if correct is None else correct + hits
             total += len(y)
     if shard:
-        # On the batches' device: this rank's own GPU under NCCL (its index set, so not device_for's to judge).
-        device = correct.device if correct is not None else next(iter(model.parameters())).device
+        # On the batches' device: this rank's own GPU under NCCL. A split with no batches has none on any rank,
+        # and the CPU's collectives (gloo) serve every backend here.
+        device = correct.device if correct is not None else torch.device("cpu")
         counts = torch.tensor([float(correct) if correct is not None else 0.0, float(total)], dtype=torch.float64,
                               device=device)
         correct, total = distributed.all_sum(counts).tolist()

@@ -100,6 +100,9 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                     step.use_masks(model, masks)
                     step.reapply()
         distributed.sync_buffers(model)  # one model on every rank before it is evaluated or saved
+        if not step_losses:  # on every rank alike: each batch left out above
+            raise RunFailed(f"stage {stage!r} made no training step in epoch {epoch + 1}: every batch has fewer "
+                            f"than two examples per process ({ranks} processes)")
         losses = torch.stack(step_losses).float()
         right = (torch.cat(predicted) == torch.cat(labels)).sum().double().reshape(1)
         seen = total = sum(len(y) for y in labels)

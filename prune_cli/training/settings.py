@@ -62,7 +62,8 @@ COMPILE_MODES = ("reduce-overhead",)  # besides true and false
 def make_optimizer(model: nn.Module, settings: StageSettings) -> torch.optim.Optimizer:
     """The stage's optimizer. On a GPU, eager steps use the fused kernels (one launch for all parameters); a
     compiled step lets the compiler fuse the update itself, with the learning rate a tensor (changing it
-    each epoch then needs no recompile) and, for CUDA graphs, ``capturable`` state. On the CPU, eager steps
+    each epoch then needs no recompile) and, for CUDA graphs, ``capturable`` state. A compiled fp16 stage
+    updates eagerly after its gradient scaler, so its optimizer is an eager one. On the CPU, eager steps
     keep torch's default implementation, whose results the CPU tests and resume pin bit for bit."""
     params = [p for p in model.parameters() if p.requires_grad]
     cuda = bool(params) and all(p.is_cuda for p in params)
@@ -95,22 +96,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """Resume ``optimizer`` from ``saved`` (its ``state_dict()``, read onto the CPU). ``load_state_dict`` alone
     takes every option from the saved groups: a saved lr tensor would come back on the CPU, where a CUDA-graph
     step cannot read it, and the saved kernel choices would replace this device's."""
-    groups = []
-    for made, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
-        group = {**saved_group, **{key: made[key] for key in STEPPING if key in made}}
-        lr = float(saved_group["lr"])
-        if isinstance(made["lr"], torch.Tensor):
-            made["lr"].fill_(lr)
-            lr = made["lr"]
-        group["lr"] = lr
-        groups.append(group)
-    optimizer.load_state_dict({**saved, "param_groups": groups})
+    keep = [{key: made[key] for key in ("lr", *STEPPING) if key in made} for made in optimizer.param_groups]
+    optimizer.load_state_dict({**saved, "param_groups": [{**group, **mine}
+                                                         for group, mine in zip(saved["param_groups"], keep)]})
+    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
+        _set_group_lr(group, float(saved_group["lr"]))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The epoch's learning rate, in place where it is a tensor (a compiled step reads it without recompiling)."""
     for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
+        _set_group_lr(group, lr)
+
+
+def _set_group_lr(group: dict, lr: float) -> None:
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
