@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -54,6 +55,28 @@ def _every_report_matches_the_schema(tmp_path_factory):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session gets its own dense cache, never the user's."""
     monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+class Stopped(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def stopped_after_the_first_finetune_epoch(monkeypatch):
+    """The run raises ``Stopped`` right after saving its state at the end of fine-tune epoch 1 (as a kill
+    there would leave it); the patch is gone afterwards."""
+    from prune_cli.storage.resume import RunState
+    save = RunState.epoch_end
+
+    def stop_after_first_epoch(self, stage, epoch, *saved):
+        save(self, stage, epoch, *saved)
+        if stage == "round1.finetune" and epoch == 1:
+            raise Stopped
+
+    monkeypatch.setattr(RunState, "epoch_end", stop_after_first_epoch)
+    with pytest.raises(Stopped):
+        yield
+    monkeypatch.undo()
 
 
 @pytest.fixture

@@ -1,12 +1,10 @@
 """finetune.on: a structured result fine-tunes its physically smaller model; the report says which form each
 fine-tune stage trained, and the run (masks, rounds, resume, pruned.pt) sees the same model either way."""
-import contextlib
-
 import pytest
 import torch
 
-from prune_cli.storage.resume import RunState
 from prune_cli.storage.safe_load import safe_load
+from conftest import stopped_after_the_first_finetune_epoch
 
 STRUCTURED = ["device=cpu", "model=lenet300", "strategy=magnitude", "strategy.granularity=structured", "sparsity=0.5",
               "measure.latency=false"]
@@ -49,27 +47,6 @@ def test_every_round_trains_the_model_its_prune_left(run_api):
 def test_the_report_says_why_the_masked_model_was_trained(run_api, overrides, stage, why):
     report, _ = run_api(*overrides, "measure.latency=false")
     assert report["finetuned_on"] == [{"stage": stage, "on": "masked", "params": report["params"]["total"], "why": why}]
-
-
-class Stopped(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def stopped_after_the_first_finetune_epoch(monkeypatch):
-    """The run raises ``Stopped`` right after saving its state at the end of fine-tune epoch 1 (as a kill
-    there would leave it); the patch is gone afterwards."""
-    save = RunState.epoch_end
-
-    def stop_after_first_epoch(self, stage, epoch, model, masks, optimizer):
-        save(self, stage, epoch, model, masks, optimizer)
-        if stage == "round1.finetune" and epoch == 1:
-            raise Stopped
-
-    monkeypatch.setattr(RunState, "epoch_end", stop_after_first_epoch)
-    with pytest.raises(Stopped):
-        yield
-    monkeypatch.undo()
 
 
 def test_a_stopped_shrunk_finetune_resumes_to_the_same_result(run_api, tmp_path, monkeypatch):

@@ -154,7 +154,7 @@ def test_cuda_graph_steps_whose_state_is_made_on_the_first_step(optimizer, preci
                              compile="reduce-overhead")
     stats, saved = [], {}
 
-    def keep(epoch, opt, _masks):
+    def keep(epoch, opt, _masks, _scaler):
         buffer = io.BytesIO()
         torch.save(opt.state_dict(), buffer)
         buffer.seek(0)
@@ -164,7 +164,7 @@ def test_cuda_graph_steps_whose_state_is_made_on_the_first_step(optimizer, preci
         fit(model, data, settings, stage=stage, seed=0, masks=masks, on_epoch_stats=stats.append, on_epoch_end=keep)
     resumed = {}
     fit(model, data, settings, stage="second", seed=0, masks=masks, start_epoch=1, optimizer_state=saved[1],
-        on_epoch_stats=stats.append, on_epoch_end=lambda epoch, opt, _masks: resumed.setdefault("optimizer", opt))
+        on_epoch_stats=stats.append, on_epoch_end=lambda epoch, opt, _masks, _scaler: resumed.setdefault("optimizer", opt))
     group = resumed["optimizer"].param_groups[0]
     if precision == "fp16":
         assert isinstance(group["lr"], float)

@@ -206,3 +206,54 @@ def test_a_compiled_stage_compiles_however_many_stages_came_before(monkeypatch):
         fit(model, data(64), settings, stage=f"round{stage}", seed=0, masks=half_masks(model))
         reached.append(len(calls) > before)
     assert reached == [True] * 12
+
+
+def test_an_fp16_stage_resumes_with_its_loss_scale():
+    """fp16's gradient scaler starts at 2**16 and halves on each overflowing step, which it skips: a stage
+    resumed with a fresh scaler would skip other steps than the uninterrupted one. With the saved scaler
+    state it ends on the same weights, bit for bit."""
+    import copy
+    settings = StageSettings(epochs=3, lr=0.1, batch_size=32, precision="fp16")
+    whole = mlp()
+    fit(whole, data(), settings, stage="s", seed=0)
+    first = mlp()
+    saved = {}
+
+    def keep(epoch, optimizer, _masks, scaler):
+        if epoch == 1:
+            saved.update(model=copy.deepcopy(first.state_dict()), optimizer=copy.deepcopy(optimizer.state_dict()),
+                         scaler=scaler.state_dict())
+    fit(first, data(), settings, stage="s", seed=0, on_epoch_end=keep)
+    assert saved["scaler"]["scale"] < 2.0 ** 16  # the first epoch overflowed: the test can tell the two apart
+
+    def resumed(scaler_state):
+        model = mlp()
+        model.load_state_dict(saved["model"])
+        fit(model, data(), settings, stage="s", seed=0, start_epoch=1,
+            optimizer_state=copy.deepcopy(saved["optimizer"]), scaler_state=scaler_state)
+        return model.state_dict()
+    expected = whole.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in resumed(saved["scaler"]).items())
+    assert not all(torch.equal(value, expected[name]) for name, value in resumed(None).items())
+
+
+def test_a_stopped_fp16_run_resumes_to_the_uninterrupted_weights(run_api, tmp_path, monkeypatch):
+    """The run state keeps the scaler's state with the optimizer's. A large lr makes the fine-tuning's first
+    epoch overflow (its saved scale is below the fresh 2**16), so a fresh scaler would skip another step."""
+    from conftest import stopped_after_the_first_finetune_epoch
+
+    from prune_cli.storage.safe_load import safe_load
+    args = ["train.precision=fp16", "finetune.precision=fp16", "train.lr=1.0", "finetune.epochs=3",
+            "measure.latency=false"]
+    whole, whole_dir = run_api(*args, name="whole")
+    with stopped_after_the_first_finetune_epoch(monkeypatch):
+        run_api(*args, name="stopped")
+    position = safe_load(tmp_path / "stopped" / "state.pt")["position"]
+    assert (position["stage"], position["epoch"]) == ("round1.finetune", 1)
+    assert position["scaler"]["scale"] < 2.0 ** 16
+    resumed, resumed_dir = run_api(*args, name="stopped")
+    assert resumed["resumed_from"] == {"stage": "round1.finetune", "epoch": 1}
+    assert resumed["accuracy"] == whole["accuracy"]
+    a = safe_load(whole_dir / "pruned.pt")["state_dict"]
+    b = safe_load(resumed_dir / "pruned.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -231,7 +231,7 @@ class Experiment:
         ``save_as``: when ``model`` is not the form the run state keeps (a shrunk model), gives the (model,
         masks) to save instead; called only when a save is due."""
         model = model or self.model
-        start, optimizer_state = self.state.start_of(stage)
+        start, optimizer_state, scaler_state = self.state.start_of(stage)
         if optimizer_state is not None and not _fits(optimizer_state, model):
             # Saved for parameters of other shapes (the stage's model was shrunk differently, or a run from
             # before finetune.on trained the masked model): continue with fresh optimizer state.
@@ -243,17 +243,18 @@ class Experiment:
         if phase != "train" and start == 0:  # a resumed stage was counted by the process that began it
             self.record.add_epochs(phase, settings.epochs)
 
-        def on_epoch_end(epoch, optimizer, current_masks):
+        def on_epoch_end(epoch, optimizer, current_masks, scaler):
             if each_epoch is not None:
                 each_epoch(epoch, model)
             if save_as is None:
-                self.state.epoch_end(stage, epoch, model, current_masks, optimizer)
+                self.state.epoch_end(stage, epoch, model, current_masks, optimizer, scaler)
             elif self.state.save_due():
-                self.state.epoch_end(stage, epoch, *save_as(), optimizer)
+                self.state.epoch_end(stage, epoch, *save_as(), optimizer, scaler)
 
         with Timer(self.device) as t:
             masks = fit(model, self.data.train, settings, stage=str(stage), seed=stage_seed(self.seed, str(stage)),
                         masks=masks, start_epoch=start, optimizer_state=optimizer_state,
+                        scaler_state=scaler_state,
                         on_epoch_end=on_epoch_end, on_epoch_stats=lambda entry: self.epoch_done(entry, model),
                         on_compiled=lambda seconds: self.record.add_time("compile", seconds),
                         progress=self.progress, **kwargs)

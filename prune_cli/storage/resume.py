@@ -56,7 +56,8 @@ class RunState:
         self.fingerprint = fingerprint
         self.every_s = float(every_s)
         self.done: list[Stage] = []
-        self.position: Optional[dict] = None      # {"stage": Stage, "epoch", "optimizer"} of a stage in progress
+        self.position: Optional[dict] = None      # {"stage": Stage, "epoch", "optimizer", "scaler"} of a stage
+                                                  # in progress ("scaler": fp16's gradient scaler, else None)
         self.model_state: Optional[dict] = None
         self.masks: Optional[dict] = None
         self.record: dict = {}                    # the run record's fields, as plain data
@@ -97,11 +98,11 @@ class RunState:
         """Saved in the middle of a stage of ``step`` (``round2`` covers ``round2.finetune``)."""
         return self.position is not None and self.position["stage"].step == step
 
-    def start_of(self, stage: Stage) -> tuple[int, Optional[dict]]:
-        """(epoch to start from, optimizer state) for a stage about to run."""
+    def start_of(self, stage: Stage) -> tuple[int, Optional[dict], Optional[dict]]:
+        """(epoch to start from, optimizer state, gradient scaler state) for a stage about to run."""
         if self.position is not None and self.position["stage"] == stage:
-            return int(self.position["epoch"]), self.position.get("optimizer")
-        return 0, None
+            return int(self.position["epoch"]), self.position.get("optimizer"), self.position.get("scaler")
+        return 0, None, None
 
     def _write(self, model, masks: Optional[Masks]) -> None:
         if not self.writes:
@@ -123,11 +124,12 @@ class RunState:
         """Whether ``epoch_end`` would save now (``every_s`` has passed since the last save)."""
         return time.monotonic() - self._last_save >= self.every_s
 
-    def epoch_end(self, stage: Stage, epoch: int, model, masks: Optional[Masks], optimizer) -> None:
-        """Maybe save mid-stage progress (throttled by ``every_s``)."""
+    def epoch_end(self, stage: Stage, epoch: int, model, masks: Optional[Masks], optimizer, scaler=None) -> None:
+        """Maybe save mid-stage progress (throttled by ``every_s``); ``scaler``: fp16's gradient scaler."""
         if not self.save_due():
             return
-        self.position = {"stage": stage, "epoch": epoch, "optimizer": optimizer.state_dict()}
+        self.position = {"stage": stage, "epoch": epoch, "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None}
         self._write(model, masks)
 
     def boundary(self, stage: Stage, model, masks: Optional[Masks]) -> None:
@@ -177,8 +179,9 @@ def _malformed(saved) -> Optional[str]:
     position = saved.get("position")
     if position is not None and not (isinstance(position, dict) and isinstance(position.get("stage"), str)
                                      and isinstance(position.get("epoch"), int)
-                                     and isinstance(position.get("optimizer", {}), (dict, type(None)))):
-        return "'position' is not a stage, an epoch and an optimizer state"
+                                     and isinstance(position.get("optimizer", {}), (dict, type(None)))
+                                     and isinstance(position.get("scaler", {}), (dict, type(None)))):
+        return "'position' is not a stage, an epoch, an optimizer state and a gradient scaler state"
     for key in ("model", "masks"):
         if saved.get(key) is not None and not _tensors(saved[key]):
             return f"'{key}' is not a mapping of names to tensors"

@@ -43,15 +43,19 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
         loss_fn: LossFn = cross_entropy,
         regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None,
         after_step: Optional[Callable[[int], Optional[Masks]]] = None,
-        start_epoch: int = 0, optimizer_state: Optional[dict] = None,
-        on_epoch_end: Optional[Callable[[int, torch.optim.Optimizer, Optional[Masks]], None]] = None,
+        start_epoch: int = 0, optimizer_state: Optional[dict] = None, scaler_state: Optional[dict] = None,
+        on_epoch_end: Optional[Callable[[int, torch.optim.Optimizer, Optional[Masks], Optional[torch.amp.GradScaler]],
+                                        None]] = None,
         on_epoch_stats: Optional[Callable[[dict], None]] = None,
         on_compiled: Optional[Callable[[float], None]] = None,
         progress=None) -> Optional[Masks]:
     """Train ``model`` in place for ``settings.epochs`` epochs; returns the masks in force at the end.
 
     ``after_step(global_step)`` may return new masks (gradual pruning, hard-threshold projection); they are
-    applied at once and used from then on. ``on_epoch_end`` lets the pipeline save resumable state;
+    applied at once and used from then on. ``on_epoch_end(epoch, optimizer, masks, scaler)`` lets the pipeline
+    save resumable state (``scaler``: fp16's gradient scaler, else None); a resumed stage passes ``start_epoch``,
+    ``optimizer_state`` and ``scaler_state`` (the scaler's ``state_dict()``: its loss scale, without which the
+    resumed steps would skip other updates than the uninterrupted run's);
     ``on_epoch_stats`` gets ``{"stage", "epoch", "epochs", "loss", "train_accuracy", "lr", "seconds"}`` after
     every epoch (the mean training loss of its steps, the share of its training examples the steps' own
     forward passes classified right, the epoch's lr and wall time); ``on_compiled(seconds)``, at the end of a
@@ -65,6 +69,8 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
     import prune_cli.distributed as distributed
     step = TrainStep(model, optimizer, loss_fn, settings.precision, settings.compile, regularizer,
                      forward=distributed.wrap(model))
+    if scaler_state is not None and step.scaler is not None:
+        step.scaler.load_state_dict(scaler_state)  # fills the scale in place: a compiled step keeps reading it
     ranks = distributed.world_size() if distributed.active() else 1
     step.use_masks(model, masks)
     model.train()
@@ -121,7 +127,7 @@ def fit(model: nn.Module, train, settings: StageSettings, *, stage: str, seed: i
                 stats["train_accuracy"] = correct / total
             on_epoch_stats({**stats, "lr": settings.lr_at(epoch), "seconds": time.perf_counter() - started})
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, optimizer, masks)
+            on_epoch_end(epoch + 1, optimizer, masks, step.scaler)
     if task is not None:
         progress.remove_task(task)
     if on_compiled is not None and step.shapes:
