@@ -63,8 +63,11 @@ class TrainStep:
         # A CUDA-graph replay reuses its output memory at the next step, and the loop keeps each step's loss and
         # predictions until the epoch ends: those are copied out (two small kernels) before the next replay.
         self.copies_outputs = compile == "reduce-overhead" and self.device.type == "cuda"
-        self.shapes: set = set()         # batch shapes the compiled step has seen
+        self.shapes: dict = {}           # batch shape -> calls of the compiled step timed as compiling
         self.compile_seconds = 0.0       # first calls per shape of a compiled step
+        # A shape's first call compiles; with CUDA graphs its second records the graph (the first only warms
+        # up): both count as compiling.
+        self.calls_compiling = 2 if self.copies_outputs else 1
         # fp16's scaler unscales, checks for infinities and skips steps on the host: the update stays eager.
         body = self._forward_backward if self.scaler is not None else self._whole_step
         if compile:
@@ -113,8 +116,8 @@ class TrainStep:
 
     def __call__(self, x, y, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the batch; ``weight`` scales its loss (1.0 but in a run across processes)."""
-        if self.compiled and tuple(x.shape) not in self.shapes:
-            return self._first_of_shape(x, y, weight)  # compiles: timed, once per batch shape
+        if self.compiled and self.shapes.get(tuple(x.shape), 0) < self.calls_compiling:
+            return self._compiling(x, y, weight)  # compiles (and records a CUDA graph): timed, per batch shape
         params, masks = self.pairs
         if self.scaler is None:
             loss, predictions = self.body(x, y, params, masks, weight)
@@ -127,11 +130,12 @@ class TrainStep:
             return loss.clone(), predictions.clone()
         return loss, predictions
 
-    def _first_of_shape(self, x, y, weight) -> tuple[torch.Tensor, torch.Tensor]:
-        """A compiled step's first call for a batch shape, timed to the end of its work: what compiling costs
-        (the step's own work inside it is a rounding error next to tens of seconds)."""
+    def _compiling(self, x, y, weight) -> tuple[torch.Tensor, torch.Tensor]:
+        """A compiled step's first calls for a batch shape, timed to the end of their work: what compiling and
+        recording cost (the step's own work inside them is a rounding error next to tens of seconds)."""
         import time
-        self.shapes.add(tuple(x.shape))
+        shape = tuple(x.shape)
+        self.shapes[shape] = self.shapes.get(shape, 0) + 1
         _synchronize(self.device)
         started = time.perf_counter()
         self.compiled = False  # the call itself goes through __call__'s ordinary path
