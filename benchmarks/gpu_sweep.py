@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--extra", nargs="*", default=[])
+    parser.add_argument("--tag", default="", help="results go to results/gpu_sweep_<tag>.json")
     args = parser.parse_args()
     if args.jobs not in allowed_job_counts():
         parser.error(f"--jobs {args.jobs}: a sweep's product of strategies, sparsities and seeds gives one of "
@@ -86,7 +87,7 @@ def main() -> None:
     ratio = medians["serial"] / medians[f"n_jobs={args.n_jobs}"]
     print(f"serial / n_jobs={args.n_jobs}: {ratio:.2f}x ({args.jobs} jobs, device={args.device})")
     write_results("gpu_sweep", {"machine": machine(), "args": vars(args), "walls": walls, "medians": medians,
-                                "speedup": ratio})
+                                "speedup": ratio}, args.tag)
 
 
 if __name__ == "__main__":

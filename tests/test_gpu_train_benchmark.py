@@ -19,3 +19,12 @@ def test_the_gpu_training_benchmark_runs_every_contender_on_the_cpu():
                      "hand compiled bf16 channels_last", "fit bf16 compile=reduce-overhead"]
     ratios = {row.split("|")[1].strip(): row.split("|")[5].strip() for row in rows}
     assert all(float(ratios[name]) > 0 for name in names if name.startswith("fit"))
+
+
+def test_the_gpu_machine_scripts_parse_and_refuse_an_unknown_part(tmp_path):
+    for script in ("gpu_wheels.sh", "gpu_check.sh"):
+        assert subprocess.run(["bash", "-n", script], cwd=BENCHMARKS).returncode == 0, script
+    proc = subprocess.run(["bash", "gpu_check.sh", "tset"], cwd=BENCHMARKS, capture_output=True, text=True,
+                          env=dict(os.environ, OUT=str(tmp_path)))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        2, "", "unknown part 'tset': install, tests, train, sweep or suite\n")
