@@ -267,6 +267,8 @@ def test_weights_that_are_not_a_torch_file_are_one_line(tmp_path, capsys, monkey
 @pytest.mark.parametrize("field, value, problem", [
     ("done", "dense", "'done' is not a list of stage names"),
     ("position", {"stage": "train", "epoch": "3"}, "'position' is not a stage, an epoch and an optimizer state"),
+    ("position", {"stage": "train", "epoch": 3, "optimizer": None, "scaler": {"scale": 1.0}},
+     "'position.scaler' is not a gradient scaler's state"),
     ("model", {"fc.weight": [1.0, 2.0]}, "'model' is not a mapping of names to tensors"),
     ("kept", {"initial": "weights"}, "'kept' is not a mapping of names to weights"),
     ("rng", {"cpu": 7}, "'rng' is not a generator state"),

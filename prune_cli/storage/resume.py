@@ -168,6 +168,11 @@ def _tensors(value) -> bool:
                                            for k, v in value.items())
 
 
+# What torch.amp.GradScaler.state_dict() holds (load_state_dict reads each key).
+SCALER_STATE = {"scale": float, "growth_factor": float, "backoff_factor": float, "growth_interval": int,
+                "_growth_tracker": int}
+
+
 def _malformed(saved) -> Optional[str]:
     """What is wrong with the types of a loaded ``state.pt`` (it reads as data, but must also be *our* data:
     a file with the right fingerprint and wrong types would otherwise fail deep inside a stage), or None."""
@@ -179,9 +184,12 @@ def _malformed(saved) -> Optional[str]:
     position = saved.get("position")
     if position is not None and not (isinstance(position, dict) and isinstance(position.get("stage"), str)
                                      and isinstance(position.get("epoch"), int)
-                                     and isinstance(position.get("optimizer", {}), (dict, type(None)))
-                                     and isinstance(position.get("scaler", {}), (dict, type(None)))):
-        return "'position' is not a stage, an epoch, an optimizer state and a gradient scaler state"
+                                     and isinstance(position.get("optimizer", {}), (dict, type(None)))):
+        return "'position' is not a stage, an epoch and an optimizer state"
+    scaler = position.get("scaler") if isinstance(position, dict) else None
+    if scaler is not None and not (isinstance(scaler, dict) and set(scaler) == set(SCALER_STATE) and all(
+            isinstance(scaler[key], kind) and not isinstance(scaler[key], bool) for key, kind in SCALER_STATE.items())):
+        return "'position.scaler' is not a gradient scaler's state"
     for key in ("model", "masks"):
         if saved.get(key) is not None and not _tensors(saved[key]):
             return f"'{key}' is not a mapping of names to tensors"
