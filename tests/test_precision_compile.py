@@ -19,7 +19,11 @@ def counting_backend(calls: list):
     captured: the compile path without inductor's minutes of C++ on two cores."""
     def backend(graph_module, example_inputs, **options):  # options: torch.compile passes mode=
         calls.append(len(graph_module.graph.nodes))
+        symbolic.extend(i for i in example_inputs if isinstance(i, torch.SymInt))
         return graph_module.forward
+    symbolic: list = []
+    backend.symbolic = symbolic  # the symbolic sizes graphs were compiled for (none: every shape is static)
+    return backend
     return backend
 
 
@@ -32,6 +36,12 @@ def data(n=96, seed=0):
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+def lenet5():
+    from prune_cli.models import LeNet5
+    torch.manual_seed(0)
+    return LeNet5((1, 8, 8), 2, (0.5,), (0.25,))
 
 
 def half_masks(model):
@@ -67,8 +77,7 @@ def test_masked_weights_stay_exactly_zero_in_every_precision(precision):
             assert bool((param[masks[name] == 0] == 0).all()) and bool((param[masks[name] == 1] != 0).all())
 
 
-@pytest.mark.parametrize("build", [mlp, lambda: __import__("prune_cli.models", fromlist=["LeNet5"]).LeNet5(
-    (1, 8, 8), 2, (0.5,), (0.25,))], ids=["mlp", "lenet5"])
+@pytest.mark.parametrize("build", [mlp, lenet5], ids=["mlp", "lenet5"])
 def test_a_compiled_step_matches_eager_and_keeps_masked_weights_zero(monkeypatch, build):
     calls: list = []
     monkeypatch.setattr(step_module, "BACKEND", counting_backend(calls))
@@ -90,23 +99,34 @@ def test_a_compiled_step_matches_eager_and_keeps_masked_weights_zero(monkeypatch
         assert torch.allclose(eager, compiled, atol=1e-5), name
 
 
-def test_new_masks_inside_a_stage_reuse_the_compiled_step(monkeypatch):
+@pytest.mark.parametrize("build", [mlp, lenet5], ids=["mlp", "lenet5"])
+def test_a_stage_compiles_once_per_batch_shape_whatever_its_masks_do(monkeypatch, build):
     """Gradual pruning hands new masks to the running stage every few steps: they are arguments of the
-    compiled step, so nothing is compiled again; only the last, smaller batch is a new shape."""
+    compiled step, so nothing is compiled again. An epoch's shorter last batch is one more static graph (not a
+    recompile with a symbolic batch size that every later full batch would then run)."""
     calls: list = []
-    monkeypatch.setattr(step_module, "BACKEND", counting_backend(calls))
-    model = mlp()
+    backend = counting_backend(calls)
+    monkeypatch.setattr(step_module, "BACKEND", backend)
     settings = StageSettings(epochs=2, lr=1e-2, batch_size=32, compile=True)
+    model = build()
     fit(model, data(96), settings, stage="t", seed=0, masks=half_masks(model))  # 3 full batches per epoch
-    steady = len(calls)
+    one_shape = len(calls)
+    model = build()
+    fit(model, data(100), settings, stage="t", seed=0, masks=half_masks(model))  # and one of 4: another shape
+    per_stage = len(calls) - one_shape
+    assert 0 < one_shape < per_stage  # the short batch's graphs (those that depend on the batch's size)
 
     def prune_more(step):
         return Masks({name: (p.detach().abs() > p.detach().abs().median()).float()
                       for name, p in model.named_parameters() if name.endswith("weight")})
 
-    model = mlp()
-    fit(model, data(96), settings, stage="t", seed=0, masks=half_masks(model), after_step=prune_more)
-    assert len(calls) == 2 * steady  # the second stage compiled once, as the first did, whatever its masks did
+    for stage in range(2):  # two rounds of a schedule: each stage compiles its own step, once per shape
+        before = len(calls)
+        model = build()
+        fit(model, data(100), settings, stage=f"round{stage}", seed=0, masks=half_masks(model),
+            after_step=prune_more)  # new masks after every step
+        assert len(calls) - before == per_stage
+    assert backend.symbolic == []
 
 
 def test_compile_time_is_reported_and_a_compiled_run_completes(run_api, monkeypatch):

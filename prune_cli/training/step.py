@@ -76,7 +76,10 @@ class TrainStep:
             # would quietly fall back to eager.
             torch.compiler.reset()
             mode = "reduce-overhead" if compile == "reduce-overhead" else None
-            body = torch.compile(body, mode=mode, backend=BACKEND)
+            # Static shapes: an epoch's shorter last batch gets a graph of its own. Left to dynamo's automatic
+            # dynamic shapes, that batch would recompile the step with a symbolic batch size, and every full
+            # batch after it would run the slower symbolic graph (and, with CUDA graphs, record anew).
+            body = torch.compile(body, mode=mode, backend=BACKEND, dynamic=False)
         self.body = body
 
     def use_masks(self, model: nn.Module, masks) -> None:
