@@ -10,7 +10,8 @@ They run the same experiment together:
   masks and weights broadcast (``agree``) and checked identical, so no rank can drift;
 - evaluation sharded and summed (``all_sum``): the test split counted exactly once;
 - one run directory, one resume state, one report, one checkpoint, one set of logs: rank 0 writes
-  (``is_main``), the others wait for it (``barrier``).
+  (``is_main``); where it works alone the others wait for its outcome (``on_main``), and leave with its exit
+  code when it failed, so no rank waits for a collective that never comes.
 
 The backend is ``nccl`` for CUDA tensors and ``gloo`` for CPU ones (``cpu:gloo,cuda:nccl`` where there is a
 GPU). Outside torchrun every function here is a no-op for a single process.
@@ -57,10 +58,13 @@ def start() -> None:
     import torch.distributed as dist
     if not launched() or active():
         return
-    # Collectives wait as long as rank 0 may wait on the dense cache's lock while another job trains the same
-    # dense model (hours, for a large one); a process that dies is noticed at once (torchrun stops the rest).
-    timeout = datetime.timedelta(hours=24)
-    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    # The ranks' collectives in training come within seconds of each other: half an hour bounds the wait on a
+    # peer that vanished without torchrun noticing (a SLURM task), after which the collective fails.
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+                            timeout=datetime.timedelta(minutes=30))
+    # Rank 0's own work can take hours (waiting on the dense cache's lock while another job trains that model;
+    # the final measurements of a large one): the others wait for it in a group of their own.
+    WAITING[0] = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
 
 
 def join_job_tasks() -> bool:
@@ -108,6 +112,7 @@ def backend(device: "torch.device") -> str:
 
 
 COMPLETED = [False]  # the experiment finished on every rank (set after its last barrier)
+WAITING: list = [None]  # the process group in which the others wait on rank 0's own work (``on_main``)
 AGREED = [0]    # prunes after which the ranks' masks were compared, in this process
 DIFFERED = [0]  # of those, the prunes where some rank had computed other masks than rank 0 (then replaced)
 
@@ -121,26 +126,87 @@ def describe(device: "torch.device") -> Optional[dict]:
             "masks_differed": DIFFERED[0]}
 
 
+def check(cfg, device: "torch.device") -> None:
+    """What a run across processes cannot do, refused with one line by the guard before anything is written
+    (and by the run itself): a global batch with fewer than two examples per process, one GPU named for every
+    rank, more processes on a node than it has GPUs (two ranks would share one)."""
+    if not launched():
+        return
+    from prune_cli.errors import UsageError
+    n = world_size()
+    for key in ("train", "finetune"):
+        size = int(cfg[key].batch_size)
+        if size < 2 * n:
+            raise UsageError(f"{key}.batch_size={size}: across {n} processes the global batch needs at least "
+                             f"{2 * n} examples (two per process)")
+    if device.type != "cuda":
+        return
+    if device.index is not None:
+        raise UsageError(f"device={device}: across {n} processes each takes its own GPU; use device=cuda (or auto)")
+    import torch
+    count = torch.cuda.device_count()
+    here = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")) + 1)
+    # torchrun's processes on a node all see its GPUs; a SLURM task that sees a single GPU was given its own.
+    shared = "TORCHELASTIC_RUN_ID" in os.environ or count > 1
+    if shared and here > count:
+        raise UsageError(f"device={device}: {here} processes on this node and {count} GPU(s); each process takes "
+                         f"its own: start at most {count} per node (torchrun --nproc_per_node={count})")
+
+
 def device_for(device: "torch.device") -> "torch.device":
     """The device a rank trains on: on CUDA its own GPU, the local rank's among those it sees (one, when the
-    scheduler gives each task its own); made the current device, as NCCL wants. An explicit ``cuda:N`` would
-    put every rank on one GPU: refused."""
+    scheduler gives each task its own; ``check`` refuses fewer GPUs than processes); made the current device,
+    as NCCL wants."""
     import torch
     if not active() or device.type != "cuda":
         return device
-    if device.index is not None:
-        from prune_cli.errors import UsageError
-        raise UsageError(f"device={device}: across {world_size()} processes each takes its own GPU; use "
-                         f"device=cuda (or auto)")
-    mine = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    only = torch.cuda.device_count() == 1
+    mine = torch.device("cuda", 0 if only else int(os.environ.get("LOCAL_RANK", "0")))
     torch.cuda.set_device(mine)
     return mine
 
 
-def barrier() -> None:
+class MainFailed(Exception):
+    """On a rank other than 0: rank 0's own part of the work failed (rank 0 reports why). ``code`` is the exit
+    code rank 0 leaves with, which this rank takes too."""
+
+    def __init__(self, code: int, why: str):
+        super().__init__(f"rank 0 failed: {why}")
+        self.code = code
+
+
+def on_main(work):
+    """``work()`` on rank 0 alone while the others wait for its outcome, however long it takes; returns its
+    result on rank 0 and None on the others. If it fails, rank 0 raises its error and the others
+    ``MainFailed``: every rank leaves, none waits at a collective rank 0 will never reach."""
     import torch.distributed as dist
-    if active():
-        dist.barrier()
+    if not active():
+        return work()
+    failure, result = None, None
+    if is_main():
+        try:
+            result = work()
+        except BaseException as err:  # noqa: BLE001 - told to the others, then raised again
+            failure = err
+    box = [None if failure is None else (_exit_code(failure), f"{type(failure).__name__}: {failure}")]
+    dist.broadcast_object_list(box, src=0, group=WAITING[0])
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        raise MainFailed(*box[0])
+    return result
+
+
+def _exit_code(err: BaseException) -> int:
+    """The exit code rank 0 leaves with for ``err`` (as ``prune_cli.app.cli`` maps them)."""
+    import signal
+
+    from prune_cli.errors import UsageError
+    if isinstance(err, UsageError):
+        return 2
+    if isinstance(err, KeyboardInterrupt):
+        return 128 + int(getattr(err, "signum", signal.SIGINT))
+    return 1
 
 
 def broadcast(value):

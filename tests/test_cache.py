@@ -198,3 +198,14 @@ def test_a_job_killed_while_training_leaves_no_entry_and_no_stale_lock(run_api, 
     assert report["status"] == "completed" and report["cache"]["dense"] == "computed"
     assert locks[0].name == f"dense-{report['cache']['key']}.pt.lock"
     assert not list(cache_dir.glob(".*.tmp"))
+
+
+def test_a_reader_without_the_lock_leaves_a_bad_entry_to_its_writer(cache, caplog):
+    """Across processes the ranks other than 0 read the entry rank 0 found; only rank 0, holding the lock,
+    deletes an unusable one."""
+    cache.dir.mkdir(parents=True)
+    CORRUPT["garbage"](cache.path("k"))
+    with caplog.at_level(logging.WARNING, logger="prune_cli.storage.cache"):
+        assert cache.load("k", repair=False) is None
+    assert "cache entry dense-k.pt is unusable" in caplog.text and "rebuilding it" not in caplog.text
+    assert cache.path("k").read_bytes() == b"this is not a checkpoint" * 10

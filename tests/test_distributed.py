@@ -115,3 +115,90 @@ def test_a_submitit_job_of_two_tasks_is_one_experiment_across_them(tmp_path):
     assert report["status"] == "completed"
     assert report["distributed"] == {"world_size": 2, "backend": "gloo", "masks_checked": 1, "masks_differed": 0}
     check_sparsity(report, report_path.parent, [*SMALL, "sparsity=0.8"])
+
+
+def _on_main_in(rank: int, port: int) -> None:
+    """One of two gloo processes: rank 0 fails where it works alone, then succeeds."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    import prune_cli.distributed as distributed
+    from prune_cli.errors import UsageError
+
+    def refuse():
+        raise UsageError("hydra.run.dir=x: in use by another run")
+    distributed.start()
+    try:
+        distributed.on_main(refuse)
+    except UsageError as err:
+        assert rank == 0 and str(err) == "hydra.run.dir=x: in use by another run"
+    except distributed.MainFailed as err:
+        assert rank == 1 and err.code == 2
+        assert str(err) == "rank 0 failed: UsageError: hydra.run.dir=x: in use by another run"
+    else:
+        raise AssertionError("on_main's failure did not reach this rank")
+    assert distributed.on_main(lambda: "report") == ("report" if rank == 0 else None)
+    distributed.stop()
+
+
+def test_rank_0_working_alone_tells_the_others_its_outcome():
+    """Where rank 0 works alone (the run directory, the dense cache's lock, the final report), a failure there
+    reaches every rank with rank 0's exit code: none waits for a collective that never comes."""
+    import socket
+
+    import torch.multiprocessing
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = torch.multiprocessing.spawn(_on_main_in, args=(port,), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not processes.join(timeout=1):  # raises if a process failed
+        if time.monotonic() > deadline:
+            for process in processes.processes:
+                process.kill()
+            raise AssertionError("a rank is still waiting")
+
+
+def test_what_a_run_across_processes_cannot_do_is_refused_before_hydra_writes(tmp_path, monkeypatch, capsys):
+    """The guard (rank 0, before Hydra makes the run directory) refuses a global batch too small to share."""
+    from prune_cli.app.guard import guard
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        guard([*SMALL, "train.batch_size=3", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("prune-run: train.batch_size=3: across 2 processes the global batch needs "
+                                       "at least 4 examples (two per process)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device, env, gpus, refusal", [
+    ("cuda:1", {"LOCAL_WORLD_SIZE": "2"}, 2, "device=cuda:1: across 2 processes each takes its own GPU; use "
+                                             "device=cuda (or auto)"),
+    ("cuda", {"LOCAL_WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "r"}, 2,
+     "device=cuda: 4 processes on this node and 2 GPU(s); each process takes its own: start at most 2 per node "
+     "(torchrun --nproc_per_node=2)"),
+    ("cuda", {"LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "r"}, 1,
+     "device=cuda: 2 processes on this node and 1 GPU(s); each process takes its own: start at most 1 per node "
+     "(torchrun --nproc_per_node=1)"),
+    ("cuda", {"LOCAL_WORLD_SIZE": "2"}, 1, None),   # a SLURM task that sees one GPU was given its own
+    ("cuda", {"LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "r"}, 2, None),
+])
+def test_each_process_takes_its_own_gpu(monkeypatch, device, env, gpus, refusal):
+    import torch
+    from omegaconf import OmegaConf
+
+    import prune_cli.distributed as distributed
+    from prune_cli.errors import UsageError
+    for key in ("LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"WORLD_SIZE": "2", "LOCAL_RANK": "0", **env}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = OmegaConf.create({"train": {"batch_size": 128}, "finetune": {"batch_size": 128}})
+    if refusal is None:
+        distributed.check(cfg, torch.device(device))
+    else:
+        with pytest.raises(UsageError) as err:
+            distributed.check(cfg, torch.device(device))
+        assert str(err.value) == refusal

@@ -133,10 +133,13 @@ def _other_rank(cfg: DictConfig) -> None:
 
 
 def _other_rank_run(cfg: DictConfig, hydra_cfg) -> None:
+    import prune_cli.distributed as distributed
     try:
         with stop_signals():
             from prune_cli.pipeline.experiment import Experiment
             Experiment(cfg, Path(hydra_cfg.runtime.output_dir), None, overrides=list(hydra_cfg.overrides.task)).run()
+    except distributed.MainFailed as err:  # rank 0 failed where it worked alone, and says why
+        sys.exit(err.code)
     except UsageError:
         sys.exit(2)
     except RunFailed:

@@ -112,6 +112,8 @@ def make_plan(cfg: DictConfig) -> dict:
     from prune_cli.pipeline.loops import loop_for
     validate(cfg)
     device = resolve_device(cfg.device)
+    import prune_cli.distributed as distributed
+    distributed.check(cfg, device)  # under torchrun: what a run across processes cannot do
     strategy = instantiate(cfg.strategy, "strategy")
     schedule = instantiate(cfg.schedule, "schedule")
     schedule.check_budget(int(cfg.train.epochs), int(cfg.finetune.epochs))

@@ -69,11 +69,14 @@ def train_dense(exp) -> Optional[Masks]:
     cache = run_cache(exp.cfg)
     import prune_cli.distributed as distributed
     # Across processes rank 0 holds the cache's lock and decides; the others follow its decision (they read a
-    # cached entry themselves, and train a missing one with it).
-    with cache.locked(key) if exp.main else contextlib.nullcontext():
-        entry = cache.load(key, check=lambda e: _misfit(exp.model, e)) if exp.main else None
+    # cached entry themselves, never deleting it, and train a missing one with it).
+    with contextlib.ExitStack() as held:
+        def look_up():  # may wait for the lock while another job trains this dense model
+            held.enter_context(cache.locked(key))
+            return cache.load(key, check=lambda e: _misfit(exp.model, e))
+        entry = distributed.on_main(look_up)
         if distributed.broadcast(entry is not None) and entry is None:
-            entry = cache.load(key, check=lambda e: _misfit(exp.model, e))
+            entry = cache.load(key, check=lambda e: _misfit(exp.model, e), repair=False)
             if entry is None:
                 raise RuntimeError(f"rank {distributed.rank()} cannot read the cached dense model rank 0 found")
         if entry is None:

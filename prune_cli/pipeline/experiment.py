@@ -99,7 +99,9 @@ class Experiment:
         validate(cfg)
         import prune_cli.distributed as distributed
         self.main = distributed.is_main()  # across processes (torchrun) only rank 0 writes and prints
-        self.device = distributed.device_for(resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
+        distributed.check(cfg, device)  # as the guard did, for a run started without it (the API)
+        self.device = distributed.device_for(device)
         self.strategy = instantiate(cfg.strategy, "strategy")
         self.schedule = instantiate(cfg.schedule, "schedule")
         self.schedule.check_budget(int(cfg.train.epochs), int(cfg.finetune.epochs))
@@ -110,12 +112,6 @@ class Experiment:
         check_opening(self.run_dir, also=logger_files(plain(cfg.get("logger"))))
         refuse_other_config(self.run_dir, self.fingerprint)  # before state.pt is read
         self.settings = RunSettings.from_cfg(cfg)  # what the stages read, typed, from here on
-        if distributed.active():  # every rank needs at least two examples of every global batch
-            for key, stage in (("train", self.settings.train), ("finetune", self.settings.finetune)):
-                if stage.batch_size < 2 * distributed.world_size():
-                    raise UsageError(f"{key}.batch_size={stage.batch_size}: across {distributed.world_size()} "
-                                     f"processes the global batch needs at least {2 * distributed.world_size()} "
-                                     f"examples (two per process)")
         self.seed = self.settings.seed
         check_data_fits(cfg.dataset)  # sizes no machine has are refused before they are allocated
         self.data = load_dataset(cfg.dataset).to(self.device)
@@ -135,16 +131,10 @@ class Experiment:
                               self.settings.model_name)
         self.prunable, self.ignored, self.unit_layers = allowed.names, allowed.ignored, allowed.unit_layers
         self.loop.plan(self.settings, self.strategy, self.schedule, self.facts)  # its refusals come before any work
-        # Every check has passed: only now is the directory made, and held for this run alone.
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.lock = lock(self.run_dir)
-        else:
-            self.lock = _NotHeld()
+        # Every check has passed: only now is the directory made, and held for this run alone (by rank 0; the
+        # others read the resume state once it has tidied the directory).
+        self.lock = distributed.on_main(self._hold_run_dir) or _NotHeld()
         try:
-            if self.main:
-                remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
-            distributed.barrier()  # the other ranks read the resume state once rank 0 has tidied the directory
             self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s, writes=self.main).load()
             self.state.restore_rng()
             self.record = RunRecord.from_state(self.state.record) if self.state.record else self._new_record()
@@ -155,6 +145,17 @@ class Experiment:
         except BaseException:
             self.lock.release()
             raise
+
+    def _hold_run_dir(self):
+        """The run directory made, locked and cleared of what a killed process left; returns the lock."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        held = lock(self.run_dir)
+        try:
+            remove_leftovers(self.run_dir, completed=completed_report(self.run_dir) is not None)
+        except BaseException:
+            held.release()
+            raise
+        return held
 
     def _new_record(self) -> RunRecord:
         distill = self.settings.distillation
@@ -201,15 +202,17 @@ class Experiment:
             masks = dense.train_dense(self)
             outcome = self.loop.run(self, masks)
             self.record.add_time("total", time.perf_counter() - started)
-            report = None
-            if self.main:  # measuring and writing the result is rank 0's; the others wait for it
-                report = finish(self, outcome)
-                self.loggers.finish(report)
-            distributed.barrier()
+            # Measuring and writing the result is rank 0's; the others wait for it (and leave if it fails).
+            report = distributed.on_main(lambda: self._finish(outcome))
             distributed.COMPLETED[0] = True
             return report
         finally:
             self.loggers.close()
+
+    def _finish(self, outcome) -> dict:
+        report = finish(self, outcome)
+        self.loggers.finish(report)
+        return report
 
     # --- steps the loops share -------------------------------------------------------------------------------
     def evaluate(self, model=None, precision: Optional[str] = None) -> tuple[float, Optional[float]]:

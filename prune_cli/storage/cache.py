@@ -94,8 +94,9 @@ class DenseCache:
             log.info("removing %s, left by a job that was killed while writing it", orphan.name)
             orphan.unlink(missing_ok=True)
 
-    def load(self, key: str, check=None) -> Optional[dict]:
-        """The entry, or None when there is none or it is unusable (then it is deleted, to be rebuilt).
+    def load(self, key: str, check=None, repair: bool = True) -> Optional[dict]:
+        """The entry, or None when there is none or it is unusable (then it is deleted, to be rebuilt, unless
+        ``repair`` is false: a reader that does not hold the lock).
 
         ``check(entry)`` returns what is wrong with an entry that reads fine (e.g. tensors of other shapes
         than the model's), or None."""
@@ -115,6 +116,9 @@ class DenseCache:
                 raise UsageError(problem)
             return entry
         except Exception as err:  # whatever is wrong with the file, the cure is the same: train again
+            if not repair:
+                log.warning("cache entry %s is unusable (%s)", self.path(key).name, err)
+                return None
             log.warning("cache entry %s is unusable (%s); rebuilding it", self.path(key).name, err)
             self.path(key).unlink(missing_ok=True)
             return None
