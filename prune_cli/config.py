@@ -22,8 +22,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 # them out), the dense cache ignores them, prune-compare does not tell variants apart by them, and a sweep's job
 # directories are not named after them. A key is neutral when it is listed or lies under a listed key.
 # finetune.on trains the same function either way (to float rounding).
-RESULT_NEUTRAL = ("progress", "checkpoint", "device", "cache", "threads", "measure", "dry_run", "eval_batch_size",
-                  "finetune.on", "dataset.download", "dataset.workers", "dataset.in_memory", "dataset.memory_mb")
+RESULT_NEUTRAL = ("progress", "checkpoint", "device", "cache", "threads", "gpu_memory_fraction", "measure",
+                  "dry_run", "eval_batch_size", "finetune.on", "dataset.download", "dataset.workers", "dataset.in_memory", "dataset.memory_mb")
 
 
 def result_neutral(key: str) -> bool:

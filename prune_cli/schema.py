@@ -208,6 +208,8 @@ def top_level() -> dict:
         "sparsity": Noted(FRACTION, "the fraction of prunable weights that are zero at the end"), "seed": SEED,
         "device": AnyOf((Choice(("auto", "cpu", "cuda")), Text(r"cuda:\d+", "cuda:N"))),
         "threads": AnyOf((Choice(("auto",)), Int(1, 1024))),
+        "gpu_memory_fraction": Noted(AnyOf((Choice(("auto",)), Num(0.0, 1.0, lo_open=True))),
+                                     "the share of the GPU's memory a run may hold; auto: 1/n_jobs in a joblib sweep"),
         "progress": AnyOf((Choice(("auto",)), Bool())),
         "eval_batch_size": Int(1, 1 << 20),
         "matmul_precision": Noted(Choice(("auto", "highest", "high", "medium")),

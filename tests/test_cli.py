@@ -48,6 +48,7 @@ BAD_INPUTS = [
     (["strategy=compress", "sparsity=0.998", "train.epochs=1"],
      "sparsity=0.998: strategy=compress cannot reach it: the narrowest model removes at most 0.9961"),
     (["threads=0"], "threads=0: must be auto or a positive integer"),
+    (["gpu_memory_fraction=0"], "gpu_memory_fraction=0: must be auto or a positive number (at most 1)"),
     (["model.hidden=abc"], "model.hidden='abc': must be a list of items, each a positive integer"),
     (["sparsity=0.99999999"], "sparsity=0.99999999: would prune all 18,944 prunable weights of model=mlp"),
     (["schedule=gradual", "finetune.epochs=0"], "finetune.epochs=0: schedule=gradual prunes during fine-tuning"),

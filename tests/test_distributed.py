@@ -202,3 +202,4 @@ def test_each_process_takes_its_own_gpu(monkeypatch, device, env, gpus, refusal)
         with pytest.raises(UsageError) as err:
             distributed.check(cfg, torch.device(device))
         assert str(err.value) == refusal
+

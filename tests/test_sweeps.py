@@ -318,3 +318,33 @@ def test_summary_only_points_to_the_comparison_when_every_job_completed(tmp_path
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert capsys.readouterr().err.splitlines() == [
         f"prune-run: every job of the sweep completed; compare them with: prune-compare {tmp_path}"]
+
+
+def test_jobs_sharing_a_gpu_each_hold_their_share_of_its_memory(monkeypatch):
+    """gpu_memory_fraction: auto bounds a joblib sweep's job to 1/n_jobs of the GPU (torch's public
+    per-process bound); a number is taken as it is; on the CPU, or alone, nothing is bounded. The library API
+    puts the bound before the run back."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from prune_cli.app.api import host_kept
+    from prune_cli.pipeline import memory
+    bounds = {0: 1.0}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda index: bounds[index])
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, index: bounds.__setitem__(index, fraction))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert memory.bound_gpu_memory("auto", cuda) is None and bounds == {0: 1.0}  # no sweep here
+    assert memory.bound_gpu_memory("auto", cpu) is None and memory.bound_gpu_memory(0.5, cpu) is None
+    launcher = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 8}
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", OmegaConf.create({"hydra": {"launcher": launcher}}))
+    monkeypatch.setattr(memory.os, "cpu_count", lambda: 16)
+    with host_kept():
+        assert memory.bound_gpu_memory("auto", cuda) == 0.125 and bounds == {0: 0.125}
+        launcher["n_jobs"] = -1  # joblib's "every core"
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", OmegaConf.create({"hydra": {"launcher": launcher}}))
+        assert memory.bound_gpu_memory("auto", cuda) == 1 / 16
+        assert memory.bound_gpu_memory(0.3, torch.device("cuda", 0)) == 0.3 and bounds == {0: 0.3}
+    assert bounds == {0: 1.0} and memory.GPU_MEMORY_BEFORE == {}

@@ -23,7 +23,7 @@ from prune_cli.config import compose_config
 @contextlib.contextmanager
 def host_kept():
     """Whatever a run changes process-wide (``threads`` sets torch's thread count, stages seed the global
-    generator, ``matmul_precision`` sets torch's, libraries imported on the way may add warning filters) is put
+    generator, ``matmul_precision`` sets torch's, ``gpu_memory_fraction`` the GPU allocator's bound, libraries imported on the way may add warning filters) is put
     back afterwards. Not restorable: a compiled stage clears torch.compile's caches (``torch.compiler.reset``)."""
     import torch
     from prune_cli.training.float32 import float32_arithmetic
@@ -35,6 +35,10 @@ def host_kept():
     finally:
         sys.stdout, sys.stderr = streams
         torch.set_num_threads(threads)
+        from prune_cli.pipeline.memory import GPU_MEMORY_BEFORE
+        for index, fraction in GPU_MEMORY_BEFORE.items():  # gpu_memory_fraction's bound, where a run set one
+            torch.cuda.set_per_process_memory_fraction(fraction, index)
+        GPU_MEMORY_BEFORE.clear()
         (gc.enable if collecting else gc.disable)()
 
 

@@ -29,7 +29,7 @@ from prune_cli.pipeline import dense
 from prune_cli.pipeline.facts import DataFacts
 from prune_cli.pipeline.finish import finish
 from prune_cli.pipeline.loops import loop_for
-from prune_cli.pipeline.memory import check_data_fits, check_model_fits
+from prune_cli.pipeline.memory import bound_gpu_memory, check_data_fits, check_model_fits
 from prune_cli.pipeline.outcome import Outcome
 from prune_cli.pipeline.prunable import prunable_of
 from prune_cli.pipeline.record import RunRecord
@@ -102,6 +102,8 @@ class Experiment:
         device = resolve_device(cfg.device)
         distributed.check(cfg, device)  # as the guard did, for a run started without it (the API)
         self.device = distributed.device_for(device)
+        # Before anything is allocated there: jobs sharing one GPU each hold at most their share.
+        self.gpu_memory_fraction = bound_gpu_memory(cfg.get("gpu_memory_fraction", "auto"), self.device)
         self.strategy = instantiate(cfg.strategy, "strategy")
         self.schedule = instantiate(cfg.schedule, "schedule")
         self.schedule.check_budget(int(cfg.train.epochs), int(cfg.finetune.epochs))

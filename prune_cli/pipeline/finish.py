@@ -36,7 +36,8 @@ def finish(exp, outcome: Outcome) -> dict:
         measured["quantized"] = _quantized_facts(exp, quantized, measured, outcome.prunable)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     extra = {"fingerprint": exp.fingerprint, "variant": variant(exp.cfg), "device": str(exp.device),
-             "threads": exp.threads, "run_dir": str(exp.run_dir.resolve()),
+             "threads": exp.threads,
+             "gpu_memory_fraction": exp.gpu_memory_fraction, "run_dir": str(exp.run_dir.resolve()),
              "checkpoint_saves": {"count": exp.state.saves, "seconds": exp.state.save_seconds}}
     report = build_report(exp.record, state_dict=state_dict, prunable=outcome.prunable, ignored=exp.ignored,
                           parameters={name for name, _ in model.named_parameters()}, measured=measured,

@@ -23,8 +23,10 @@ def available_bytes(device=None) -> Optional[int]:
     (``MemAvailable`` on Linux, free physical pages elsewhere); None when the system does not say."""
     if device is not None and getattr(device, "type", str(device)) == "cuda":
         import torch
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        free, total = torch.cuda.mem_get_info(device)
+        # Within this process's bound (gpu_memory_fraction), less what its allocator already holds.
+        share = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
+        return int(max(0, min(free, share)))
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
@@ -36,6 +38,40 @@ def available_bytes(device=None) -> Optional[int]:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def bound_gpu_memory(wanted, device) -> Optional[float]:
+    """The share of the GPU's memory this run may hold (``gpu_memory_fraction``), set with torch's public
+    per-process bound; None without one. Jobs of a joblib sweep share one GPU: by default each holds at most
+    1/n_jobs of it, so a job that outgrows its share runs out of memory itself instead of starving the others.
+    The bound in place before is kept in ``GPU_MEMORY_BEFORE``, for the library API to restore."""
+    if device.type != "cuda":
+        return None
+    if wanted == "auto":
+        jobs = _joblib_jobs()
+        if jobs <= 1:
+            return None
+        wanted = 1.0 / jobs
+    import torch
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    GPU_MEMORY_BEFORE.setdefault(index, torch.cuda.get_per_process_memory_fraction(index))
+    torch.cuda.set_per_process_memory_fraction(float(wanted), index)
+    return float(wanted)
+
+
+GPU_MEMORY_BEFORE: dict = {}  # device index -> the bound before a run set its own
+
+
+def _joblib_jobs() -> int:
+    """How many jobs of this process's sweep run at once under Hydra's joblib launcher (1 otherwise)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    jobs = int(launcher.get("n_jobs", 1))
+    return jobs if jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + jobs)  # joblib's -1: every core
 
 
 def _gib(n: float) -> str:

@@ -75,7 +75,7 @@ def build_report(record, *, state_dict: Mapping, prunable: list[str], parameters
         "status": "completed",
         "fingerprint": run["fingerprint"],
         "experiment": {**record.experiment, "device": run["device"], "threads": run["threads"],
-                       "run_dir": run["run_dir"], "variant": run["variant"]},
+                       "gpu_memory_fraction": run.get("gpu_memory_fraction"), "run_dir": run["run_dir"], "variant": run["variant"]},
         "strategy": record.strategy,
         "schedule": record.schedule,
         "sparsity": {"target": target, "achieved": zeros / total if total else 0.0, "zeros": zeros,
