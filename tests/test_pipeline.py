@@ -158,12 +158,39 @@ def test_cost_fields_are_measured(run_api):
 
 
 def test_latency_is_timed_at_the_batch_sizes_asked_for(run_api):
-    report, _ = run_api("sparsity=0.5", "model.hidden=[100]", "measure.batch_sizes=[1,32]")
+    report, run_dir = run_api("sparsity=0.5", "model.hidden=[100]", "measure.batch_sizes=[1,32]")
     assert all(set(entry) == {"batch_1_ms", "batch_32_ms"} for entry in report["latency"].values())
     assert set(report["speedup"]["measured"]) == {"batch_1", "batch_32"}
     import torch
     if not torch.cuda.is_available() or report["experiment"]["device"] == "cpu":
         assert report["latency_cuda_graph"] == {}  # CUDA graphs exist on a GPU only
+    # report.md says which timing each figure is, at the batch sizes timed.
+    text = (run_dir / "report.md").read_text()
+    for name, latency in report["latency"].items():
+        assert (f"| latency {name} (eager) | batch 1: {latency['batch_1_ms']:.3f} ms, "
+                f"batch 32: {latency['batch_32_ms']:.3f} ms |") in text
+
+
+def test_the_report_names_each_timing_and_keeps_the_kernels_note():
+    """CUDA-graph latencies and speed-ups beside the eager ones; a 2:4 note that the sparse kernel is slower
+    stays beside the ratios it explains; the compression table has a column per batch size timed."""
+    from prune_cli.report.render import compression_lines, speedup_lines
+    speedup = {"method": "shrunk model", "measured": {"batch_1": 0.92, "batch_64": 1.5},
+               "measured_cuda_graph": {"batch_1": 1.8, "batch_64": 2.04}, "cuda_graph_of": "shrunk"}
+    assert speedup_lines(speedup) == [
+        ("measured speed-up (shrunk model, eager)", "batch 1: 0.92x, batch 64: 1.50x"),
+        ("measured speed-up as CUDA graphs (shrunk model)", "batch 1: 1.80x, batch 64: 2.04x")]
+    slower = {"method": "semi-structured sparse kernel (2:4, float16)", "measured": {"batch_1": 0.11},
+              "note": "the semi-structured kernel is slower than dense float16 at batch_1"}
+    assert speedup_lines(slower)[-1] == ("speed-up note", slower["note"])
+    assert speedup_lines({"method": "none", "measured": {}, "note": "no GPU"}) == [("measured speed-up", "none: no GPU")]
+    row = {"model": "dense", "accuracy": 0.9, "val_accuracy": 0.8, "params_nonzero": 10, "bytes": {"dense": 40},
+           "latency_ms": {"batch_1_ms": 0.5, "batch_64_ms": 2.0}}
+    assert compression_lines({"compression": [row, dict(row, model="shrunk", latency_ms=None)]}) == [
+        "| model | test acc. | val acc. | non-zero params | bytes (dense) | bytes (sparse) | bytes (int8) | "
+        "ms batch 1 | ms batch 64 |", "|---|---|---|---|---|---|---|---|---|",
+        "| dense | 90.00% | 80.00% | 10 | 40 | - | - | 0.500 | 2.000 |",
+        "| shrunk | 90.00% | 80.00% | 10 | 40 | - | - | - | - |"]
 
 
 def test_first_round_scores_are_shared_across_sparsities(run_api, tmp_path, monkeypatch):

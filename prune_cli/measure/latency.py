@@ -89,7 +89,7 @@ def measure_graph_latency(models: Mapping[str, nn.Module], input_shape: Sequence
                           batch_sizes: Sequence[int] = (1, 256), warmup: int = 3, repeats: int = 30,
                           max_time_s: float = 0.5) -> dict[str, dict[str, float]]:
     """``measure_latency`` with each forward pass replayed as a captured CUDA graph (CUDA only; a model whose
-    forward cannot be captured, e.g. a sparse kernel that synchronises, is left out)."""
+    forward cannot be captured, e.g. a sparse kernel that synchronises, is left out, with a warning)."""
     results: dict[str, dict[str, float]] = {}
     if torch.device(device).type != "cuda":
         return results
@@ -101,7 +101,12 @@ def measure_graph_latency(models: Mapping[str, nn.Module], input_shape: Sequence
             for name, model in models.items():
                 try:
                     calls[name] = GraphReplay(model, example_input(model, input_shape, batch_size, device))
-                except RuntimeError:  # not capturable (host syncs, CPU work, unsupported kernels)
+                except RuntimeError as err:  # not capturable (host syncs, CPU work, unsupported kernels)
+                    import logging
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    logging.getLogger(__name__).warning("the %s model at batch %d cannot be captured as a CUDA "
+                                                        "graph, so it is timed eagerly only: %s", name,
+                                                        batch_size, first)
                     continue
             times = time_side_by_side(calls, device, repeats=repeats, warmup=warmup, max_time_s=max_time_s)
             for name in calls:

@@ -15,16 +15,44 @@ def _ms(latency, batch) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def batch_sizes(latencies) -> list[int]:
+    """The batch sizes timed (``measure.batch_sizes``), from latency entries ``{"batch_N_ms": ...}``."""
+    return sorted({int(key[len("batch_"):-len("_ms")]) for latency in latencies for key in (latency or {})
+                   if key.startswith("batch_") and key.endswith("_ms")})
+
+
+def _per_batch(latency, unit: str = " ms") -> str:
+    """"batch 1: 0.123 ms, batch 256: 4.567 ms"."""
+    return ", ".join(f"batch {size}: {latency[f'batch_{size}_ms']:.3f}{unit}" for size in batch_sizes([latency]))
+
+
 def compression_lines(r: dict) -> list[str]:
-    """The compression table (one row per model) as Markdown."""
+    """The compression table (one row per model) as Markdown, with a column per batch size timed."""
+    rows = r.get("compression") or []
+    sizes = batch_sizes(row["latency_ms"] for row in rows)
     lines = ["| model | test acc. | val acc. | non-zero params | bytes (dense) | bytes (sparse) | bytes (int8) | "
-             "ms batch 1 | ms batch 256 |", "|---|---|---|---|---|---|---|---|---|"]
-    for row in r.get("compression") or []:
+             + "".join(f"ms batch {size} | " for size in sizes), "|---|---|---|---|---|---|---|" + "---|" * len(sizes)]
+    for row in rows:
         b = row["bytes"]
         lines.append(f"| {row['model']} | {_pct(row['accuracy'])} | {_pct(row['val_accuracy'])} | "
                      f"{_bytes(row['params_nonzero'])} | {_bytes(b.get('dense'))} | {_bytes(b.get('sparse'))} | "
-                     f"{_bytes(b.get('quantized'))} | {_ms(row['latency_ms'], 1)} | {_ms(row['latency_ms'], 256)} |")
-    return lines
+                     f"{_bytes(b.get('quantized'))} | " + "".join(f"{_ms(row['latency_ms'], size)} | " for size in sizes))
+    return [line.rstrip() for line in lines]
+
+
+def speedup_lines(speedup: dict) -> list[tuple[str, str]]:
+    """(label, value) rows for the measured speed-ups: eager, then as CUDA graphs (on a GPU), then the note."""
+    rows = []
+    measured = speedup.get("method", "none") != "none" and speedup.get("measured")
+    if measured:
+        rows.append((f"measured speed-up ({speedup['method']}, eager)",
+                     ", ".join(f"{k.replace('_', ' ')}: {v:.2f}x" for k, v in speedup["measured"].items())))
+    if speedup.get("measured_cuda_graph"):
+        rows.append((f"measured speed-up as CUDA graphs ({speedup.get('cuda_graph_of', 'shrunk')} model)",
+                     ", ".join(f"{k.replace('_', ' ')}: {v:.2f}x" for k, v in speedup["measured_cuda_graph"].items())))
+    if speedup.get("note"):
+        rows.append(("speed-up note", speedup["note"]) if measured else ("measured speed-up", f"none: {speedup['note']}"))
+    return rows
 
 
 def heads_kept(shrunk: dict) -> str:
@@ -80,18 +108,13 @@ def markdown(r: dict) -> str:
             lines.append(f"| attention heads kept | {heads_kept(r['shrunk'])} |")
     if r.get("finetuned_on"):
         lines.append(f"| fine-tuned on | {finetuned_on(r)} |")
-    for name, lat in (r.get("latency") or {}).items():
-        cells = ", ".join(f"{k.replace('_ms', '')}: {v:.3f} ms" for k, v in lat.items())
-        lines.append(f"| latency {name} | {cells} |")
+    for timing, latencies in (("eager", r.get("latency")), ("CUDA graph", r.get("latency_cuda_graph"))):
+        for name, lat in (latencies or {}).items():
+            lines.append(f"| latency {name} ({timing}) | {_per_batch(lat)} |")
     for name, size in (r.get("size_bytes") or {}).items():
         if size is not None:
             lines.append(f"| size {name} | {size:,} bytes |")
-    speedup = r.get("speedup") or {}
-    if speedup.get("method", "none") != "none" and speedup.get("measured"):
-        cells = ", ".join(f"{k}: {v:.2f}x" for k, v in speedup["measured"].items())
-        lines.append(f"| measured speed-up ({speedup['method']}) | {cells} |")
-    elif speedup.get("note"):
-        lines.append(f"| measured speed-up | none: {speedup['note']} |")
+    lines += [f"| {label} | {value} |" for label, value in speedup_lines(r.get("speedup") or {})]
     if r.get("resumed_from"):
         lines.append(f"| resumed from | {r['resumed_from']} |")
     units = any("units_kept" in l for l in r["layers"])
@@ -191,12 +214,11 @@ def console_table(r: dict, console) -> None:
         table.add_row("fine-tuned on", f"{last['on']} model ({last['params']:,} params"
                                        + (f", last of {len(r['finetuned_on'])} stages)" if len(r["finetuned_on"]) > 1 else ")"))
     speedup = r.get("speedup") or {}
-    if speedup.get("method", "none") != "none" and speedup.get("measured"):
-        table.add_row(f"measured speed-up ({speedup['method']})",
-                      ", ".join(f"{k.replace('_ms', '').replace('_', ' ')}: {v:.2f}x"
-                                for k, v in speedup["measured"].items()))
-    elif speedup:
-        table.add_row("measured speed-up", f"none ({speedup.get('note') or 'masked weights still run dense kernels'})")
+    rows = speedup_lines(speedup)
+    if speedup and not any(label.startswith("measured") for label, _ in rows):
+        rows.append(("measured speed-up", "none: masked weights still run dense kernels"))
+    for label, value in rows:
+        table.add_row(label, value)
     quantized = r.get("quantized")
     if quantized:
         table.add_row(f"accuracy quantized ({quantized['method']})", _pct(quantized["accuracy"]))
@@ -204,7 +226,7 @@ def console_table(r: dict, console) -> None:
                                                         f"{_bytes(quantized.get('file_bytes', quantized['bytes']))}")
         timed = quantized.get("latency") or {}
         if timed:
-            table.add_row("latency int8 (batch 1 / 256)", f"{_ms(timed, 1)} / {_ms(timed, 256)} ms")
+            table.add_row("latency int8", _per_batch(timed))
     table.add_row("cache (dense)", str(r.get("cache", {}).get("dense", "-")))
     table.add_row("total seconds", f"{r['timings'].get('total', 0):.2f}")
     console.print(table)
