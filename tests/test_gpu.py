@@ -74,11 +74,14 @@ def test_bf16_reduce_overhead_resnet20_completes_with_exact_sparsity(run_api):
     assert zeros == report["sparsity"]["zeros"]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_nothing_inside_an_epoch_waits_on_the_device(precision):
+@pytest.mark.parametrize("precision, compile", [("fp32", False), ("bf16", False), ("fp16", False),
+                                                ("bf16", "reduce-overhead"), ("fp16", "reduce-overhead")])
+def test_nothing_inside_an_epoch_waits_on_the_device(precision, compile):
     """From the second step to the last, a training epoch on CUDA makes no host-device synchronisation:
     torch raises on any under sync debug mode "error" (the first step is allowed its lazy initialisations,
-    and the epoch's end its one deliberate sync for the loss)."""
+    and the epoch's end its one deliberate sync for the loss). fp16's scaler steps the fused optimizer with
+    its found-inf flag on the device. A compiled step is checked in its second epoch, once compiling and
+    recording (timed, with deliberate syncs) are behind it: what every later epoch does."""
     from prune_cli.data.splits import AugmentedSplit
     from prune_cli.models import CIFARResNet
     from prune_cli.pruning.masks import Masks
@@ -90,13 +93,15 @@ def test_nothing_inside_an_epoch_waits_on_the_device(precision):
     data = AugmentedSplit(torch.randint(0, 256, (1024, 3, 32, 32), dtype=torch.uint8, device="cuda"),
                           torch.randint(0, 10, (1024,), device="cuda"))
     steps = data.num_batches(128)
+    epochs = 2 if compile else 1
+    first = (epochs - 1) * steps + 1  # the checked epoch's first step (after which the checks begin)
 
     def guard(step):
-        torch.cuda.set_sync_debug_mode("error" if step < steps else "default")
+        torch.cuda.set_sync_debug_mode("error" if first <= step < epochs * steps else "default")
 
     try:
-        fit(model, data, StageSettings(epochs=1, lr=0.1, batch_size=128, optimizer="sgd", precision=precision),
-            stage="t", seed=0, masks=masks, after_step=guard)
+        fit(model, data, StageSettings(epochs=epochs, lr=0.1, batch_size=128, optimizer="sgd", precision=precision,
+                                       compile=compile), stage="t", seed=0, masks=masks, after_step=guard)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
