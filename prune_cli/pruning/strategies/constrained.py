@@ -57,7 +57,13 @@ class L0(Strategy):
             raise ValueError(f"strategy.pattern={self.pattern}: l0 projects onto the k largest weights of the whole "
                              f"model after every step; use magnitude, wanda or sparsegpt for N:M masks")
         self.epochs, self.ramp = int(epochs), float(ramp)
-        self.projections = self.reentries = 0
+        self.projections = 0
+        self.reentered = None  # a device tensor, summed step by step: reading it each step would wait on the GPU
+
+    @property
+    def reentries(self) -> int:
+        """How often a weight zeroed by one projection was among the k largest again at the next."""
+        return 0 if self.reentered is None else int(self.reentered)
 
     def prepare(self, ctx: ScoringContext) -> None:
         params = dict(ctx.model.named_parameters())
@@ -76,7 +82,8 @@ class L0(Strategy):
             masks.apply_(ctx.model)  # the projection itself: nothing carries over to the next step
             for name, mask in masks.items():
                 if name in last:
-                    self.reentries += int(((last[name] == 0) & (mask != 0)).sum())
+                    back = ((last[name] == 0) & (mask != 0)).sum()
+                    self.reentered = back if self.reentered is None else self.reentered + back
                 last[name] = mask
             self.projections += 1
             return None
