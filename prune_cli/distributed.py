@@ -197,6 +197,15 @@ def on_main(work):
     return result
 
 
+def linger(seconds: float = 30.0) -> None:
+    """A rank other than 0 that failed on its own, before it exits: the same failure (a non-finite loss reaches
+    every rank through the averaged gradients) is usually rank 0's too, at the same step, and torchrun stops
+    every process as soon as one exits, which could cut rank 0's report of it short. So this rank waits
+    until torchrun stops it after rank 0 has left, or ``seconds`` at most (then its exit stops the run)."""
+    import time
+    time.sleep(seconds)
+
+
 def _exit_code(err: BaseException) -> int:
     """The exit code rank 0 leaves with for ``err`` (as ``prune_cli.app.cli`` maps them)."""
     import signal

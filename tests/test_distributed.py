@@ -103,6 +103,21 @@ def test_a_bad_value_under_torchrun_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists() and not Path(tmp_path / "outputs").exists()
 
 
+def test_a_run_failing_on_every_rank_is_reported_by_rank_0(tmp_path):
+    """A non-finite loss reaches every rank (the gradients are averaged): rank 0 reports it, once, as the
+    failure it is; the other rank waits for that instead of racing it to the exit (torchrun stops the rest
+    as soon as one process exits)."""
+    code, out = finished(torchrun([*SMALL, "train.optimizer=sgd", "train.lr=1e30",
+                                   f"hydra.run.dir={tmp_path / 'run'}"], tmp_path))
+    assert code == 1
+    ours = [line for line in out.splitlines() if line.startswith("prune-run")]
+    assert ours == ["prune-run: run failed: non-finite loss in stage 'train' at epoch 1, step 2 (try a smaller lr)"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "failed" and report["error"].startswith("non-finite loss in stage 'train'")
+    root = out[out.index("Root Cause"):]
+    assert "rank      : 0 (local_rank: 0)" in root and "exitcode  : 1 " in root
+
+
 def test_a_submitit_job_of_two_tasks_is_one_experiment_across_them(tmp_path):
     """hydra/launcher=submitit_local with tasks_per_node=2: the SLURM launcher's machinery on this machine."""
     env = dict(os.environ, PRUNE_CLI_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")

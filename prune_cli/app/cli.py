@@ -141,8 +141,10 @@ def _other_rank_run(cfg: DictConfig, hydra_cfg) -> None:
     except distributed.MainFailed as err:  # rank 0 failed where it worked alone, and says why
         sys.exit(err.code)
     except UsageError:
+        distributed.linger()
         sys.exit(2)
     except RunFailed:
+        distributed.linger()
         sys.exit(1)
     except KeyboardInterrupt as err:
         sys.exit(128 + int(err.signum if isinstance(err, Stopped) else signal.SIGINT))
