@@ -6,8 +6,8 @@ They run the same experiment together:
 - training: DistributedDataParallel, each rank on its slice of every global batch of the single-process
   order (``shard``), its loss weighted so that the averaged gradient is the whole batch's mean
   (``train.batch_size`` stays the global batch);
-- scoring and pruning on every rank from the same model and the same calibration batches, then rank 0's
-  masks and weights broadcast (``agree``) and checked identical, so no rank can drift;
+- scoring and pruning once, on rank 0 (the others wait for it), from the same calibration batches as one
+  process; then its masks and weights on every rank (``agree``), checked identical;
 - evaluation sharded and summed (``all_sum``): the test split counted exactly once;
 - one run directory, one resume state, one report, one checkpoint, one set of logs: rank 0 writes
   (``is_main``); where it works alone the others wait for its outcome (``on_main``), and leave with its exit
@@ -114,7 +114,7 @@ def backend(device: "torch.device") -> str:
 COMPLETED = [False]  # the experiment finished on every rank (set after its last barrier)
 WAITING: list = [None]  # the process group in which the others wait on rank 0's own work (``on_main``)
 AGREED = [0]    # prunes after which the ranks' masks were compared, in this process
-DIFFERED = [0]  # of those, the prunes where some rank had computed other masks than rank 0 (then replaced)
+DIFFERED = [0]  # of those, the prunes where some rank held other masks than rank 0 after taking them (a bug)
 
 
 def describe(device: "torch.device") -> Optional[dict]:
@@ -254,30 +254,36 @@ def wrap(model: "torch.nn.Module") -> "torch.nn.Module":
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def agree(model: "torch.nn.Module", masks) -> None:
-    """After a prune: every rank takes rank 0's weights, buffers and masks, and checks that it holds the same
-    masks (a RuntimeError names the first difference; it would be a bug, not bad input)."""
+def agree(model: "torch.nn.Module", masks):
+    """After rank 0 pruned (``masks``; None on the others): every rank takes its masks, weights and buffers,
+    then the ranks compare what they hold (a difference would be a bug: a RuntimeError would be the right
+    answer, but it is counted in the report and rank 0's are kept). Returns the masks, on every rank."""
     import torch
     import torch.distributed as dist
     if not active():
-        return
-    # Compared before the broadcast: ranks that computed different masks (non-deterministic kernels) are
-    # named, then all take rank 0's.
+        return masks
+    from prune_cli.pruning.masks import Masks
+    layout = broadcast({name: (tuple(mask.shape), str(mask.dtype).split(".")[-1]) for name, mask in masks.items()}
+                       if is_main() else None)
+    device = next(model.parameters()).device
+    if not is_main():
+        masks = Masks({name: torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+                       for name, (shape, dtype) in layout.items()})
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+        for name in layout:
+            dist.broadcast(masks[name], src=0)
     everyone = [None] * world_size()
     dist.all_gather_object(everyone, _digest(masks))
     if any(d != everyone[0] for d in everyone):
         import logging
         differing = [r for r, d in enumerate(everyone) if d != everyone[0]]
-        logging.getLogger("prune_cli").warning("ranks %s computed other masks than rank 0; all take rank 0's",
+        logging.getLogger("prune_cli").warning("ranks %s hold other masks than rank 0 after taking its own",
                                                differing)
         DIFFERED[0] += 1
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(tensor.data, src=0)
-        if masks:
-            for name in masks:
-                dist.broadcast(masks[name], src=0)
     AGREED[0] += 1
+    return masks
 
 
 def sync_buffers(model: "torch.nn.Module") -> None:

@@ -380,7 +380,22 @@ class Experiment:
         ``reconstructs`` gives its masks (and updated weights) itself.
 
         ``share_scores``: the loop says these are the first scores of the dense model, which a sweep over
-        sparsities can compute once (``scores.py`` decides whether the strategy allows it)."""
+        sparsities can compute once (``scores.py`` decides whether the strategy allows it).
+
+        Across processes rank 0 alone scores while the others wait; then every rank takes its masks and
+        weights, checked identical."""
+        import prune_cli.distributed as distributed
+        masks = distributed.on_main(lambda: self._masks_for(target, ctx, previous, share_scores, layer_rates))
+        with Timer(self.device) as t:
+            masks = distributed.agree(self.model, masks)
+            masks.validate(self.model)
+            masks.apply_(self.model)
+        self.record.add_time("prune", t.seconds)
+        return masks
+
+    def _masks_for(self, target: float, ctx: ScoringContext, previous: Optional[Masks], share_scores: bool,
+                   layer_rates: Optional[dict]) -> Masks:
+        """The masks at ``target`` (within ``previous``), from the strategy's scores or its reconstruction."""
         masks = None
         with Timer(self.device) as t:
             if self.strategy.reconstructs:  # masks and new surviving weights, layer by layer
@@ -398,10 +413,6 @@ class Experiment:
             masks = masks.to(self.device)
             if previous is not None:
                 masks = previous.intersect(masks)
-            masks.validate(self.model)
-            masks.apply_(self.model)
-            import prune_cli.distributed as distributed
-            distributed.agree(self.model, masks)  # across processes: rank 0's masks and weights, on every rank
         self.record.add_time("prune", t.seconds)
         return masks
 

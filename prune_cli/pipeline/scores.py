@@ -26,12 +26,9 @@ def _misfit(exp, scores) -> str | None:
 def first_round_scores(exp, ctx) -> dict:
     """The strategy's scores of the dense, unmasked model (the loop says when), from the cache when a run with
     the same dense model and strategy settings computed them."""
-    dense_entry = exp.record.cache.get("key")
-    import prune_cli.distributed as distributed
-    # Across processes every rank scores (the same model, the same batches): no rank waits on the cache's lock
-    # while the others wait for it, and none but rank 0 would write.
+    dense_entry = exp.record.cache.get("key")  # across processes only rank 0 scores, so only it comes here
     if exp.strategy.trains_before_scoring or exp.strategy.scores_depend_on_target \
-            or not dense_entry or not exp.cfg.cache.enabled or distributed.active():
+            or not dense_entry or not exp.cfg.cache.enabled:
         return exp.strategy.score(ctx)
     key = cache_key({"dense": dense_entry, "strategy": plain(exp.cfg.strategy), "seed": exp.seed,
                      "prunable": exp.prunable, "batch_size": ctx.batch_size})
