@@ -130,7 +130,7 @@ def check(cfg, device: "torch.device") -> None:
     """What a run across processes cannot do, refused with one line by the guard before anything is written
     (and by the run itself): a global batch with fewer than two examples per process, one GPU named for every
     rank, more processes on a node than it has GPUs (two ranks would share one)."""
-    if not launched():
+    if not active():
         return
     from prune_cli.errors import UsageError
     n = world_size()
@@ -189,21 +189,25 @@ def on_main(work):
         except BaseException as err:  # noqa: BLE001 - told to the others, then raised again
             failure = err
     box = [None if failure is None else (_exit_code(failure), f"{type(failure).__name__}: {failure}")]
-    dist.broadcast_object_list(box, src=0, group=WAITING[0])
-    if failure is not None:
-        raise failure
+    try:
+        dist.broadcast_object_list(box, src=0, group=WAITING[0])
+    finally:
+        if failure is not None:  # rank 0's own error, even when the others could not be told (one is gone)
+            raise failure
     if box[0] is not None:
         raise MainFailed(*box[0])
     return result
 
 
 def linger(seconds: float = 30.0) -> None:
-    """A rank other than 0 that failed on its own, before it exits: the same failure (a non-finite loss reaches
-    every rank through the averaged gradients) is usually rank 0's too, at the same step, and torchrun stops
-    every process as soon as one exits, which could cut rank 0's report of it short. So this rank waits
-    until torchrun stops it after rank 0 has left, or ``seconds`` at most (then its exit stops the run)."""
+    """A rank other than 0 that failed, before it exits under torchrun: the same failure (a non-finite loss
+    reaches every rank through the averaged gradients) is usually rank 0's too, at the same step, or rank 0's
+    own (``MainFailed``), and torchrun stops every process as soon as one exits, which could cut rank 0's
+    report of it short. So this rank waits until torchrun stops it after rank 0 has left, or ``seconds`` at
+    most (then its exit stops the run). The tasks of a SLURM job end on their own: no wait."""
     import time
-    time.sleep(seconds)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        time.sleep(seconds)
 
 
 def _exit_code(err: BaseException) -> int:

@@ -175,9 +175,11 @@ def test_rank_0_working_alone_tells_the_others_its_outcome():
 
 def test_what_a_run_across_processes_cannot_do_is_refused_before_hydra_writes(tmp_path, monkeypatch, capsys):
     """The guard (rank 0, before Hydra makes the run directory) refuses a global batch too small to share."""
+    import prune_cli.distributed as distributed
     from prune_cli.app.guard import guard
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed, "active", lambda: True)  # the process group as torchrun's rank 0 has it
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         guard([*SMALL, "train.batch_size=3", f"hydra.run.dir={tmp_path / 'run'}"])
@@ -210,6 +212,7 @@ def test_each_process_takes_its_own_gpu(monkeypatch, device, env, gpus, refusal)
     for key, value in {"WORLD_SIZE": "2", "LOCAL_RANK": "0", **env}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(distributed, "active", lambda: True)
     cfg = OmegaConf.create({"train": {"batch_size": 128}, "finetune": {"batch_size": 128}})
     if refusal is None:
         distributed.check(cfg, torch.device(device))

@@ -24,7 +24,6 @@ def counting_backend(calls: list):
     symbolic: list = []
     backend.symbolic = symbolic  # the symbolic sizes graphs were compiled for (none: every shape is static)
     return backend
-    return backend
 
 
 def data(n=96, seed=0):

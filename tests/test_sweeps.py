@@ -340,11 +340,15 @@ def test_jobs_sharing_a_gpu_each_hold_their_share_of_its_memory(monkeypatch):
     assert memory.bound_gpu_memory("auto", cpu) is None and memory.bound_gpu_memory(0.5, cpu) is None
     launcher = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 8}
     monkeypatch.setattr(HydraConfig.instance(), "cfg", OmegaConf.create({"hydra": {"launcher": launcher}}))
-    monkeypatch.setattr(memory.os, "cpu_count", lambda: 16)
     with host_kept():
         assert memory.bound_gpu_memory("auto", cuda) == 0.125 and bounds == {0: 0.125}
-        launcher["n_jobs"] = -1  # joblib's "every core"
-        monkeypatch.setattr(HydraConfig.instance(), "cfg", OmegaConf.create({"hydra": {"launcher": launcher}}))
-        assert memory.bound_gpu_memory("auto", cuda) == 1 / 16
         assert memory.bound_gpu_memory(0.3, torch.device("cuda", 0)) == 0.3 and bounds == {0: 0.3}
+        launcher["n_jobs"] = -1  # joblib's default, a job per core: how many share the GPU is not known
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", OmegaConf.create({"hydra": {"launcher": launcher}}))
+        assert memory.bound_gpu_memory("auto", cuda) is None and bounds == {0: 1.0}  # the earlier job's bound goes
+        assert memory.bound_gpu_memory(0.3, cuda) == 0.3
+        # The model-size check counts only the share (torch's calls want the index of an index-less "cuda").
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: {0: (60 << 30, 80 << 30)}[index])
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index: {0: 1 << 30}[index])
+        assert memory.available_bytes(cuda) == int(0.3 * (80 << 30)) - (1 << 30)
     assert bounds == {0: 1.0} and memory.GPU_MEMORY_BEFORE == {}

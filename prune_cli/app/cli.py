@@ -139,6 +139,7 @@ def _other_rank_run(cfg: DictConfig, hydra_cfg) -> None:
             from prune_cli.pipeline.experiment import Experiment
             Experiment(cfg, Path(hydra_cfg.runtime.output_dir), None, overrides=list(hydra_cfg.overrides.task)).run()
     except distributed.MainFailed as err:  # rank 0 failed where it worked alone, and says why
+        distributed.linger()
         sys.exit(err.code)
     except UsageError:
         distributed.linger()

@@ -23,9 +23,10 @@ def available_bytes(device=None) -> Optional[int]:
     (``MemAvailable`` on Linux, free physical pages elsewhere); None when the system does not say."""
     if device is not None and getattr(device, "type", str(device)) == "cuda":
         import torch
-        free, total = torch.cuda.mem_get_info(device)
+        index = _index(device)
+        free, total = torch.cuda.mem_get_info(index)
         # Within this process's bound (gpu_memory_fraction), less what its allocator already holds.
-        share = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
+        share = torch.cuda.get_per_process_memory_fraction(index) * total - torch.cuda.memory_reserved(index)
         return int(max(0, min(free, share)))
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
@@ -44,16 +45,19 @@ def bound_gpu_memory(wanted, device) -> Optional[float]:
     """The share of the GPU's memory this run may hold (``gpu_memory_fraction``), set with torch's public
     per-process bound; None without one. Jobs of a joblib sweep share one GPU: by default each holds at most
     1/n_jobs of it, so a job that outgrows its share runs out of memory itself instead of starving the others.
-    The bound in place before is kept in ``GPU_MEMORY_BEFORE``, for the library API to restore."""
+    The bound in place before the first run that set one is kept in ``GPU_MEMORY_BEFORE``: a later run of the
+    same process without a bound (a sweep's next job) gets it back, and so does the library API's caller."""
     if device.type != "cuda":
         return None
     if wanted == "auto":
         jobs = _joblib_jobs()
-        if jobs <= 1:
-            return None
-        wanted = 1.0 / jobs
+        wanted = 1.0 / jobs if jobs > 1 else None
     import torch
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
+    if wanted is None:
+        if index in GPU_MEMORY_BEFORE:
+            torch.cuda.set_per_process_memory_fraction(GPU_MEMORY_BEFORE[index], index)
+        return None
     GPU_MEMORY_BEFORE.setdefault(index, torch.cuda.get_per_process_memory_fraction(index))
     torch.cuda.set_per_process_memory_fraction(float(wanted), index)
     return float(wanted)
@@ -62,16 +66,23 @@ def bound_gpu_memory(wanted, device) -> Optional[float]:
 GPU_MEMORY_BEFORE: dict = {}  # device index -> the bound before a run set its own
 
 
+def _index(device) -> int:
+    """A CUDA device's index (``cuda`` alone is the current one): torch's per-process bound wants one."""
+    import torch
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _joblib_jobs() -> int:
-    """How many jobs of this process's sweep run at once under Hydra's joblib launcher (1 otherwise)."""
+    """How many jobs of this process's sweep run at once under Hydra's joblib launcher, when its ``n_jobs``
+    says (1 otherwise). joblib's default, -1 (a job per CPU core), says nothing about how many jobs the sweep
+    has: 1/cores of the GPU would starve a sweep of two, so it sets no bound."""
     from hydra.core.hydra_config import HydraConfig
     if not HydraConfig.initialized():
         return 1
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
-    jobs = int(launcher.get("n_jobs", 1))
-    return jobs if jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + jobs)  # joblib's -1: every core
+    return max(1, int(launcher.get("n_jobs", 1)))
 
 
 def _gib(n: float) -> str:

@@ -229,10 +229,10 @@ def _bottom_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
         return mask.zero_()
     threshold = score.kthvalue(k).values
     below = score < threshold
-    mask[below] = 0.0
-    ties = (score == threshold).nonzero().flatten()
-    mask[ties[: k - int(below.sum())]] = 0.0
-    return mask
+    ties = score == threshold
+    # The first k - #below of the ties by position, counted on the device: nothing here waits for the GPU
+    # (l0 projects after every step).
+    return mask.masked_fill_(below | (ties & (ties.cumsum(0) <= k - below.sum())), 0.0)
 
 
 def round_layer_rates(layer_sparsity: Mapping[str, float], schedule_rates: Mapping[str, float] | None,

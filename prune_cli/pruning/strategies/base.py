@@ -111,7 +111,8 @@ class Strategy:
         return type(self).prepare is not Strategy.prepare
 
     def prepare(self, ctx: ScoringContext) -> None:
-        """Train before scoring (sparsity-constrained strategies). Default: nothing."""
+        """Train before scoring (sparsity-constrained strategies). Default: nothing. Across processes it runs on
+        every rank; ``score`` and ``reconstruct`` run on rank 0 alone (no collectives in them)."""
 
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         """Unstructured: {weight name: tensor shaped like the weight}. Structured: {layer name: (units,)}."""
