@@ -135,7 +135,8 @@ class Experiment:
         self.loop.plan(self.settings, self.strategy, self.schedule, self.facts)  # its refusals come before any work
         # Every check has passed: only now is the directory made, and held for this run alone (by rank 0; the
         # others read the resume state once it has tidied the directory).
-        self.lock = distributed.on_main(self._hold_run_dir) or _NotHeld()
+        held = distributed.on_main(self._hold_run_dir)
+        self.lock = held if self.main else _NotHeld()
         try:
             self.state = RunState(self.run_dir, self.fingerprint, cfg.checkpoint.every_s, writes=self.main).load()
             self.state.restore_rng()
