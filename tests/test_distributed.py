@@ -41,7 +41,8 @@ def finished(process, timeout=240):
     ["sparsity=0.8"],
     ["strategy=activation", "sparsity=0.5"],                        # structured: the shrunk model fine-tuned
     ["schedule=lottery", "schedule.rounds=2", "sparsity=0.8"],      # rewinding, two prunes
-], ids=["unstructured", "structured", "lottery"])
+    ["strategy=sparsegpt", "sparsity=0.8"],    # rank 0 alone calibrates and changes the weights it keeps
+], ids=["unstructured", "structured", "lottery", "reconstructing"])
 def test_two_processes_run_one_experiment_like_one_process(tmp_path, overrides):
     code, out = finished(torchrun([*SMALL, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path))
     assert code == 0, out
