@@ -260,8 +260,8 @@ def wrap(model: "torch.nn.Module") -> "torch.nn.Module":
 
 def agree(model: "torch.nn.Module", masks):
     """After rank 0 pruned (``masks``; None on the others): every rank takes its masks, weights and buffers,
-    then the ranks compare what they hold (a difference would be a bug: a RuntimeError would be the right
-    answer, but it is counted in the report and rank 0's are kept). Returns the masks, on every rank."""
+    then the ranks compare the masks they hold (a difference, which would mean the sharing failed, is logged
+    and counted in the report's ``masks_differed``). Returns the masks, on every rank."""
     import torch
     import torch.distributed as dist
     if not active():
